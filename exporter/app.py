@@ -1,0 +1,191 @@
+"""Composition root: the one module (with cli.py) that knows every other and wires them together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from exporter import __version__
+from exporter.auth import TokenProvider
+from exporter.client import FlowServiceClient
+from exporter.collector import CollectorOptions
+from exporter.config import Config, load_config
+from exporter.errors import ConfigError
+from exporter.poller import OnceLog, PollSettings, SandboxPoller
+from exporter.selfmetrics import SelfMetrics
+from exporter.store import Store, open_store
+from exporter.tracker import Snapshot, Tracker
+from exporter.web import MetricsRenderer, create_web_app
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tuning:
+    """Knobs that are not user config: retry timing (tests shorten it)."""
+
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    seed: int | None = None
+
+
+def _options(config: Config) -> CollectorOptions:
+    return CollectorOptions(activities=config.metrics.activities, sparse_status=config.metrics.sparse_status)
+
+
+def _settings(config: Config) -> PollSettings:
+    m = config.metrics
+    return PollSettings(lookback_s=config.poll.initial_lookback, buckets=m.duration_buckets,
+                        max_error_codes=m.max_error_codes_per_flow, max_flows=m.max_flows_per_sandbox,
+                        shard_index=config.shard.index, shard_total=config.shard.total)
+
+
+class Exporter:
+    """The daemon: state, pollers and web app for one config."""
+
+    def __init__(self, config: Config, *, registry: CollectorRegistry | None = None,
+                 tuning: Tuning | None = None, clock: Callable[[], float] = time.time,
+                 config_path: str | Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.tuning = tuning or Tuning()
+        self.clock = clock
+        self.registry = registry or CollectorRegistry()
+        self.metrics = SelfMetrics(self.registry)
+        self.store: Store = open_store(config.state.path)
+        self.tracker = Tracker(self.store, [s.name for s in config.sandboxes])
+        states, resets = self.store.load(config.metrics.duration_buckets)
+        self.tracker.restore(states)
+        for sandbox, flow_id in resets:
+            log.warning("histogram_reset", sandbox=sandbox, flow_id=flow_id,
+                        reason="metrics.duration_buckets changed since the state file was written")
+        if states:
+            log.info("state_loaded", path=config.state.path, flows=len(states))
+        self.renderer = MetricsRenderer(self.tracker.snapshot, _options(config), self.registry)
+        self.once = OnceLog()
+        self.pollers: list[SandboxPoller] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._auth: TokenProvider | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics.shard_index.set(config.shard.index)
+        self.metrics.shard_total.set(config.shard.total)
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(clock())
+
+    def snapshot(self) -> Snapshot:
+        return self.tracker.snapshot()
+
+    async def start(self) -> None:
+        """Open the HTTP session and build the pollers (no request is made yet)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": f"aep-flow-exporter/{__version__}"})
+        self._build_pollers()
+
+    def _build_pollers(self) -> None:
+        assert self._session is not None  # noqa: S101 -- start() opened it
+        config = self.config
+        rng = random.Random(self.tuning.seed)  # noqa: S311 -- jitter, not cryptography
+        self._auth = TokenProvider(session=self._session, url=config.adobe.ims_token_url,
+                                   client_id=config.adobe.client_id, client_secret=config.adobe.client_secret,
+                                   scopes=config.adobe.scopes, metrics=self.metrics, timeout=config.poll.timeout,
+                                   retries=min(config.poll.retries, 2), backoff_base=self.tuning.backoff_base,
+                                   clock=self.clock, rng=rng)
+        client = FlowServiceClient(session=self._session, base_url=config.adobe.flow_service_url, auth=self._auth,
+                                   client_id=config.adobe.client_id, org_id=config.adobe.org_id,
+                                   metrics=self.metrics, timeout=config.poll.timeout, retries=config.poll.retries,
+                                   requests_per_second=config.poll.requests_per_second,
+                                   max_concurrency=config.poll.max_concurrency,
+                                   backoff_base=self.tuning.backoff_base, backoff_cap=self.tuning.backoff_cap,
+                                   rng=rng)
+        settings = _settings(config)
+        self.pollers = [SandboxPoller(sandbox=sb, settings=settings, client=client, tracker=self.tracker,
+                                      metrics=self.metrics, once=self.once, clock=self.clock, rng=rng)
+                        for sb in config.sandboxes]
+
+    async def poll_once(self) -> bool:
+        """One cycle of every sandbox, concurrently; True when all of them succeeded."""
+        results = await asyncio.gather(*(p.cycle() for p in self.pollers))
+        return all(results)
+
+    def start_polling(self) -> None:
+        """Start one background loop per sandbox."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(p.run(), name=f"poll-{p.name}") for p in self.pollers]
+
+    async def stop_polling(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def close(self) -> None:
+        """Stop the loops, close the session and the state file."""
+        await self.stop_polling()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self.store.close()
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply it; an invalid one keeps the current config running."""
+        if self.config_path is None:
+            return False
+        try:
+            new = load_config(self.config_path)
+            if new.state.path != self.config.state.path:
+                raise ConfigError([f"state.path: cannot change on reload (restart to use {new.state.path})"])
+        except ConfigError as exc:
+            self.metrics.reload_ok.set(0)
+            log.error("config_reload_failed", problems=list(exc.problems))  # noqa: TRY400 -- the problems list is the useful part, not a traceback
+            return False
+        running = bool(self._tasks)
+        await self.stop_polling()
+        removed = {s.name for s in self.config.sandboxes} - {s.name for s in new.sandboxes}
+        self.config = new
+        self.tracker.set_sandboxes([s.name for s in new.sandboxes])
+        for name in removed:
+            self.metrics.forget_sandbox(name)
+        self.renderer.set_options(_options(new))
+        self.metrics.shard_index.set(new.shard.index)
+        self.metrics.shard_total.set(new.shard.total)
+        if self._session is not None:
+            self._build_pollers()
+        if running:
+            self.start_polling()
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(self.clock())
+        log.info("config_reloaded", sandboxes=[s.name for s in new.sandboxes])
+        return True
+
+    def web_app(self, *, poll: bool = True) -> web.Application:
+        """The aiohttp app; its cleanup context starts and stops the pollers with the server."""
+        app = create_web_app(renderer=self.renderer, snapshot=self.snapshot)
+
+        async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+            await self.start()
+            if poll:
+                self.start_polling()
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+            yield
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            await self.close()
+            log.info("stopped")
+
+        app.cleanup_ctx.append(lifecycle)
+        return app

@@ -1,0 +1,141 @@
+"""Adobe IMS OAuth server-to-server: one cached access token, renewed ahead of expiry, one renewal at a time.
+
+The token is renewed once 90 % of its lifetime has passed (so at the latest 10 % before it expires), or
+at once when the API says 401. Concurrent callers share the renewal in flight. Neither the client secret
+nor any token is ever logged, put in an exception, or exposed: errors carry the HTTP status and IMS's
+error code only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+import aiohttp
+import structlog
+
+from exporter.backoff import full_jitter
+from exporter.config import Secret
+from exporter.errors import AuthError
+from exporter.selfmetrics import SelfMetrics
+
+log = structlog.get_logger(__name__)
+
+RENEW_AT_FRACTION = 0.9
+
+
+class TokenProvider:
+    """Hands out a valid bearer token; see the module docstring."""
+
+    def __init__(self, *, session: aiohttp.ClientSession, url: str, client_id: str, client_secret: Secret,
+                 scopes: str, metrics: SelfMetrics, timeout: float = 30.0, retries: int = 2,
+                 backoff_base: float = 0.5, clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None) -> None:
+        self._session = session
+        self._url = url
+        self._client_id = client_id
+        self._secret = client_secret
+        self._scopes = scopes
+        self._metrics = metrics
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff_base = backoff_base
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._expires_at = 0.0
+        self._inflight: asyncio.Task[str] | None = None
+
+    @property
+    def expires_at(self) -> float:
+        return self._expires_at
+
+    async def token(self) -> str:
+        """A token that is valid now and not yet due for renewal."""
+        if self._token is not None and self._clock() < self._renew_at:
+            return self._token
+        return await self._renew()
+
+    async def renew(self, rejected: str | None) -> str:
+        """A new token because ``rejected`` was refused (401); shared if another caller already renewed it."""
+        if self._token is not None and rejected != self._token and self._clock() < self._renew_at:
+            return self._token
+        self._renew_at = 0.0
+        return await self._renew()
+
+    def invalidate(self) -> None:
+        """Forget the token (a config reload with new credentials)."""
+        self._token = None
+        self._renew_at = 0.0
+
+    async def _renew(self) -> str:
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.get_running_loop().create_task(self._fetch())
+        return await asyncio.shield(self._inflight)
+
+    async def _fetch(self) -> str:
+        last_error: AuthError | None = None
+        for attempt in range(self._retries + 1):
+            if attempt:
+                await asyncio.sleep(full_jitter(attempt, base=self._backoff_base, cap=10.0, rng=self._rng))
+            try:
+                return await self._request()
+            except _TransientError as exc:
+                last_error = AuthError(str(exc))
+        assert last_error is not None  # noqa: S101 -- the loop ran at least once
+        raise last_error
+
+    async def _request(self) -> str:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._secret.reveal(),
+            "scope": self._scopes,
+        }
+        self._metrics.token_requests.inc()
+        started = time.perf_counter()
+        code = "error"
+        try:
+            async with self._session.post(self._url, data=form,
+                                          timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
+                code = str(resp.status)
+                body = await resp.json(content_type=None) if resp.status < 500 else None
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            self._metrics.token_failures.inc()
+            reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+            log.warning("token_request_failed", reason=reason, status=code)
+            if code == "error":
+                raise _TransientError(f"IMS token request failed: {reason}") from None
+            raise AuthError(f"IMS token request failed: HTTP {code}, unreadable answer") from None
+        finally:
+            self._metrics.api_requests.labels("", "token", code).inc()
+            self._metrics.api_latency.labels("token").observe(time.perf_counter() - started)
+        if resp.status >= 500:
+            self._metrics.token_failures.inc()
+            log.warning("token_request_failed", status=resp.status)
+            raise _TransientError(f"IMS token request failed: HTTP {resp.status}")
+        if resp.status != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            self._metrics.token_failures.inc()
+            error = body.get("error") if isinstance(body, dict) else None
+            error = str(error)[:64] if error else "no access_token in answer"
+            log.error("token_request_failed", status=resp.status, error=error)
+            raise AuthError(f"IMS refused the token request: HTTP {resp.status} ({error})")
+        lifetime = body.get("expires_in")
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
+            lifetime = 3600.0
+        if lifetime > 10_000_000:  # some IMS versions answered in milliseconds
+            lifetime = lifetime / 1000.0
+        now = self._clock()
+        self._token = body["access_token"]
+        self._renew_at = now + RENEW_AT_FRACTION * float(lifetime)
+        self._expires_at = now + float(lifetime)
+        self._metrics.token_expiry.set(self._expires_at)
+        log.info("token_renewed", expires_in=round(float(lifetime)))
+        return self._token
+
+
+class _TransientError(Exception):
+    """An IMS failure worth another try (5xx, timeout, connection); becomes AuthError at the end."""

@@ -1,0 +1,278 @@
+"""Command line: ``run``, ``check-config``, ``once``, ``simulate``, ``demo``, ``--version``.
+
+Exit status: 0 fine, 1 runtime failure (state file refused, a poll failed in ``once``), 2 bad config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from exporter import __version__
+from exporter.app import Exporter
+from exporter.config import (
+    AdobeConfig,
+    Config,
+    DiscoverConfig,
+    LogConfig,
+    PollConfig,
+    SandboxConfig,
+    Secret,
+    ServerConfig,
+    ShardConfig,
+    StateConfig,
+    load_config,
+    parse_duration,
+)
+from exporter.errors import ConfigError, StateError
+from exporter.simulator import Credentials, Faults, SimClock, Simulator, World
+from exporter.simulator.server import API_PREFIX, IMS_PATH
+
+log = structlog.get_logger("exporter")
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """structlog, once per process: JSON lines (or a console format) on stderr."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aep-flow-exporter",
+                                     description="Prometheus exporter for Adobe Experience Platform dataflows.")
+    parser.add_argument("--version", action="version", version=f"aep-flow-exporter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the exporter daemon")
+    run.add_argument("--config", required=True, help="path of the YAML config")
+    run.add_argument("--shard-index", type=int, help="this process's shard (overrides shard.index)")
+    run.add_argument("--total-shards", type=int, help="number of shards (overrides shard.total)")
+    run.add_argument("--listen", help="host:port to serve on (overrides server.listen)")
+
+    check = sub.add_parser("check-config", help="validate a config and exit")
+    check.add_argument("--config", required=True)
+
+    once = sub.add_parser("once", help="poll every sandbox once and print the exposition")
+    once.add_argument("--config", required=True)
+
+    sim = sub.add_parser("simulate", help="serve the fake Adobe IMS and Flow Service")
+    _simulator_args(sim, port=9848)
+
+    demo = sub.add_parser("demo", help="simulator and exporter together: no Adobe account needed")
+    _simulator_args(demo, port=9848)
+    demo.add_argument("--listen", default="127.0.0.1:9847", help="host:port of the exporter (default %(default)s)")
+    demo.add_argument("--interval", default="15s", help="poll interval (default %(default)s)")
+    return parser
+
+
+def _simulator_args(p: argparse.ArgumentParser, *, port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="simulator address (default %(default)s)")
+    p.add_argument("--port", type=int, default=port, help="simulator port (default %(default)s)")
+    p.add_argument("--seed", type=int, default=1, help="makes flows and runs reproducible (default %(default)s)")
+    p.add_argument("--sandboxes", default="prod,dev", help="comma-separated sandbox names (default %(default)s)")
+    p.add_argument("--flows", type=int, default=8, help="flows per sandbox (default %(default)s)")
+    p.add_argument("--speed", type=float, default=60.0,
+                   help="simulated seconds per real second (default %(default)s: a 15-minute schedule runs every 15 s)")
+    p.add_argument("--history", default="6h", help="runs already made at start (default %(default)s)")
+    p.add_argument("--min-interval", default=None, help="put every scheduled flow on this interval, e.g. 15m")
+    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every API answer")
+    p.add_argument("--error-rate", type=float, default=0.0, help="probability of a 5xx answer")
+    p.add_argument("--throttle-rate", type=float, default=0.0, help="probability of a 429 answer")
+    p.add_argument("--retry-after", default=None, help="Retry-After header of 429 answers (seconds)")
+    p.add_argument("--slow-rate", type=float, default=0.0, help="probability of a slow answer")
+    p.add_argument("--slow-seconds", type=float, default=0.0, help="how slow a slow answer is")
+    p.add_argument("--token-lifetime", type=float, default=86399.0, help="seconds an issued token is valid")
+    p.add_argument("--log-format", default="console", choices=("json", "console"))
+
+
+def _build_simulator(args: argparse.Namespace) -> Simulator:
+    min_interval = int(parse_duration(args.min_interval)) if args.min_interval else None
+    world = World(seed=args.seed, sandboxes=tuple(s.strip() for s in args.sandboxes.split(",") if s.strip()),
+                  flows_per_sandbox=args.flows, history_s=parse_duration(args.history),
+                  clock=SimClock(speed=args.speed), min_interval_s=min_interval)
+    faults = Faults(latency_s=args.latency, error_rate=args.error_rate, throttle_rate=args.throttle_rate,
+                    retry_after=args.retry_after, slow_rate=args.slow_rate, slow_s=args.slow_seconds)
+    return Simulator(world, faults=faults, token_lifetime_s=args.token_lifetime, seed=args.seed)
+
+
+def demo_config(*, sim_url: str, sandboxes: Sequence[str], listen: tuple[str, int], interval: float) -> Config:
+    """The exporter config ``demo`` runs with: discover every flow of the simulator's sandboxes."""
+    creds = Credentials()
+    return Config(
+        adobe=AdobeConfig(client_id=creds.client_id, client_secret=Secret(creds.client_secret), org_id=creds.org_id,
+                          ims_token_url=f"{sim_url}{IMS_PATH}", flow_service_url=f"{sim_url}{API_PREFIX}"),
+        sandboxes=tuple(SandboxConfig(name=name, labels={"env": "demo"}, discover=DiscoverConfig(enabled=True),
+                                      interval=interval, jitter=0.1) for name in sandboxes),
+        poll=PollConfig(interval=interval),
+        state=StateConfig(path=None),
+        server=ServerConfig(host=listen[0], port=listen[1]),
+        log=LogConfig(level="info", format="console"),
+    )
+
+
+def _print_problems(exc: ConfigError) -> int:
+    print("aep-flow-exporter: invalid configuration:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 2
+
+
+def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
+    problems = []
+    if args.shard_index is not None or args.total_shards is not None:
+        index = config.shard.index if args.shard_index is None else args.shard_index
+        total = config.shard.total if args.total_shards is None else args.total_shards
+        if total < 1 or not 0 <= index < total:
+            problems.append(f"--shard-index/--total-shards: need 0 <= index < total, got {index}/{total}")
+        config = dataclasses.replace(config, shard=ShardConfig(index=index, total=total))
+    if args.listen:
+        host, _, port = args.listen.rpartition(":")
+        if not port.isdigit():
+            problems.append(f"--listen: {args.listen!r} is not host:port")
+        else:
+            config = dataclasses.replace(config, server=dataclasses.replace(
+                config.server, host=host.strip("[]") or "0.0.0.0", port=int(port)))  # noqa: S104 -- see config
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _with_overrides(load_config(args.config), args)
+    configure_logging(config.log.level, config.log.format)
+    exporter = Exporter(config, config_path=args.config)
+    log.info("starting", version=__version__, listen=f"{config.server.host}:{config.server.port}",
+             sandboxes=[s.name for s in config.sandboxes], shard=f"{config.shard.index}/{config.shard.total}")
+    web.run_app(exporter.web_app(), host=config.server.host, port=config.server.port, print=None,
+                access_log=None, handle_signals=True)
+    return 0
+
+
+def _cmd_once(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log.level, config.log.format)
+
+    async def once() -> int:
+        exporter = Exporter(config)
+        try:
+            await exporter.start()
+            ok = await exporter.poll_once()
+            body = await exporter.renderer.render(openmetrics=False, gzip=False)
+            sys.stdout.write(body.decode())
+            return 0 if ok else 1
+        finally:
+            await exporter.close()
+
+    return asyncio.run(once())
+
+
+async def _serve_until_signal(runners: list[web.AppRunner]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+async def _start(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    configure_logging("info", args.log_format)
+    sim = _build_simulator(args)
+
+    async def serve() -> None:
+        runner = await _start(sim.app(), args.host, args.port)
+        url = f"http://{args.host}:{args.port}"
+        log.info("simulator_started", url=url, sandboxes=list(sim.world.flows), client_id=sim.credentials.client_id,
+                 org_id=sim.credentials.org_id, ims_token_url=f"{url}{IMS_PATH}",
+                 flow_service_url=f"{url}{API_PREFIX}")
+        await _serve_until_signal([runner])
+
+    asyncio.run(serve())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    configure_logging("info", args.log_format)
+    sim = _build_simulator(args)
+    host, _, port = args.listen.rpartition(":")
+    sim_url = f"http://{args.host}:{args.port}"
+    config = demo_config(sim_url=sim_url, sandboxes=list(sim.world.flows), listen=(host or "127.0.0.1", int(port)),
+                         interval=parse_duration(args.interval))
+    exporter = Exporter(config)
+
+    async def serve() -> None:
+        sim_runner = await _start(sim.app(), args.host, args.port)
+        exp_runner = await _start(exporter.web_app(), config.server.host, config.server.port)
+        url = f"http://{config.server.host}:{config.server.port}"
+        print(f"""
+aep-flow-exporter demo is running (Ctrl-C to stop)
+  exporter landing page : {url}/
+  metrics               : {url}/metrics
+  simulator (fake Adobe): {sim_url}/   ground truth: {sim_url}/_sim/truth
+""", file=sys.stderr, flush=True)
+        await _serve_until_signal([sim_runner, exp_runner])
+
+    asyncio.run(serve())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        if args.command == "check-config":
+            config = load_config(args.config)
+            flows = sum(len(s.flows) for s in config.sandboxes)
+            print(f"config OK: {len(config.sandboxes)} sandboxes, {flows} configured flows")
+            return 0
+        handler = {"run": _cmd_run, "once": _cmd_once, "simulate": _cmd_simulate, "demo": _cmd_demo}[args.command]
+        return handler(args)
+    except ConfigError as exc:
+        return _print_problems(exc)
+    except StateError as exc:
+        print(f"aep-flow-exporter: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"aep-flow-exporter: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,188 @@
+"""Flow Service HTTP client: headers, pagination, retries, rate limit, error mapping, self-metrics.
+
+One instance (and one aiohttp session) serves every sandbox, so the rate limit and the concurrency cap
+are global, as Adobe's gateway sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import aiohttp
+import structlog
+
+from exporter.auth import TokenProvider
+from exporter.backoff import full_jitter, retry_after_seconds
+from exporter.errors import ApiError, NotFoundError, PayloadError, ServerError, ThrottledError, TransportError
+from exporter.model import items_of, next_link
+from exporter.selfmetrics import SelfMetrics
+
+log = structlog.get_logger(__name__)
+
+PAGE_LIMIT = 100
+MAX_PAGES = 1000
+"""A listing never follows more pages than this, so a server that always says "next" cannot trap a poll."""
+
+Params = Sequence[tuple[str, str]]
+
+
+class RateLimiter:
+    """Spaces request starts at least ``1 / rate`` seconds apart, across every caller."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class FlowServiceClient:
+    """``GET`` on the Flow Service with everything a polite, robust client does."""
+
+    def __init__(self, *, session: aiohttp.ClientSession, base_url: str, auth: TokenProvider, client_id: str,
+                 org_id: str, metrics: SelfMetrics, timeout: float = 30.0, retries: int = 3,
+                 requests_per_second: float = 10.0, max_concurrency: int = 8, backoff_base: float = 0.5,
+                 backoff_cap: float = 30.0, rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._auth = auth
+        self._client_id = client_id
+        self._org_id = org_id
+        self._metrics = metrics
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retries = retries
+        self._limiter = RateLimiter(requests_per_second)
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
+        self._sleep = sleep
+
+    async def get(self, sandbox: str, endpoint: str, path: str, params: Params) -> dict[str, Any]:
+        """One GET, retried on 429/5xx/timeouts/connection errors, renewing the token once on 401."""
+        url = f"{self._base}{path}"
+        renewed = False
+        attempt = 0
+        while True:
+            token = await self._auth.token()
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "x-api-key": self._client_id,
+                "x-gw-ims-org-id": self._org_id,
+                "x-sandbox-name": sandbox,
+                "Accept": "application/json",
+            }
+            try:
+                status, retry_after, body = await self._send(sandbox, endpoint, url, params, headers)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
+                if attempt >= self._retries:
+                    raise TransportError(endpoint, reason) from None
+                await self._backoff(endpoint, reason, attempt, None)
+                attempt += 1
+                continue
+            if status == 200:
+                return _decode(body, endpoint)
+            if status == 401 and not renewed:
+                renewed = True
+                self._metrics.api_retries.labels(endpoint, "unauthorized").inc()
+                await self._auth.renew(token)
+                continue
+            code, detail = _error_code(body)
+            if status == 429 or status >= 500:
+                reason = "throttled" if status == 429 else "server_error"
+                if attempt >= self._retries:
+                    cls = ThrottledError if status == 429 else ServerError
+                    raise cls(endpoint, status, code, detail)
+                await self._backoff(endpoint, reason, attempt, retry_after)
+                attempt += 1
+                continue
+            if status == 404:
+                raise NotFoundError(endpoint, status, code, detail)
+            raise ApiError(endpoint, status, code, detail)
+
+    async def _send(self, sandbox: str, endpoint: str, url: str, params: Params,
+                    headers: dict[str, str]) -> tuple[int, str | None, bytes]:
+        async with self._slots:
+            await self._limiter.acquire()
+            started = time.perf_counter()
+            code = "error"
+            try:
+                async with self._session.get(url, params=list(params), headers=headers,
+                                             timeout=self._timeout, allow_redirects=False) as resp:
+                    code = str(resp.status)
+                    body = await resp.read()
+                    return resp.status, resp.headers.get("Retry-After"), body
+            finally:
+                self._metrics.api_requests.labels(sandbox, endpoint, code).inc()
+                self._metrics.api_latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    async def _backoff(self, endpoint: str, reason: str, attempt: int, retry_after: str | None) -> None:
+        self._metrics.api_retries.labels(endpoint, reason).inc()
+        delay = retry_after_seconds(retry_after)
+        if delay is None:
+            delay = full_jitter(attempt, base=self._backoff_base, cap=self._backoff_cap, rng=self._rng)
+        log.debug("request_retry", endpoint=endpoint, reason=reason, attempt=attempt + 1, delay=round(delay, 3))
+        await self._sleep(delay)
+
+    async def pages(self, sandbox: str, endpoint: str, path: str, params: Params) -> AsyncIterator[list[object]]:
+        """Each page's ``items``, following ``_links.next``; our own filters are resent with every token."""
+        base_params = [*params, ("limit", str(PAGE_LIMIT))]
+        page_params: list[tuple[str, str]] = list(base_params)
+        seen_tokens: set[str] = set()
+        for _ in range(MAX_PAGES):
+            envelope = await self.get(sandbox, endpoint, path, page_params)
+            yield items_of(envelope, endpoint)
+            href = next_link(envelope)
+            token = _continuation_token(href) if href else None
+            if not token:
+                return
+            if token in seen_tokens:
+                raise PayloadError(f"{endpoint}: the API repeated continuation token, stopping")
+            seen_tokens.add(token)
+            page_params = [*base_params, ("continuationToken", token)]
+        log.warning("pagination_limit_reached", sandbox=sandbox, endpoint=endpoint, pages=MAX_PAGES)
+
+
+def _continuation_token(href: str) -> str | None:
+    """The token from a ``next`` href; parsed as a query value, so ``=`` inside it survives."""
+    for key, value in parse_qsl(urlsplit(href).query, keep_blank_values=True):
+        if key == "continuationToken" and value:
+            return value
+    return None
+
+
+def _decode(body: bytes, endpoint: str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"{endpoint}: answer is not valid JSON ({len(body)} bytes)") from exc
+    if not isinstance(data, dict):
+        raise PayloadError(f"{endpoint}: answer is not a JSON object")
+    return data
+
+
+def _error_code(body: bytes) -> tuple[str | None, str]:
+    """Adobe's error code and title from a gateway or RFC-7807 body; never the raw body."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None, ""
+    if not isinstance(data, dict):
+        return None, ""
+    code = data.get("error_code") or data.get("code") or data.get("type")
+    title = data.get("title") or data.get("message") or ""
+    return (str(code)[:64] if code else None), str(title)[:200]

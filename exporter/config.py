@@ -1,0 +1,551 @@
+"""YAML config -> frozen, typed ``Config``. Every problem is collected with its path, then raised at once.
+
+``${VAR}`` and ``${VAR:-default}`` are expanded from the environment inside string values; ``*_file``
+keys read secrets from files. Unknown keys are errors. The client secret is wrapped in :class:`Secret`
+so that no repr, log line or exception can show it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from exporter.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0)
+DEFAULT_SCOPES = "openid,AdobeID,read_organizations,additional_info.projectedProductContext,session"
+RESERVED_LABELS = frozenset(
+    {"sandbox", "flow_id", "flow_name", "status", "code", "activity", "le", "quantile", "kind", "state",
+     "flow_spec_id", "source_connection_spec_id", "target_connection_spec_id", "job", "instance"}
+)
+_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (so never in logs or tracebacks)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that sends it (the IMS token request)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdobeConfig:
+    client_id: str
+    client_secret: Secret
+    org_id: str
+    scopes: str = DEFAULT_SCOPES
+    ims_token_url: str = "https://ims-na1.adobelogin.com/ims/token/v3"  # noqa: S105 -- a URL, not a password
+    flow_service_url: str = "https://platform.adobe.io/data/foundation/flowservice"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscoverConfig:
+    enabled: bool = False
+    kinds: tuple[str, ...] = ("source", "destination")
+    include: tuple[re.Pattern[str], ...] = (re.compile(".*"),)
+    exclude: tuple[re.Pattern[str], ...] = ()
+
+    def accepts(self, name: str) -> bool:
+        """Whether a discovered flow's name passes the include and exclude regexes."""
+        return any(p.search(name) for p in self.include) and not any(p.search(name) for p in self.exclude)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowRef:
+    id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PollConfig:
+    interval: float = 60.0
+    jitter: float = 0.10
+    timeout: float = 30.0
+    max_concurrency: int = 8
+    requests_per_second: float = 10.0
+    initial_lookback: float = 86400.0
+    retries: int = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxConfig:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    flows: tuple[FlowRef, ...] = ()
+    discover: DiscoverConfig = field(default_factory=DiscoverConfig)
+    interval: float = 60.0
+    jitter: float = 0.10
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateConfig:
+    path: str | None = "./state/aep-flow-exporter.db"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    activities: bool = True
+    sparse_status: bool = False
+    duration_buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    max_error_codes_per_flow: int = 20
+    max_flows_per_sandbox: int = 5000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    index: int = 0
+    total: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    host: str = "0.0.0.0"  # noqa: S104 -- an exporter listens on all interfaces by default, like node_exporter
+    port: int = 9847
+    web_config_file: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    adobe: AdobeConfig
+    sandboxes: tuple[SandboxConfig, ...]
+    poll: PollConfig = field(default_factory=PollConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def parse_duration(value: object) -> float:
+    """``90s``, ``5m``, ``1h``, ``1d``, ``250ms`` or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise TypeError("expected a duration such as 90s, 5m, 1h or 1d")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (use 90s, 5m, 1h or 1d)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} is not a non-negative duration")
+    return seconds
+
+
+class _Reader:
+    """Walks the raw YAML tree, collecting every problem with its dotted path."""
+
+    def __init__(self, env: Mapping[str, str], base_dir: Path) -> None:
+        self.env = env
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def section(self, raw: object, path: str, known: set[str]) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problem(path, f"expected a mapping, got {type(raw).__name__}")
+            return {}
+        for key in raw:
+            if key not in known:
+                self.problem(f"{path}.{key}" if path else str(key), "unknown key")
+        return raw
+
+    def expand(self, value: str, path: str) -> str:
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.env and (default is None or self.env[name] != ""):
+                return self.env[name]
+            if default is not None:
+                return default
+            self.problem(path, f"environment variable {name} is not set")
+            return ""
+
+        return _ENV_RE.sub(repl, value)
+
+    def get(self, sec: dict[str, Any], key: str, path: str, conv: Callable[[Any], T], default: T) -> T:
+        if key not in sec or sec[key] is None:
+            return default
+        raw = sec[key]
+        full = f"{path}.{key}" if path else key
+        if isinstance(raw, str):
+            raw = self.expand(raw, full)
+        try:
+            return conv(raw)
+        except (ValueError, TypeError) as exc:
+            self.problem(full, str(exc))
+            return default
+
+
+def _string(value: object) -> str:
+    if isinstance(value, (dict, list)):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return str(value)
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return value.lower() in ("true", "yes", "on")
+    raise TypeError(f"expected true or false, got {value!r}")
+
+
+def _int_at_least(minimum: int) -> Callable[[object], int]:
+    def conv(value: object) -> int:
+        if isinstance(value, bool):
+            raise TypeError(f"expected an integer, got {value!r}")
+        number = int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
+        if not isinstance(number, int):
+            raise TypeError(f"expected an integer, got {value!r}")
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}, got {number}")
+        return number
+
+    return conv
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def _positive_float(value: object) -> float:
+    if isinstance(value, bool):
+        raise TypeError(f"expected a number, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"must be a positive number, got {value!r}")
+    return number
+
+
+def _fraction(value: object) -> float:
+    if isinstance(value, bool):
+        raise TypeError(f"expected a percentage such as 10%, got {value!r}")
+    text = str(value).strip()
+    number = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"must be between 0% and 100%, got {value!r}")
+    return number
+
+
+def _url(value: object) -> str:
+    text = _string(value).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text
+
+
+def _listen(value: object) -> tuple[str, int]:
+    text = _string(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 -- ":9847" means every interface, as in Prometheus
+    return host, int(port)
+
+
+class _ConfigParser(_Reader):
+    def labels(self, raw: object, path: str) -> dict[str, str]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problem(path, "expected a mapping of label names to values")
+            return {}
+        out: dict[str, str] = {}
+        for key, value in raw.items():
+            name = str(key)
+            if not _LABEL_RE.match(name) or name.startswith("__"):
+                self.problem(f"{path}.{name}", "not a valid Prometheus label name")
+            elif name in RESERVED_LABELS:
+                self.problem(f"{path}.{name}", "reserved: the exporter sets this label itself")
+            elif isinstance(value, (dict, list)):
+                self.problem(f"{path}.{name}", "label values must be strings")
+            else:
+                out[name] = self.expand(str(value), f"{path}.{name}")
+        return out
+
+    def patterns(self, raw: object, path: str, default: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+        values = default if raw is None else raw
+        if isinstance(values, str):
+            values = [values]
+        if not isinstance(values, (list, tuple)):
+            self.problem(path, "expected a list of regular expressions")
+            return ()
+        out = []
+        for i, pattern in enumerate(values):
+            try:
+                out.append(re.compile(str(pattern)))
+            except re.error as exc:
+                self.problem(f"{path}[{i}]", f"invalid regular expression: {exc}")
+        return tuple(out)
+
+    def adobe(self, raw: object) -> AdobeConfig:
+        known = {"client_id", "client_secret", "client_secret_file", "org_id", "scopes", "ims_token_url",
+                 "flow_service_url"}
+        sec = self.section(raw, "adobe", known)
+        if raw is None:
+            self.problem("adobe", "missing (client_id, client_secret and org_id are required)")
+        client_id = self.get(sec, "client_id", "adobe", _string, "")
+        org_id = self.get(sec, "org_id", "adobe", _string, "")
+        secret = self.get(sec, "client_secret", "adobe", _string, "")
+        secret_file = self.get(sec, "client_secret_file", "adobe", _string, "")
+        if secret and secret_file:
+            self.problem("adobe.client_secret_file", "set client_secret or client_secret_file, not both")
+        elif secret_file:
+            try:
+                secret = (self.base_dir / secret_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                self.problem("adobe.client_secret_file", f"cannot read {secret_file}: {exc.strerror}")
+        if raw is not None:
+            for key, value in (("client_id", client_id), ("org_id", org_id)):
+                if not value:
+                    self.problem(f"adobe.{key}", "required")
+            if not secret and not secret_file:
+                self.problem("adobe.client_secret", "required (or client_secret_file)")
+        if org_id and not org_id.endswith("@AdobeOrg"):
+            org_id += "@AdobeOrg"
+        return AdobeConfig(
+            client_id=client_id,
+            client_secret=Secret(secret),
+            org_id=org_id,
+            scopes=self.get(sec, "scopes", "adobe", _string, DEFAULT_SCOPES),
+            ims_token_url=self.get(sec, "ims_token_url", "adobe", _url, AdobeConfig.ims_token_url),
+            flow_service_url=self.get(sec, "flow_service_url", "adobe", _url, AdobeConfig.flow_service_url),
+        )
+
+    def poll(self, raw: object) -> PollConfig:
+        known = {"interval", "jitter", "timeout", "max_concurrency", "requests_per_second", "initial_lookback",
+                 "retries"}
+        sec = self.section(raw, "poll", known)
+        d = PollConfig()
+        return PollConfig(
+            interval=self.get(sec, "interval", "poll", _positive_duration, d.interval),
+            jitter=self.get(sec, "jitter", "poll", _fraction, d.jitter),
+            timeout=self.get(sec, "timeout", "poll", _positive_duration, d.timeout),
+            max_concurrency=self.get(sec, "max_concurrency", "poll", _int_at_least(1), d.max_concurrency),
+            requests_per_second=self.get(sec, "requests_per_second", "poll", _positive_float, d.requests_per_second),
+            initial_lookback=self.get(sec, "initial_lookback", "poll", parse_duration, d.initial_lookback),
+            retries=self.get(sec, "retries", "poll", _int_at_least(0), d.retries),
+        )
+
+    def flow_refs(self, raw: object, path: str) -> tuple[FlowRef, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.problem(path, "expected a list of flow ids")
+            return ()
+        refs: list[FlowRef] = []
+        seen: set[str] = set()
+        for i, item in enumerate(raw):
+            where = f"{path}[{i}]"
+            if isinstance(item, dict):
+                sec = self.section(item, where, {"id", "labels"})
+                ident = self.get(sec, "id", where, _string, "")
+                labels = self.labels(sec.get("labels"), f"{where}.labels")
+            elif isinstance(item, str):
+                ident, labels = self.expand(item, where), {}
+            else:
+                self.problem(where, "expected a flow id or {id, labels}")
+                continue
+            ident = ident.strip()
+            if not ident:
+                self.problem(where, "flow id is empty")
+            elif ident in seen:
+                self.problem(where, f"duplicate flow id {ident}")
+            else:
+                seen.add(ident)
+                refs.append(FlowRef(id=ident, labels=labels))
+        return tuple(refs)
+
+    def sandbox(self, raw: object, path: str, poll: PollConfig) -> SandboxConfig | None:
+        sec = self.section(raw, path, {"name", "labels", "flows", "discover", "poll"})
+        name = self.get(sec, "name", path, _string, "").strip()
+        if not name:
+            self.problem(f"{path}.name", "required")
+        elif name != name.lower() or not re.match(r"^[a-z0-9][a-z0-9_-]*$", name):
+            self.problem(f"{path}.name", f"{name!r} is not a sandbox name (lowercase letters, digits, - and _)")
+        dsec = self.section(sec.get("discover"), f"{path}.discover", {"enabled", "kinds", "include", "exclude"})
+        dpath = f"{path}.discover"
+        kinds_raw = dsec.get("kinds", ["source", "destination"])
+        kinds: tuple[str, ...] = ()
+        if not isinstance(kinds_raw, list) or not kinds_raw:
+            self.problem(f"{dpath}.kinds", "expected a non-empty list of source and/or destination")
+        else:
+            for i, kind in enumerate(kinds_raw):
+                if kind not in ("source", "destination"):
+                    self.problem(f"{dpath}.kinds[{i}]", f"{kind!r} is not source or destination")
+            kinds = tuple(k for k in kinds_raw if k in ("source", "destination"))
+        discover = DiscoverConfig(
+            enabled=self.get(dsec, "enabled", dpath, _bool, False),
+            kinds=kinds,
+            include=self.patterns(dsec.get("include"), f"{dpath}.include", (".*",)),
+            exclude=self.patterns(dsec.get("exclude"), f"{dpath}.exclude", ()),
+        )
+        flows = self.flow_refs(sec.get("flows"), f"{path}.flows")
+        if not flows and not discover.enabled and name:
+            self.problem(path, "lists no flows and has discover.enabled false: nothing to monitor")
+        psec = self.section(sec.get("poll"), f"{path}.poll", {"interval", "jitter"})
+        return SandboxConfig(
+            name=name,
+            labels=self.labels(sec.get("labels"), f"{path}.labels"),
+            flows=flows,
+            discover=discover,
+            interval=self.get(psec, "interval", f"{path}.poll", _positive_duration, poll.interval),
+            jitter=self.get(psec, "jitter", f"{path}.poll", _fraction, poll.jitter),
+        )
+
+    def sandboxes(self, raw: object, poll: PollConfig) -> tuple[SandboxConfig, ...]:
+        if not isinstance(raw, list) or not raw:
+            self.problem("sandboxes", "expected a non-empty list of sandboxes")
+            return ()
+        out: list[SandboxConfig] = []
+        names: set[str] = set()
+        for i, item in enumerate(raw):
+            sandbox = self.sandbox(item, f"sandboxes[{i}]", poll)
+            if sandbox is None:
+                continue
+            if sandbox.name and sandbox.name in names:
+                self.problem(f"sandboxes[{i}].name", f"duplicate sandbox {sandbox.name}")
+            names.add(sandbox.name)
+            out.append(sandbox)
+        return tuple(out)
+
+    def metrics(self, raw: object) -> MetricsConfig:
+        known = {"activities", "sparse_status", "duration_buckets", "max_error_codes_per_flow",
+                 "max_flows_per_sandbox"}
+        sec = self.section(raw, "metrics", known)
+        d = MetricsConfig()
+        buckets = d.duration_buckets
+        if sec.get("duration_buckets") is not None:
+            raw_buckets = sec["duration_buckets"]
+            try:
+                if not isinstance(raw_buckets, list) or not raw_buckets:
+                    raise ValueError("expected a non-empty list of durations")
+                parsed = [parse_duration(b) for b in raw_buckets]
+                if any(b <= a for a, b in itertools.pairwise(parsed)):
+                    raise ValueError("buckets must be strictly increasing")
+                buckets = tuple(parsed)
+            except (ValueError, TypeError) as exc:
+                self.problem("metrics.duration_buckets", str(exc))
+        return MetricsConfig(
+            activities=self.get(sec, "activities", "metrics", _bool, d.activities),
+            sparse_status=self.get(sec, "sparse_status", "metrics", _bool, d.sparse_status),
+            duration_buckets=buckets,
+            max_error_codes_per_flow=self.get(sec, "max_error_codes_per_flow", "metrics", _int_at_least(1),
+                                              d.max_error_codes_per_flow),
+            max_flows_per_sandbox=self.get(sec, "max_flows_per_sandbox", "metrics", _int_at_least(1),
+                                           d.max_flows_per_sandbox),
+        )
+
+    def shard(self, raw: object) -> ShardConfig:
+        sec = self.section(raw, "shard", {"index", "total"})
+        index = self.get(sec, "index", "shard", _int_at_least(0), 0)
+        total = self.get(sec, "total", "shard", _int_at_least(1), 1)
+        if index >= total:
+            self.problem("shard.index", f"must be below shard.total ({total}), got {index}")
+        return ShardConfig(index=index, total=total)
+
+    def server(self, raw: object) -> ServerConfig:
+        sec = self.section(raw, "server", {"listen", "web_config_file"})
+        host, port = self.get(sec, "listen", "server", _listen, ("0.0.0.0", 9847))  # noqa: S104 -- see ServerConfig
+        web_config = self.get(sec, "web_config_file", "server", _string, "") or None
+        if web_config and not (self.base_dir / web_config).is_file():
+            self.problem("server.web_config_file", f"{web_config} does not exist")
+        return ServerConfig(host=host, port=port, web_config_file=web_config)
+
+    def log(self, raw: object) -> LogConfig:
+        sec = self.section(raw, "log", {"level", "format"})
+        level = self.get(sec, "level", "log", _string, "info").lower()
+        if level not in ("debug", "info", "warning", "error"):
+            self.problem("log.level", f"{level!r} is not debug, info, warning or error")
+        fmt = self.get(sec, "format", "log", _string, "json").lower()
+        if fmt not in ("json", "console"):
+            self.problem("log.format", f"{fmt!r} is not json or console")
+        return LogConfig(level=level, format=fmt)
+
+
+def parse_config(raw: object, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
+    """Validate a loaded YAML document; raises ConfigError listing every problem."""
+    parser = _ConfigParser(os.environ if env is None else env, base_dir or Path.cwd())
+    top = parser.section(raw, "", {"adobe", "sandboxes", "poll", "state", "metrics", "shard", "server", "log"})
+    if raw is None or not isinstance(raw, dict):
+        if raw is not None:
+            parser.problems.clear()
+        parser.problem("(top level)", "expected a mapping with adobe and sandboxes")
+        raise ConfigError(parser.problems)
+    poll = parser.poll(top.get("poll"))
+    state_sec = parser.section(top.get("state"), "state", {"path"})
+    state_path = StateConfig().path
+    if "state" in top and "path" in state_sec:
+        state_path = parser.get(state_sec, "path", "state", _string, "") or None
+    config = Config(
+        adobe=parser.adobe(top.get("adobe")),
+        sandboxes=parser.sandboxes(top.get("sandboxes"), poll),
+        poll=poll,
+        state=StateConfig(path=state_path),
+        metrics=parser.metrics(top.get("metrics")),
+        shard=parser.shard(top.get("shard")),
+        server=parser.server(top.get("server")),
+        log=parser.log(top.get("log")),
+    )
+    if parser.problems:
+        raise ConfigError(parser.problems)
+    return config
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML config file; raises ConfigError (never a yaml or OS error)."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError([f"{file}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]) from exc
+    return parse_config(raw, env=env, base_dir=file.parent)

@@ -1,0 +1,273 @@
+"""One poll loop per sandbox: list flows, read runs only where something changed, fold them into state.
+
+API economy: a cycle reads the tracked flows in pages of up to 100 (``property=id==a,b,...`` or the
+sandbox's discovery listing), then calls ``/runs`` only for flows that are new, whose ``lastRunDetails``
+changed, or that have runs in progress, and only for runs created since the flow's watermark. A flow
+that fails is marked down and keeps its values; the others go on. The loop itself never dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from exporter.client import FlowServiceClient
+from exporter.config import SandboxConfig
+from exporter.errors import ExporterError, NotFoundError, StateError
+from exporter.model import Flow, Run, parse_flow, parse_run
+from exporter.selfmetrics import SelfMetrics
+from exporter.state import FlowState, apply_runs, mark_down, new_flow_state, refresh_flow
+from exporter.tracker import Tracker
+
+log = structlog.get_logger(__name__)
+
+ID_BATCH = 100
+
+
+def shard_of(sandbox: str, flow_id: str, total: int) -> int:
+    """The shard that owns a flow: the same in every process and version (not Python's salted hash)."""
+    digest = hashlib.sha256(f"{sandbox}/{flow_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % total
+
+
+@dataclass(frozen=True, kw_only=True)
+class PollSettings:
+    """The parts of the config a sandbox poller needs."""
+
+    lookback_s: float
+    buckets: tuple[float, ...]
+    max_error_codes: int
+    max_flows: int
+    shard_index: int = 0
+    shard_total: int = 1
+
+
+class OnceLog:
+    """Logs a problem the first time it is seen, so a bad payload does not flood the log every poll."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._limit = limit
+
+    def first(self, *key: str) -> bool:
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self._limit:
+            self._seen.popitem(last=False)
+        return True
+
+
+class SandboxPoller:
+    """Polls one sandbox; ``cycle`` is one poll, ``run`` repeats it forever."""
+
+    def __init__(self, *, sandbox: SandboxConfig, settings: PollSettings, client: FlowServiceClient,
+                 tracker: Tracker, metrics: SelfMetrics, once: OnceLog | None = None,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+        self.sandbox = sandbox
+        self.settings = settings
+        self._client = client
+        self._tracker = tracker
+        self._metrics = metrics
+        self._once = once or OnceLog()
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
+
+    @property
+    def name(self) -> str:
+        return self.sandbox.name
+
+    async def run(self) -> None:
+        """Poll every interval (with jitter); cycles never overlap, and no error ends the loop."""
+        while True:
+            started = time.monotonic()
+            try:
+                await self.cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("poll_crashed", sandbox=self.name, error=type(exc).__name__)
+            jitter = self.sandbox.jitter
+            delay = self.sandbox.interval * (1.0 + self._rng.uniform(-jitter, jitter))
+            await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+
+    async def cycle(self) -> bool:
+        """One poll of the sandbox; True when its flows could be listed."""
+        name = self.name
+        self._metrics.polls.labels(name).inc()
+        started = time.perf_counter()
+        try:
+            flows, missing = await self._list_flows()
+        except ExporterError as exc:
+            self._fail(exc, started)
+            return False
+        selected = self._select(flows)
+        wanted = {f.id for f in selected} | set(missing)
+        self._tracker.remove([k for k in self._tracker.keys(name) if k[1] not in wanted])
+        for flow_id in missing:
+            self._flow_down(flow_id, None, "not found")
+        try:
+            await asyncio.gather(*(self._update_flow(flow, labels) for flow, labels in selected.items()))
+        except StateError as exc:
+            self._fail(exc, started)
+            return False
+        elapsed = time.perf_counter() - started
+        now = self._clock()
+        self._metrics.poll_duration.labels(name).set(elapsed)
+        self._metrics.last_poll_success.labels(name).set(now)
+        self._metrics.flows.labels(name).set(len(wanted))
+        status = self._tracker.sandbox(name)
+        self._tracker.update_sandbox(name, flows=len(wanted), polls=status.polls + 1, last_ok=True,
+                                     last_success_s=now, last_error=None)
+        log.info("poll_done", sandbox=name, flows=len(wanted), seconds=round(elapsed, 3))
+        return True
+
+    def _fail(self, exc: Exception, started: float) -> None:
+        name = self.name
+        self._metrics.poll_failures.labels(name).inc()
+        self._metrics.poll_duration.labels(name).set(time.perf_counter() - started)
+        for key in self._tracker.keys(name):
+            state = self._tracker.get(key)
+            if state is not None:
+                self._tracker.put(mark_down(state), persist=False)
+        status = self._tracker.sandbox(name)
+        self._tracker.update_sandbox(name, polls=status.polls + 1, last_ok=False, last_error=str(exc)[:300])
+        log.warning("poll_failed", sandbox=name, error=str(exc)[:300], error_type=type(exc).__name__)
+
+    def _labels_for(self, flow_id: str) -> dict[str, str]:
+        labels = dict(self.sandbox.labels)
+        for ref in self.sandbox.flows:
+            if ref.id == flow_id:
+                labels.update(ref.labels)
+        return labels
+
+    async def _list_flows(self) -> tuple[list[Flow], list[str]]:
+        """Every flow to track (discovered and configured), and configured ids the API does not know."""
+        sandbox = self.sandbox
+        found: dict[str, Flow] = {}
+        if sandbox.discover.enabled:
+            params: list[tuple[str, str]] = []
+            kinds = set(sandbox.discover.kinds)
+            if kinds == {"source"}:
+                params.append(("property", "inheritedAttributes.properties.isSourceFlow==true"))
+            elif kinds == {"destination"}:
+                params.append(("property", "inheritedAttributes.properties.isDestinationFlow==true"))
+            async for items in self._client.pages(sandbox.name, "flows", "/flows", params):
+                for flow in self._parse_flows(items):
+                    kind_ok = flow.kind in kinds or (flow.kind == "unknown" and len(kinds) == 2)
+                    if kind_ok and sandbox.discover.accepts(flow.name):
+                        found[flow.id] = flow
+        explicit = [ref.id for ref in sandbox.flows if ref.id not in found]
+        for i in range(0, len(explicit), ID_BATCH):
+            batch = explicit[i:i + ID_BATCH]
+            wanted = set(batch)
+            params = [("property", "id==" + ",".join(batch))]
+            async for items in self._client.pages(sandbox.name, "flows", "/flows", params):
+                for flow in self._parse_flows(items):
+                    if flow.id in wanted:
+                        found[flow.id] = flow
+        missing = [ref.id for ref in sandbox.flows if ref.id not in found]
+        return list(found.values()), missing
+
+    def _parse_flows(self, items: Iterable[object]) -> list[Flow]:
+        flows = []
+        for item in items:
+            try:
+                flows.append(parse_flow(item))
+            except ExporterError as exc:
+                flow_id = item.get("id") if isinstance(item, dict) else None
+                if self._once.first(self.name, "flow_payload", str(flow_id), str(exc)):
+                    log.warning("flow_payload_invalid", sandbox=self.name, flow_id=str(flow_id), error=str(exc))
+        return flows
+
+    def _select(self, flows: list[Flow]) -> dict[Flow, dict[str, str]]:
+        """This shard's flows, capped at ``max_flows_per_sandbox``, each with its static labels."""
+        settings = self.settings
+        mine = sorted(
+            (f for f in flows if settings.shard_total == 1
+             or shard_of(self.name, f.id, settings.shard_total) == settings.shard_index),
+            key=lambda f: f.id,
+        )
+        dropped = max(0, len(mine) - settings.max_flows)
+        self._metrics.flows_dropped.labels(self.name).set(dropped)
+        self._tracker.update_sandbox(self.name, dropped=dropped)
+        if dropped and self._once.first(self.name, "flows_dropped", str(dropped)):
+            log.warning("flows_dropped", sandbox=self.name, dropped=dropped, limit=settings.max_flows,
+                        hint="raise metrics.max_flows_per_sandbox or shard the exporter")
+        return {f: self._labels_for(f.id) for f in mine[:settings.max_flows]}
+
+    def _flow_down(self, flow_id: str, flow: Flow | None, reason: str) -> None:
+        key = (self.name, flow_id)
+        state = self._tracker.get(key) or self._new_state(flow_id)
+        state = dataclasses.replace(state, labels=self._labels_for(flow_id), flow=flow or state.flow)
+        self._tracker.put(mark_down(state), persist=False)
+        if self._once.first(self.name, flow_id, "down", reason):
+            log.warning("flow_unreadable", sandbox=self.name, flow_id=flow_id, reason=reason)
+
+    def _new_state(self, flow_id: str) -> FlowState:
+        return new_flow_state(sandbox=self.name, flow_id=flow_id, now_ms=int(self._clock() * 1000),
+                              lookback_s=self.settings.lookback_s, buckets=self.settings.buckets)
+
+    async def _update_flow(self, flow: Flow, labels: dict[str, str]) -> None:
+        key = (self.name, flow.id)
+        stored = self._tracker.get(key)
+        state = stored or self._new_state(flow.id)
+        if state.labels != labels:
+            state = dataclasses.replace(state, labels=labels)
+        if stored is not None and not state.needs_runs(flow):
+            self._tracker.put(refresh_flow(state, flow), persist=stored.flow != flow)
+            return
+        try:
+            runs, complete = await self._fetch_runs(state, flow)
+        except NotFoundError:
+            self._flow_down(flow.id, flow, "runs not found")
+            return
+        except ExporterError as exc:
+            self._flow_down(flow.id, flow, f"{type(exc).__name__}: {exc}"[:200])
+            return
+        update = apply_runs(state, flow, runs, now_ms=int(self._clock() * 1000),
+                            max_error_codes=self.settings.max_error_codes, complete=complete)
+        for raw in update.unknown_statuses:
+            if self._once.first(self.name, flow.id, "status", raw):
+                log.warning("run_status_unknown", sandbox=self.name, flow_id=flow.id, status=raw[:64])
+        for run in update.counted:
+            if run.unknown_fields:
+                log.info("run_values_unknown", sandbox=self.name, flow_id=flow.id, run_id=run.id,
+                         fields=list(run.unknown_fields))
+        self._tracker.put(update.state)
+        if update.counted:
+            log.debug("runs_counted", sandbox=self.name, flow_id=flow.id, runs=len(update.counted))
+
+    async def _fetch_runs(self, state: FlowState, flow: Flow) -> tuple[list[Run], bool]:
+        """Runs newer than the flow's watermark; on first sight, newest first back to the counting start."""
+        params = [("property", f"flowId=={flow.id}"), ("orderby", "-createdAt")]
+        bound = state.runs_lower_bound_ms()
+        if bound is not None:
+            params.append(("property", f"createdAt>={bound}"))
+        runs: list[Run] = []
+        async for items in self._client.pages(self.name, "runs", "/runs", params):
+            page = self._parse_runs(flow.id, items)
+            runs.extend(page)
+            if bound is None and page:
+                oldest = min((r.created_at_ms for r in page if r.created_at_ms is not None), default=None)
+                if oldest is not None and oldest < state.first_sight_floor_ms:
+                    return runs, False
+        return runs, True
+
+    def _parse_runs(self, flow_id: str, items: Iterable[object]) -> list[Run]:
+        runs = []
+        for item in items:
+            try:
+                runs.append(parse_run(item))
+            except ExporterError as exc:
+                if self._once.first(self.name, flow_id, "run_payload", str(exc)):
+                    log.warning("run_payload_invalid", sandbox=self.name, flow_id=flow_id, error=str(exc))
+        return runs

@@ -1,0 +1,392 @@
+"""The simulator's HTTP face: Adobe IMS, the Flow Service, fault injection and an admin API for tests.
+
+Routes (all on one port):
+- ``POST /ims/token/v3``: client-credentials tokens, checked against the configured id and secret.
+- ``GET /data/foundation/flowservice/{flows,runs}[/{id}]``: the Flow Service, with its headers, errors,
+  filters, ordering, page limits and continuation tokens.
+- ``/_sim/...``: ground truth, clock, faults, request counts, flow controls (see ``admin routes`` below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from exporter.simulator.query import (
+    MAX_LIMIT,
+    QueryError,
+    make_token,
+    matches,
+    parse_filter,
+    query_digest,
+    read_token,
+    sort_items,
+)
+from exporter.simulator.world import World
+
+API_PREFIX = "/data/foundation/flowservice"
+IMS_PATH = "/ims/token/v3"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Credentials:
+    """What the simulated IMS accepts (the defaults are what ``demo`` configures)."""
+
+    client_id: str = "sim-client-id"
+    client_secret: str = "sim-client-secret"  # noqa: S105 -- the simulator's well-known demo secret
+    org_id: str = "SIMULATED000000000000000@AdobeOrg"
+
+
+@dataclass
+class Faults:
+    """Switchable failure modes; rates are probabilities per API request, drawn from a seeded RNG."""
+
+    error_rate: float = 0.0
+    throttle_rate: float = 0.0
+    retry_after: str | None = None
+    latency_s: float = 0.0
+    slow_rate: float = 0.0
+    slow_s: float = 0.0
+    malformed_rate: float = 0.0
+    truncate_rate: float = 0.0
+    ims_down: bool = False
+    forbidden_sandboxes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """One queued answer: the next request to ``endpoint`` (or any, with ``*``) gets ``status``."""
+
+    endpoint: str
+    status: int
+    retry_after: str | None = None
+    delay_s: float = 0.0
+    body: str | None = None
+
+
+def _gateway_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error_code": code, "message": message}, status=status)
+
+
+def _platform_error(status: int, code: str, title: str) -> web.Response:
+    body = {"type": f"https://ns.adobe.com/aep/errors/FLOW-{code}", "title": title, "status": status,
+            "report": {"detailed-message": title}, "error-chain": [{"serviceId": "FLOW", "errorCode": code}]}
+    return web.json_response(body, status=status)
+
+
+class Simulator:
+    """Serves a :class:`World` as Adobe would, with faults on demand and counts of every request."""
+
+    def __init__(self, world: World, *, credentials: Credentials | None = None, faults: Faults | None = None,
+                 token_lifetime_s: float = 86399.0, seed: int = 1) -> None:
+        self.world = world
+        self.credentials = credentials or Credentials()
+        self.faults = faults or Faults()
+        self.token_lifetime_s = token_lifetime_s
+        self.rng = random.Random(seed)
+        self.tokens: dict[str, float] = {}
+        self.requests: Counter[str] = Counter()
+        self.request_log: deque[dict[str, Any]] = deque(maxlen=20_000)
+        self.scripted: deque[Scripted] = deque()
+        self.faults_injected: Counter[str] = Counter()
+
+    # --- test and admin controls -------------------------------------------------------------------------
+
+    def fail_next(self, endpoint: str, status: int, *, times: int = 1, retry_after: str | None = None,
+                  delay_s: float = 0.0, body: str | None = None) -> None:
+        """Queue ``times`` answers with ``status`` for the next requests to ``endpoint`` (``*`` = any)."""
+        for _ in range(times):
+            self.scripted.append(Scripted(endpoint, status, retry_after, delay_s, body))
+
+    def revoke_tokens(self) -> None:
+        """Every token issued so far becomes invalid (as when an admin rotates the credential)."""
+        self.tokens.clear()
+
+    def reset_counts(self) -> None:
+        self.requests.clear()
+        self.request_log.clear()
+
+    # --- the application -----------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(IMS_PATH, self._token)
+        app.router.add_get(f"{API_PREFIX}/flows", self._list_flows)
+        app.router.add_get(f"{API_PREFIX}/flows/{{id}}", self._get_flow)
+        app.router.add_get(f"{API_PREFIX}/runs", self._list_runs)
+        app.router.add_get(f"{API_PREFIX}/runs/{{id}}", self._get_run)
+        app.router.add_get("/_sim/truth", self._truth)
+        app.router.add_get("/_sim/requests", self._requests)
+        app.router.add_post("/_sim/requests/reset", self._reset_requests)
+        app.router.add_post("/_sim/advance", self._advance)
+        app.router.add_get("/_sim/faults", self._get_faults)
+        app.router.add_post("/_sim/faults", self._set_faults)
+        app.router.add_post("/_sim/fail-next", self._fail_next)
+        app.router.add_post("/_sim/revoke", self._revoke)
+        app.router.add_post("/_sim/flows/{id}/status", self._force_status)
+        app.router.add_post("/_sim/flows/{id}/state", self._set_state)
+        app.router.add_get("/", self._index)
+        return app
+
+    def _take_scripted(self, endpoint: str) -> Scripted | None:
+        for i, item in enumerate(self.scripted):
+            if item.endpoint in (endpoint, "*"):
+                del self.scripted[i]
+                return item
+        return None
+
+    async def _fault(self, endpoint: str) -> web.StreamResponse | None:
+        """An injected failure for this request, or None to answer normally."""
+        faults = self.faults
+        scripted = self._take_scripted(endpoint)
+        if scripted is not None:
+            self.faults_injected[f"scripted_{scripted.status}"] += 1
+            if scripted.delay_s:
+                await asyncio.sleep(scripted.delay_s)
+            if scripted.status == 200:
+                return None
+            headers = {"Retry-After": scripted.retry_after} if scripted.retry_after else {}
+            if scripted.body is not None:
+                return web.Response(status=scripted.status, text=scripted.body, headers=headers,
+                                    content_type="application/json")
+            if scripted.status == 429:
+                return web.json_response({"error_code": "429050", "message": "Too many requests"}, status=429,
+                                         headers=headers)
+            return web.json_response({"error_code": str(scripted.status), "message": "Injected failure"},
+                                     status=scripted.status, headers=headers)
+        if endpoint == "token":
+            if faults.ims_down:
+                self.faults_injected["ims_down"] += 1
+                return web.Response(status=503, text="IMS unavailable")
+            return None
+        if faults.latency_s:
+            await asyncio.sleep(faults.latency_s)
+        if faults.slow_rate and self.rng.random() < faults.slow_rate:
+            self.faults_injected["slow"] += 1
+            await asyncio.sleep(faults.slow_s)
+        if faults.throttle_rate and self.rng.random() < faults.throttle_rate:
+            self.faults_injected["throttle"] += 1
+            headers = {"Retry-After": faults.retry_after} if faults.retry_after else {}
+            return web.json_response({"error_code": "429050", "message": "Too many requests"}, status=429,
+                                     headers=headers)
+        if faults.error_rate and self.rng.random() < faults.error_rate:
+            self.faults_injected["server_error"] += 1
+            return web.json_response({"error_code": "500", "message": "Injected server error"},
+                                     status=self.rng.choice((500, 502, 503)))
+        return None
+
+    def _check_headers(self, request: web.Request) -> web.Response | str:
+        """The sandbox name when the request carries valid credentials and headers, else the error answer."""
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        expiry = self.tokens.get(token)
+        if not token or expiry is None or expiry < time.time():
+            return _gateway_error(401, "401013", "Oauth token is not valid")
+        if request.headers.get("x-api-key") != self.credentials.client_id:
+            return _gateway_error(403, "403003", "Api Key is invalid")
+        if request.headers.get("x-gw-ims-org-id") != self.credentials.org_id:
+            return _gateway_error(403, "403027", "User is not part of the IMS organization")
+        sandbox = request.headers.get("x-sandbox-name")
+        if not sandbox:
+            return _platform_error(400, "2105-400", "Missing x-sandbox-name header")
+        if sandbox in self.faults.forbidden_sandboxes:
+            self.faults_injected["forbidden"] += 1
+            return _platform_error(403, "2106-403", f"Access to sandbox {sandbox} is denied")
+        if sandbox not in self.world.flows:
+            return _platform_error(403, "2107-403", f"Sandbox {sandbox} does not exist")
+        return sandbox
+
+    async def _api(self, request: web.Request, endpoint: str) -> web.StreamResponse | str:
+        self.requests[endpoint] += 1
+        self.request_log.append({"endpoint": endpoint, "path": request.path, "query": request.query_string,
+                                 "sandbox": request.headers.get("x-sandbox-name")})
+        fault = await self._fault(endpoint)
+        if fault is not None:
+            return fault
+        return self._check_headers(request)
+
+    async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """JSON, or (by fault draw) malformed JSON or a connection cut mid-body."""
+        faults = self.faults
+        if faults.malformed_rate and self.rng.random() < faults.malformed_rate:
+            self.faults_injected["malformed"] += 1
+            return web.Response(text='{"items": [{"id": ', content_type="application/json")
+        if faults.truncate_rate and self.rng.random() < faults.truncate_rate:
+            self.faults_injected["truncated"] += 1
+            data = web.json_response(body).body
+            assert isinstance(data, bytes)  # noqa: S101 -- json_response always has bytes
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            resp.content_length = len(data)
+            await resp.prepare(request)
+            await resp.write(data[: max(1, len(data) // 2)])
+            if request.transport is not None:
+                request.transport.close()
+            return resp
+        return web.json_response(body)
+
+    # --- IMS -----------------------------------------------------------------------------------------------
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        self.requests["token"] += 1
+        fault = await self._fault("token")
+        if fault is not None:
+            return fault
+        form = await request.post()
+        creds = self.credentials
+        if form.get("grant_type") != "client_credentials":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        if form.get("client_id") != creds.client_id:
+            return web.json_response({"error": "invalid_client", "error_description": "invalid client_id parameter"},
+                                     status=400)
+        if form.get("client_secret") != creds.client_secret:
+            return web.json_response({"error": "invalid_client", "error_description": "invalid client_secret"},
+                                     status=401)
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = time.time() + self.token_lifetime_s
+        lifetime = self.token_lifetime_s
+        return web.json_response({"access_token": token, "token_type": "bearer",
+                                  "expires_in": int(lifetime) if lifetime >= 1 else lifetime})
+
+    # --- Flow Service --------------------------------------------------------------------------------------
+
+    async def _list(self, request: web.Request, endpoint: str, items_for: Any) -> web.StreamResponse:
+        checked = await self._api(request, endpoint)
+        if not isinstance(checked, str):
+            return checked
+        try:
+            filters = [parse_filter(v) for v in request.query.getall("property", [])]
+            orderby = request.query.get("orderby")
+            if request.query.get("count") == "true":
+                if "limit" in request.query:
+                    raise QueryError("1401-400", "count cannot be combined with limit")
+                return await self._answer(request, {"count": len(items_for(checked, filters))})
+            limit = min(int(request.query.get("limit", str(MAX_LIMIT))), MAX_LIMIT)
+            if limit < 1:
+                raise QueryError("1401-400", "limit must be positive")
+            digest = query_digest(filters, orderby)
+            token = request.query.get("continuationToken")
+            offset = read_token(token, digest) if token else 0
+        except QueryError as exc:
+            return _platform_error(400, exc.code, str(exc))
+        except ValueError:
+            return _platform_error(400, "1401-400", "limit must be an integer")
+        items = sort_items(items_for(checked, filters), orderby)
+        page = items[offset:offset + limit]
+        links: dict[str, Any] = {}
+        if offset + limit < len(items):
+            links["next"] = {"href": f"/{endpoint}?continuationToken={make_token(offset + limit, digest)}"}
+        return await self._answer(request, {"items": page, "_links": links})
+
+    def _flow_items(self, sandbox: str, filters: list[Any]) -> list[dict[str, Any]]:
+        now = self.world.now_ms()
+        flows = self.world.sandbox_flows(sandbox)
+        ids = next((set(f.values) for f in filters if f.path == "id" and f.op == "=="), None)
+        if ids is not None:
+            flows = [f for f in flows if f.id in ids]
+        return [item for item in (f.to_json(now) for f in flows) if matches(item, filters)]
+
+    def _run_items(self, sandbox: str, filters: list[Any]) -> list[dict[str, Any]]:
+        now = self.world.now_ms()
+        flows = self.world.sandbox_flows(sandbox)
+        ids = next((set(f.values) for f in filters if f.path == "flowId" and f.op == "=="), None)
+        if ids is not None:
+            flows = [f for f in flows if f.id in ids]
+        created_floor = min((float(f.values[0]) for f in filters if f.path == "createdAt" and f.op in (">", ">=")
+                             and f.values[0].lstrip("-").isdigit()), default=None)
+        runs = [r for f in flows for r in f.visible_runs(now)
+                if created_floor is None or r.created_ms >= created_floor]
+        return [item for item in (r.to_json(now) for r in runs) if matches(item, filters)]
+
+    async def _list_flows(self, request: web.Request) -> web.StreamResponse:
+        return await self._list(request, "flows", self._flow_items)
+
+    async def _list_runs(self, request: web.Request) -> web.StreamResponse:
+        return await self._list(request, "runs", self._run_items)
+
+    async def _get_one(self, request: web.Request, endpoint: str, items: list[dict[str, Any]]) -> web.StreamResponse:
+        if not items:
+            return _platform_error(404, "1404-404", f"{endpoint} {request.match_info['id']} not found")
+        return await self._answer(request, {"items": items})
+
+    async def _get_flow(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._api(request, "flow")
+        if not isinstance(checked, str):
+            return checked
+        wanted = request.match_info["id"]
+        now = self.world.now_ms()
+        items = [f.to_json(now) for f in self.world.sandbox_flows(checked) if f.id == wanted]
+        return await self._get_one(request, "flow", items)
+
+    async def _get_run(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._api(request, "run")
+        if not isinstance(checked, str):
+            return checked
+        wanted = request.match_info["id"]
+        now = self.world.now_ms()
+        items = [r.to_json(now) for f in self.world.sandbox_flows(checked) for r in f.visible_runs(now)
+                 if r.id == wanted]
+        return await self._get_one(request, "run", items)
+
+    # --- admin routes --------------------------------------------------------------------------------------
+
+    async def _truth(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.world.truth())
+
+    async def _requests(self, _request: web.Request) -> web.Response:
+        return web.json_response({"requests": dict(self.requests), "faults_injected": dict(self.faults_injected)})
+
+    async def _reset_requests(self, _request: web.Request) -> web.Response:
+        self.reset_counts()
+        return web.json_response({"ok": True})
+
+    async def _advance(self, request: web.Request) -> web.Response:
+        self.world.clock.advance(float(request.query.get("seconds", "0")))
+        return web.json_response({"now_ms": self.world.now_ms()})
+
+    async def _get_faults(self, _request: web.Request) -> web.Response:
+        return web.json_response(asdict(self.faults))
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        try:
+            self.faults = Faults(**{**asdict(self.faults), **data})
+        except TypeError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(asdict(self.faults))
+
+    async def _fail_next(self, request: web.Request) -> web.Response:
+        q = request.query
+        self.fail_next(q.get("endpoint", "*"), int(q.get("status", "500")), times=int(q.get("times", "1")),
+                       retry_after=q.get("retry_after"))
+        return web.json_response({"queued": len(self.scripted)})
+
+    async def _revoke(self, _request: web.Request) -> web.Response:
+        self.revoke_tokens()
+        return web.json_response({"ok": True})
+
+    async def _force_status(self, request: web.Request) -> web.Response:
+        status = request.query.get("status") or None
+        try:
+            self.world.force_status(request.match_info["id"], status)
+        except KeyError:
+            return web.json_response({"error": "no such flow"}, status=404)
+        return web.json_response({"ok": True})
+
+    async def _set_state(self, request: web.Request) -> web.Response:
+        try:
+            self.world.set_state(request.match_info["id"], request.query.get("state", "disabled"))
+        except KeyError:
+            return web.json_response({"error": "no such flow"}, status=404)
+        return web.json_response({"ok": True})
+
+    async def _index(self, _request: web.Request) -> web.Response:
+        flows = sum(len(f) for f in self.world.flows.values())
+        return web.Response(text=f"AEP Flow Service simulator: {len(self.world.flows)} sandboxes, {flows} flows.\n"
+                                 f"IMS: {IMS_PATH}  Flow Service: {API_PREFIX}  Truth: /_sim/truth\n")

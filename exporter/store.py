@@ -1,0 +1,144 @@
+"""Where flow states live between polls and across restarts: memory, or a SQLite file.
+
+The SQLite store writes one transaction per flow update (state, counters and counted run ids together),
+in WAL mode, so a process killed at any moment leaves either the old or the new state of each flow, never
+half of one. A file that is not ours is refused with StateError and never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from exporter.errors import StateError
+from exporter.state import FlowState, state_from_json, state_to_json
+
+APPLICATION_ID = 0x41455046  # "AEPF": marks the file as ours (PRAGMA application_id)
+SCHEMA_VERSION = 1
+
+
+class Store(Protocol):
+    """Persistence of flow states, keyed by (sandbox, flow_id)."""
+
+    def load(self, buckets: tuple[float, ...]) -> tuple[list[FlowState], list[tuple[str, str]]]:
+        """Every stored state, and the keys whose histogram was reset because the buckets changed."""
+
+    def save(self, state: FlowState) -> None:
+        """Persist one flow's state atomically."""
+
+    def delete(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Forget flows that are no longer tracked."""
+
+    def close(self) -> None:
+        """Release the file."""
+
+
+class MemoryStore:
+    """No persistence: state lives as long as the process (``state.path: null``)."""
+
+    def load(self, buckets: tuple[float, ...]) -> tuple[list[FlowState], list[tuple[str, str]]]:  # noqa: ARG002
+        return [], []
+
+    def save(self, state: FlowState) -> None:  # noqa: ARG002
+        return None
+
+    def delete(self, keys: Iterable[tuple[str, str]]) -> None:  # noqa: ARG002
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class SqliteStore:
+    """Flow states in one SQLite file; see the module docstring for the guarantees."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open state file {self.path}: {exc}") from exc
+        try:
+            self._check_and_init()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StateError(f"state file {self.path} is not a SQLite database of this exporter: {exc}") from exc
+        except StateError:
+            self._db.close()
+            raise
+
+    def _check_and_init(self) -> None:
+        db = self._db
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app_id != APPLICATION_ID and (tables or app_id != 0):
+            raise StateError(
+                f"state file {self.path} belongs to another program (application_id {app_id:#x}); "
+                "refusing to touch it: point state.path at a file of its own"
+            )
+        if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
+            raise StateError(f"state file {self.path} has schema {version}, newer than this exporter's "
+                             f"{SCHEMA_VERSION}: upgrade the exporter or use another file")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # with WAL this survives a killed process; no fsync per commit
+        if app_id == 0:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("CREATE TABLE flows (sandbox TEXT NOT NULL, flow_id TEXT NOT NULL, state TEXT NOT NULL, "
+                       "PRIMARY KEY (sandbox, flow_id)) WITHOUT ROWID")
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        elif "flows" not in tables:
+            raise StateError(f"state file {self.path} is damaged: its flows table is missing")
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise StateError(f"state file {self.path} is corrupt ({check}); move it away to start afresh")
+
+    def load(self, buckets: tuple[float, ...]) -> tuple[list[FlowState], list[tuple[str, str]]]:
+        states: list[FlowState] = []
+        resets: list[tuple[str, str]] = []
+        try:
+            rows = self._db.execute("SELECT sandbox, flow_id, state FROM flows").fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read state file {self.path}: {exc}") from exc
+        for sandbox, flow_id, text in rows:
+            try:
+                state, reset = state_from_json(json.loads(text), buckets)
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+                raise StateError(f"state file {self.path}: entry {sandbox}/{flow_id} is corrupt "
+                                 f"({type(exc).__name__}); move the file away to start afresh") from exc
+            states.append(state)
+            if reset:
+                resets.append(state.key)
+        return states, resets
+
+    def save(self, state: FlowState) -> None:
+        text = json.dumps(state_to_json(state), separators=(",", ":"))
+        try:
+            self._db.execute("INSERT OR REPLACE INTO flows (sandbox, flow_id, state) VALUES (?, ?, ?)",
+                             (state.sandbox, state.flow_id, text))
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot write state file {self.path}: {exc}") from exc
+
+    def delete(self, keys: Iterable[tuple[str, str]]) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM flows WHERE sandbox = ? AND flow_id = ?", list(keys))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.rollback()
+            raise StateError(f"cannot write state file {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_store(path: str | None) -> Store:
+    """A SQLite store at ``path``, or a memory store when it is None."""
+    return MemoryStore() if path is None else SqliteStore(path)

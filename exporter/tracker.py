@@ -1,0 +1,105 @@
+"""The live set of flow states: the one place that changes them, persists them and snapshots them.
+
+Readers (the collector, the landing page) only ever see a :class:`Snapshot`, an immutable view rebuilt
+when something changed; ``version`` lets the web layer cache what it rendered from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from exporter.state import FlowState
+from exporter.store import Store
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxStatus:
+    """The last poll of one sandbox, for the landing page and readiness."""
+
+    name: str
+    flows: int = 0
+    dropped: int = 0
+    polls: int = 0
+    last_ok: bool | None = None
+    last_success_s: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Snapshot:
+    """An immutable view of every tracked flow and sandbox; ``version`` changes with any content change."""
+
+    version: int
+    flows: tuple[FlowState, ...]
+    sandboxes: tuple[SandboxStatus, ...]
+
+
+class Tracker:
+    """Owns the flow states; writes through to the store before the new state becomes visible."""
+
+    def __init__(self, store: Store, sandboxes: Iterable[str] = ()) -> None:
+        self._store = store
+        self._flows: dict[tuple[str, str], FlowState] = {}
+        self._sandboxes: dict[str, SandboxStatus] = {name: SandboxStatus(name=name) for name in sandboxes}
+        self._version = 0
+        self._snapshot: Snapshot | None = None
+
+    def restore(self, states: Iterable[FlowState]) -> None:
+        """Take states loaded from the store (without writing them back)."""
+        for state in states:
+            self._flows[state.key] = state
+        self._changed()
+
+    def get(self, key: tuple[str, str]) -> FlowState | None:
+        return self._flows.get(key)
+
+    def keys(self, sandbox: str) -> list[tuple[str, str]]:
+        return [k for k in self._flows if k[0] == sandbox]
+
+    def put(self, state: FlowState, *, persist: bool = True) -> None:
+        """Replace one flow's state; persisted first, so memory never runs ahead of the file."""
+        if self._flows.get(state.key) is state:
+            return
+        if persist:
+            self._store.save(state)
+        self._flows[state.key] = state
+        self._changed()
+
+    def remove(self, keys: Iterable[tuple[str, str]]) -> None:
+        doomed = [k for k in keys if k in self._flows]
+        if doomed:
+            self._store.delete(doomed)
+            for key in doomed:
+                del self._flows[key]
+            self._changed()
+
+    def set_sandboxes(self, names: Iterable[str]) -> None:
+        """Track exactly these sandboxes (a reload may add or drop some); flows of dropped ones go too."""
+        wanted = list(names)
+        self._sandboxes = {n: self._sandboxes.get(n, SandboxStatus(name=n)) for n in wanted}
+        self.remove([k for k in self._flows if k[0] not in self._sandboxes])
+        self._changed()
+
+    def update_sandbox(self, name: str, **changes: object) -> None:
+        current = self._sandboxes.get(name, SandboxStatus(name=name))
+        self._sandboxes[name] = dataclasses.replace(current, **changes)  # type: ignore[arg-type]
+        self._changed()
+
+    def sandbox(self, name: str) -> SandboxStatus:
+        return self._sandboxes.get(name, SandboxStatus(name=name))
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._snapshot = None
+
+    def snapshot(self) -> Snapshot:
+        """The current view, built at most once per change."""
+        if self._snapshot is None:
+            self._snapshot = Snapshot(
+                version=self._version,
+                flows=tuple(sorted(self._flows.values(), key=lambda s: s.key)),
+                sandboxes=tuple(self._sandboxes.values()),
+            )
+        return self._snapshot
