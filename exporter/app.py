@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import signal
 import time
@@ -66,7 +67,12 @@ class Exporter:
         self.store: Store = open_store(config.state.path)
         self.tracker = Tracker(self.store, [s.name for s in config.sandboxes])
         states, resets = self.store.load(config.metrics.duration_buckets)
-        self.tracker.restore(states)
+        by_name = {s.name: s for s in config.sandboxes}
+        self.tracker.restore(
+            dataclasses.replace(s, labels=by_name[s.sandbox].labels_for(s.flow_id), up=True)
+            for s in states if s.sandbox in by_name
+        )
+        self.store.delete([s.key for s in states if s.sandbox not in by_name])  # sandboxes no longer configured
         for sandbox, flow_id in resets:
             log.warning("histogram_reset", sandbox=sandbox, flow_id=flow_id,
                         reason="metrics.duration_buckets changed since the state file was written")

@@ -185,4 +185,6 @@ def _error_code(body: bytes) -> tuple[str | None, str]:
         return None, ""
     code = data.get("error_code") or data.get("code") or data.get("type")
     title = data.get("title") or data.get("message") or ""
+    if isinstance(code, str) and "/" in code:  # RFC-7807 "type" is a URL ending in the code
+        code = code.rstrip("/").rsplit("/", 1)[-1]
     return (str(code)[:64] if code else None), str(title)[:200]

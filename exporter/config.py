@@ -106,6 +106,14 @@ class SandboxConfig:
     interval: float = 60.0
     jitter: float = 0.10
 
+    def labels_for(self, flow_id: str) -> dict[str, str]:
+        """Static labels of a flow: the sandbox's, overridden by the flow's own."""
+        labels = dict(self.labels)
+        for ref in self.flows:
+            if ref.id == flow_id:
+                labels.update(ref.labels)
+        return labels
+
 
 @dataclass(frozen=True, kw_only=True)
 class StateConfig:
@@ -491,8 +499,10 @@ class _ConfigParser(_Reader):
         sec = self.section(raw, "server", {"listen", "web_config_file"})
         host, port = self.get(sec, "listen", "server", _listen, ("0.0.0.0", 9847))  # noqa: S104 -- see ServerConfig
         web_config = self.get(sec, "web_config_file", "server", _string, "") or None
-        if web_config and not (self.base_dir / web_config).is_file():
-            self.problem("server.web_config_file", f"{web_config} does not exist")
+        if web_config:
+            # Refused rather than ignored: serving plain HTTP to someone who asked for TLS would be worse.
+            self.problem("server.web_config_file", "TLS and basic auth are not supported by this version yet; "
+                         "put a TLS-terminating proxy in front of the exporter")
         return ServerConfig(host=host, port=port, web_config_file=web_config)
 
     def log(self, raw: object) -> LogConfig:

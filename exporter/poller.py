@@ -80,6 +80,8 @@ class SandboxPoller:
         self._once = once or OnceLog()
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
+        for counter in (metrics.polls, metrics.poll_failures):
+            counter.labels(sandbox.name)  # present at 0 from the start, so rate() and alerts see the first failure
 
     @property
     def name(self) -> str:
@@ -142,13 +144,6 @@ class SandboxPoller:
         self._tracker.update_sandbox(name, polls=status.polls + 1, last_ok=False, last_error=str(exc)[:300])
         log.warning("poll_failed", sandbox=name, error=str(exc)[:300], error_type=type(exc).__name__)
 
-    def _labels_for(self, flow_id: str) -> dict[str, str]:
-        labels = dict(self.sandbox.labels)
-        for ref in self.sandbox.flows:
-            if ref.id == flow_id:
-                labels.update(ref.labels)
-        return labels
-
     async def _list_flows(self) -> tuple[list[Flow], list[str]]:
         """Every flow to track (discovered and configured), and configured ids the API does not know."""
         sandbox = self.sandbox
@@ -202,12 +197,12 @@ class SandboxPoller:
         if dropped and self._once.first(self.name, "flows_dropped", str(dropped)):
             log.warning("flows_dropped", sandbox=self.name, dropped=dropped, limit=settings.max_flows,
                         hint="raise metrics.max_flows_per_sandbox or shard the exporter")
-        return {f: self._labels_for(f.id) for f in mine[:settings.max_flows]}
+        return {f: self.sandbox.labels_for(f.id) for f in mine[:settings.max_flows]}
 
     def _flow_down(self, flow_id: str, flow: Flow | None, reason: str) -> None:
         key = (self.name, flow_id)
         state = self._tracker.get(key) or self._new_state(flow_id)
-        state = dataclasses.replace(state, labels=self._labels_for(flow_id), flow=flow or state.flow)
+        state = dataclasses.replace(state, labels=self.sandbox.labels_for(flow_id), flow=flow or state.flow)
         self._tracker.put(mark_down(state), persist=False)
         if self._once.first(self.name, flow_id, "down", reason):
             log.warning("flow_unreadable", sandbox=self.name, flow_id=flow_id, reason=reason)

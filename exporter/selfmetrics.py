@@ -50,7 +50,8 @@ class SelfMetrics:
         self.token_failures = Counter("aep_exporter_token_request_failures_total", "IMS token requests that failed.",
                                       registry=registry)
         self.shard_index = Gauge("aep_exporter_shard_index", "This process's shard.", registry=registry)
-        self.shard_total = Gauge("aep_exporter_shard_total", "Number of shards.", registry=registry)
+        # Named like kube-state-metrics' kube_state_metrics_total_shards: a gauge may not end in _total.
+        self.shard_total = Gauge("aep_exporter_total_shards", "Number of shards.", registry=registry)
         self.reload_ok = Gauge("aep_exporter_config_last_reload_successful",
                                "1 when the last config (re)load succeeded.", registry=registry)
         self.reload_time = Gauge("aep_exporter_config_last_reload_success_timestamp_seconds",

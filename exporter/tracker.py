@@ -29,7 +29,7 @@ class SandboxStatus:
 
 @dataclass(frozen=True, kw_only=True)
 class Snapshot:
-    """An immutable view of every tracked flow and sandbox; ``version`` changes with any content change."""
+    """An immutable view of every tracked flow and sandbox; ``version`` changes whenever a flow's state does."""
 
     version: int
     flows: tuple[FlowState, ...]
@@ -43,7 +43,7 @@ class Tracker:
         self._store = store
         self._flows: dict[tuple[str, str], FlowState] = {}
         self._sandboxes: dict[str, SandboxStatus] = {name: SandboxStatus(name=name) for name in sandboxes}
-        self._version = 0
+        self._version = 0  # of the flows only: what the rendered exposition depends on
         self._snapshot: Snapshot | None = None
 
     def restore(self, states: Iterable[FlowState]) -> None:
@@ -60,7 +60,7 @@ class Tracker:
 
     def put(self, state: FlowState, *, persist: bool = True) -> None:
         """Replace one flow's state; persisted first, so memory never runs ahead of the file."""
-        if self._flows.get(state.key) is state:
+        if self._flows.get(state.key) == state:
             return
         if persist:
             self._store.save(state)
@@ -80,12 +80,12 @@ class Tracker:
         wanted = list(names)
         self._sandboxes = {n: self._sandboxes.get(n, SandboxStatus(name=n)) for n in wanted}
         self.remove([k for k in self._flows if k[0] not in self._sandboxes])
-        self._changed()
+        self._snapshot = None
 
     def update_sandbox(self, name: str, **changes: object) -> None:
         current = self._sandboxes.get(name, SandboxStatus(name=name))
         self._sandboxes[name] = dataclasses.replace(current, **changes)  # type: ignore[arg-type]
-        self._changed()
+        self._snapshot = None  # the flows (and so the version) are unchanged
 
     def sandbox(self, name: str) -> SandboxStatus:
         return self._sandboxes.get(name, SandboxStatus(name=name))

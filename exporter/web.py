@@ -27,7 +27,7 @@ from exporter.collector import CollectorOptions, build_families
 from exporter.tracker import Snapshot
 
 OPENMETRICS_EOF = b"# EOF\n"
-TEXT_TYPE = text_format.CONTENT_TYPE_LATEST
+TEXT_TYPE = text_format.CONTENT_TYPE_PLAIN_0_0_4  # our names are legacy-valid: same bytes, widest support
 OPENMETRICS_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
 LANDING_FLOW_ROWS = 1000
 

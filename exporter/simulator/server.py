@@ -58,6 +58,7 @@ class Faults:
     truncate_rate: float = 0.0
     ims_down: bool = False
     forbidden_sandboxes: list[str] = field(default_factory=list)
+    failing_flows: list[str] = field(default_factory=list)  # /runs of these flows answers 500
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,13 @@ class Simulator:
         return await self._list(request, "flows", self._flow_items)
 
     async def _list_runs(self, request: web.Request) -> web.StreamResponse:
+        if self.faults.failing_flows:
+            asked = {v for p in request.query.getall("property", []) if p.startswith("flowId==")
+                     for v in p[len("flowId=="):].split(",")}
+            if asked & set(self.faults.failing_flows):
+                self.requests["runs"] += 1
+                self.faults_injected["failing_flow"] += 1
+                return web.json_response({"error_code": "500", "message": "Injected flow failure"}, status=500)
         return await self._list(request, "runs", self._run_items)
 
     async def _get_one(self, request: web.Request, endpoint: str, items: list[dict[str, Any]]) -> web.StreamResponse:

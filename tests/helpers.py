@@ -1,0 +1,108 @@
+"""Test helpers: scrape and parse /metrics, and derive the expected counters from the simulator's ground truth."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import Exporter
+from exporter.config import DEFAULT_BUCKETS
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+COUNTER_FIELDS = [("records", k) for k in ("input", "output", "failed", "skipped", "warning")] + [
+    ("bytes", "input"), ("bytes", "output"), ("files", "input"), ("files", "output"), ("files", "failed")]
+
+
+def parse_samples(text: str) -> Samples:
+    """Every sample of an exposition, keyed by (sample name, label set), parsed by prometheus-client."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def pick(samples: Samples, name: str, **labels: str) -> dict[frozenset[tuple[str, str]], float]:
+    """Samples of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return {lbls: v for (n, lbls), v in samples.items() if n == name and want <= set(lbls)}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The one sample of ``name`` with these labels (None when absent)."""
+    found = pick(samples, name, **labels)
+    assert len(found) <= 1, f"{name} {labels}: {len(found)} samples"
+    return next(iter(found.values()), None)
+
+
+async def serve(exporter: Exporter) -> TestServer:
+    """The exporter's web app on 127.0.0.1 (pollers built, not started: tests drive cycles)."""
+    server = TestServer(exporter.web_app(poll=False), host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def scrape(server: TestServer, path: str = "/metrics", **headers: str) -> tuple[int, str, dict[str, str]]:
+    async with aiohttp.ClientSession() as session, session.get(server.make_url(path), headers=headers) as resp:
+        return resp.status, await resp.text(), dict(resp.headers)
+
+
+def expected_counters(truth: dict[str, Any], buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> Samples:
+    """What every ``aep_flow_*_total`` counter and the duration histogram must show, from the simulator's runs."""
+    out: Samples = {}
+    for sandbox, flows in truth["sandboxes"].items():
+        for flow_id, flow in flows.items():
+            base = {"sandbox": sandbox, "flow_id": flow_id, "env": "test"}
+
+            def put(name: str, val: float, _base: dict[str, str] = base, **extra: str) -> None:
+                key = (name, frozenset({**_base, **extra}.items()))
+                out[key] = out.get(key, 0.0) + val
+
+            for status in ("success", "partial_success", "failed"):
+                put("aep_flow_runs_total", 0, status=status)
+            durations = []
+            codes: Counter[str] = Counter()
+            for run in flow["runs"]:
+                if not run["completed"]:
+                    continue
+                put("aep_flow_runs_total", 1, status=run["status"])
+                for group, field in COUNTER_FIELDS:
+                    if run[group].get(field) is not None:
+                        put(f"aep_flow_{field}_{group}_total", run[group][field])
+                durations.append(run["duration_seconds"])
+                codes.update(run["error_codes"])
+            for code, n in codes.items():
+                put("aep_flow_run_errors_total", n, code=code)
+            for bound in (*buckets, math.inf):
+                le = "+Inf" if bound == math.inf else repr(float(bound))
+                put("aep_flow_run_duration_seconds_bucket", sum(1 for d in durations if d <= bound), le=le)
+            put("aep_flow_run_duration_seconds_count", len(durations))
+            put("aep_flow_run_duration_seconds_sum", sum(durations))
+    return out
+
+
+def counter_samples(samples: Samples) -> Samples:
+    """Only the run-derived counters and histogram, the part ground truth determines."""
+    names = {"aep_flow_runs_total", "aep_flow_run_errors_total", "aep_flow_run_duration_seconds_bucket",
+             "aep_flow_run_duration_seconds_count", "aep_flow_run_duration_seconds_sum"}
+    names |= {f"aep_flow_{field}_{group}_total" for group, field in COUNTER_FIELDS}
+    return {k: v for k, v in samples.items() if k[0] in names}
+
+
+def assert_matches_truth(samples: Samples, truth: dict[str, Any]) -> int:
+    """Every counter equals ground truth exactly (sums to 1e-6); returns how many completed runs that covers."""
+    expected = expected_counters(truth)
+    actual = counter_samples(samples)
+    missing = sorted(set(expected) - set(actual), key=str)
+    extra = sorted(set(actual) - set(expected), key=str)
+    assert not missing, f"absent from /metrics: {missing[:5]}"
+    assert not extra, f"not in ground truth: {extra[:5]}"
+    wrong = [(k, actual[k], v) for k, v in expected.items() if not math.isclose(actual[k], v, abs_tol=1e-6)]
+    assert not wrong, f"{len(wrong)} counters differ from ground truth, e.g. {wrong[:3]}"
+    return int(sum(v for (n, _), v in expected.items() if n == "aep_flow_runs_total"))

@@ -1,0 +1,139 @@
+"""/metrics end to end over HTTP: formats, compression, caching, validity (prometheus-client and promtool)."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+
+import aiohttp
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+from exporter.collector import FAMILIES
+from tests.conftest import Sim, make_config, make_exporter
+from tests.helpers import parse_samples, scrape, serve, value
+
+
+async def test_metrics_parse_and_pass_promtool_check_metrics(sim: Sim, promtool: str) -> None:
+    """The exposition after a few cycles parses with prometheus-client and passes `promtool check metrics`."""
+    exporter = make_exporter(make_config(sim.url))
+    server = await serve(exporter)
+    try:
+        for _ in range(3):
+            assert await exporter.poll_once()
+            sim.world.clock.advance(15 * 60)
+        status, text, headers = await scrape(server)
+    finally:
+        await server.close()
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = parse_samples(text)
+    names = {name for name, _labels in samples}
+    for family, typ, _help in FAMILIES:  # every family of the contract is produced by the simulator's data
+        wanted = {"counter": f"{family}_total", "histogram": f"{family}_count"}.get(typ, family)
+        assert wanted in names, wanted
+    for self_metric in ("aep_exporter_build_info", "aep_exporter_api_requests_total", "aep_exporter_polls_total",
+                        "aep_exporter_last_poll_success_timestamp_seconds",
+                        "aep_exporter_token_expiry_timestamp_seconds", "aep_exporter_flows",
+                        "aep_exporter_total_shards", "aep_exporter_config_last_reload_successful"):
+        assert self_metric in names, self_metric
+    assert value(samples, "aep_exporter_flows", sandbox="prod") == 6
+    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+async def test_openmetrics_is_served_when_asked_and_ends_with_one_eof(sim: Sim) -> None:
+    """Accept: application/openmetrics-text gives valid OpenMetrics with a single # EOF at the end."""
+    exporter = make_exporter(make_config(sim.url))
+    server = await serve(exporter)
+    try:
+        assert await exporter.poll_once()
+        status, text, headers = await scrape(server, Accept="application/openmetrics-text; version=1.0.0")
+    finally:
+        await server.close()
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+    families = {f.name for f in parse_openmetrics(text)}
+    assert {"aep_flow_runs", "aep_flow_info", "aep_exporter_polls"} <= families
+
+
+async def test_gzip_body_is_one_valid_stream_equal_to_the_plain_body(sim: Sim) -> None:
+    """With Accept-Encoding: gzip the body decompresses (as one stream) to the same exposition."""
+    exporter = make_exporter(make_config(sim.url))
+    server = await serve(exporter)
+    try:
+        assert await exporter.poll_once()
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.get(server.make_url("/metrics"), headers={"Accept-Encoding": "gzip"}) as resp:
+                assert resp.headers["Content-Encoding"] == "gzip"
+                raw = await resp.read()
+            async with session.get(server.make_url("/metrics"), headers={"Accept-Encoding": "identity"}) as resp:
+                assert "Content-Encoding" not in resp.headers
+                plain = await resp.read()
+    finally:
+        await server.close()
+    unzipped = gzip.decompress(raw)
+    strip = {b"aep_exporter_api_request_duration", b"aep_exporter_api_requests", b"aep_exporter_poll"}
+
+    def stable(body: bytes) -> list[bytes]:  # self-metrics may move between two scrapes; the flow block may not
+        return [line for line in body.splitlines() if not any(line.startswith(p) for p in strip)]
+
+    assert stable(unzipped) == stable(plain)
+    assert b"aep_flow_runs_total" in unzipped
+
+
+async def test_flow_block_is_rendered_once_per_change_not_per_scrape(sim: Sim) -> None:
+    """Scrapes between polls reuse the rendered flow block; a poll that changes state renders it anew."""
+    exporter = make_exporter(make_config(sim.url))
+    server = await serve(exporter)
+    try:
+        assert await exporter.poll_once()
+        for _ in range(5):
+            await scrape(server)
+        assert exporter.renderer.renders == 1
+        assert await exporter.poll_once()  # nothing new upstream: the snapshot is unchanged
+        await scrape(server)
+        assert exporter.renderer.renders == 1
+        sim.world.clock.advance(3600)
+        assert await exporter.poll_once()
+        await scrape(server)
+        assert exporter.renderer.renders == 2
+    finally:
+        await server.close()
+
+
+async def test_landing_page_health_and_readiness(sim: Sim) -> None:
+    """/ lists version, sandboxes and flows; /healthz is 200; /readyz turns 200 after every sandbox polled."""
+    exporter = make_exporter(make_config(sim.url))
+    server = await serve(exporter)
+    try:
+        assert (await scrape(server, "/healthz"))[0] == 200
+        assert (await scrape(server, "/readyz"))[0] == 503
+        assert await exporter.poll_once()
+        assert (await scrape(server, "/readyz"))[0] == 200
+        status, page, headers = await scrape(server, "/")
+    finally:
+        await server.close()
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert 'href="/metrics"' in page and "0.1.0" in page
+    some_flow = next(iter(sim.world.flows["prod"].values()))
+    assert some_flow.id in page and some_flow.name in page
+    assert "<td>prod</td>" in page and "<td>dev</td>" in page
+
+
+async def test_readiness_stays_503_while_a_sandbox_keeps_failing(sim: Sim) -> None:
+    """A sandbox whose polls fail keeps /readyz at 503 and counts its failures, the other sandbox goes on."""
+    sim.simulator.faults.forbidden_sandboxes = ["dev"]
+    exporter = make_exporter(make_config(sim.url))
+    server = await serve(exporter)
+    try:
+        assert not await exporter.poll_once()
+        assert (await scrape(server, "/readyz"))[0] == 503
+        _s, text, _h = await scrape(server)
+    finally:
+        await server.close()
+    samples = parse_samples(text)
+    assert value(samples, "aep_exporter_poll_failures_total", sandbox="dev") == 1
+    assert value(samples, "aep_exporter_poll_failures_total", sandbox="prod") == 0
+    assert value(samples, "aep_exporter_flows", sandbox="prod") == 6
