@@ -145,7 +145,7 @@ def test_unknown_terminal_status_is_counted_as_other() -> None:
 
 def test_uuid_activities_are_keyed_by_their_snake_cased_names() -> None:
     """Newer payloads with UUID activity ids and names give the same activity labels as the legacy ids."""
-    flow, run = tutorial()
+    run = tutorial()[1]
     run = json.loads(json.dumps(run))
     run["activities"][0]["id"] = "2b5f8a3c-0000-4000-8000-000000000001"
     run["activities"][0]["name"] = "Copy Activity"

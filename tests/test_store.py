@@ -1,0 +1,110 @@
+"""The SQLite state store: round trips, refusal of foreign or corrupt files, bounded growth."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from exporter.errors import StateError
+from exporter.store import SqliteStore
+from tests.conftest import Sim, make_config, make_exporter
+
+
+async def test_state_round_trips_through_the_file(sim: Sim, tmp_path: Path) -> None:
+    """Every flow state written by a poll reads back equal (labels come from config, not the file)."""
+    path = tmp_path / "s.db"
+    exporter = make_exporter(make_config(sim.url, state_path=str(path)))
+    await exporter.start()
+    for _ in range(3):
+        assert await exporter.poll_once()
+        sim.world.clock.advance(1800)
+    states = {s.key: s for s in exporter.snapshot().flows}
+    await exporter.close()
+    store = SqliteStore(path)
+    loaded, resets = store.load((30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+                                 28800.0, 86400.0))
+    store.close()
+    assert resets == []
+    assert len(loaded) == len(states) == 12
+    for state in loaded:
+        original = states[state.key]
+        assert state == original.__class__(**{**original.__dict__, "labels": {}})
+
+
+def test_foreign_sqlite_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """A SQLite database of another program gives StateError and is not modified."""
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE invoices (id INTEGER)")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StateError, match="another program"):
+        SqliteStore(path)
+    assert path.read_bytes() == before
+
+
+def test_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """A text file at state.path gives StateError naming the file, and keeps its content."""
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StateError) as info:
+        SqliteStore(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == before
+
+
+async def test_corrupt_entry_gives_a_clear_error(sim: Sim, tmp_path: Path) -> None:
+    """A damaged row makes loading fail with StateError naming the flow, never a KeyError."""
+    path = tmp_path / "s.db"
+    exporter = make_exporter(make_config(sim.url, state_path=str(path)))
+    await exporter.start()
+    assert await exporter.poll_once()
+    await exporter.close()
+    db = sqlite3.connect(path)
+    sandbox, flow_id, text = db.execute("SELECT sandbox, flow_id, state FROM flows LIMIT 1").fetchone()
+    data = json.loads(text)
+    del data["runs_total"]
+    db.execute("UPDATE flows SET state = ? WHERE sandbox = ? AND flow_id = ?", (json.dumps(data), sandbox, flow_id))
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match=flow_id):
+        make_exporter(make_config(sim.url, state_path=str(path)))
+
+
+async def test_changed_buckets_reset_only_the_histogram(sim: Sim, tmp_path: Path) -> None:
+    """New duration buckets reset the stored histograms (reported), while run counters are kept."""
+    from exporter.config import MetricsConfig
+
+    path = tmp_path / "s.db"
+    exporter = make_exporter(make_config(sim.url, state_path=str(path)))
+    await exporter.start()
+    assert await exporter.poll_once()
+    totals = {s.key: dict(s.runs_total) for s in exporter.snapshot().flows}
+    await exporter.close()
+    again = make_exporter(make_config(sim.url, state_path=str(path),
+                                      metrics=MetricsConfig(duration_buckets=(10.0, 100.0))))
+    for state in again.snapshot().flows:
+        assert state.durations.bounds == (10.0, 100.0)
+        assert state.durations.count == 0
+        assert dict(state.runs_total) == totals[state.key]
+    again.store.close()
+
+
+async def test_counted_run_ids_stay_bounded_over_many_cycles(sim: Sim, tmp_path: Path) -> None:
+    """After days of runs, each flow remembers only the run ids its next query can still return."""
+    exporter = make_exporter(make_config(sim.url, state_path=str(tmp_path / "s.db")))
+    await exporter.start()
+    for _ in range(48):  # two simulated days, one poll every hour
+        sim.world.clock.advance(3600)
+        assert await exporter.poll_once()
+    states = exporter.snapshot().flows
+    await exporter.close()
+    counted_total = sum(sum(s.runs_total.values()) for s in states)
+    remembered = max(len(s.counted) for s in states)
+    assert counted_total > 500
+    assert remembered <= 12  # at most the runs of the last ~hour and ten minutes of a 15-minute flow, plus long runs
