@@ -106,6 +106,13 @@ def build_families(snapshot: Snapshot, options: CollectorOptions) -> list[Metric
     return [m for m in fam.by_name.values() if m.samples]
 
 
+def flow_families(state: FlowState, options: CollectorOptions) -> list[Metric]:
+    """The families of one flow alone (the unit the exposition cache renders)."""
+    fam = _Families()
+    _flow(fam, state, options)
+    return [m for m in fam.by_name.values() if m.samples]
+
+
 def _flow(fam: _Families, state: FlowState, options: CollectorOptions) -> None:
     fam.add("aep_exporter_flow_up", {"sandbox": state.sandbox, "flow_id": state.flow_id}, 1 if state.up else 0)
     flow = state.flow

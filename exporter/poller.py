@@ -102,7 +102,13 @@ class SandboxPoller:
             await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
 
     async def cycle(self) -> bool:
-        """One poll of the sandbox; True when its flows could be listed."""
+        """One poll of the sandbox; True when its flows could be listed. Its results are published at the end."""
+        try:
+            return await self._cycle()
+        finally:
+            self._tracker.publish()
+
+    async def _cycle(self) -> bool:
         name = self.name
         self._metrics.polls.labels(name).inc()
         started = time.perf_counter()

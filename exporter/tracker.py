@@ -1,7 +1,8 @@
 """The live set of flow states: the one place that changes them, persists them and snapshots them.
 
-Readers (the collector, the landing page) only ever see a :class:`Snapshot`, an immutable view rebuilt
-when something changed; ``version`` lets the web layer cache what it rendered from it.
+Readers (the collector, the landing page) only ever see a :class:`Snapshot`, an immutable view that the
+pollers publish at the end of each cycle (not at each flow update, so a scrape during a poll does not force a
+re-render per flow); ``version`` lets the web layer cache what it rendered from it.
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ class Tracker:
         self._flows: dict[tuple[str, str], FlowState] = {}
         self._sandboxes: dict[str, SandboxStatus] = {name: SandboxStatus(name=name) for name in sandboxes}
         self._version = 0  # of the flows only: what the rendered exposition depends on
-        self._snapshot: Snapshot | None = None
+        self._dirty = True
+        self._snapshot = Snapshot(version=0, flows=(), sandboxes=tuple(self._sandboxes.values()))
 
     def restore(self, states: Iterable[FlowState]) -> None:
-        """Take states loaded from the store (without writing them back)."""
+        """Take states loaded from the store (without writing them back), and publish them."""
         for state in states:
             self._flows[state.key] = state
         self._changed()
+        self.publish()
 
     def get(self, key: tuple[str, str]) -> FlowState | None:
         return self._flows.get(key)
@@ -80,26 +83,32 @@ class Tracker:
         wanted = list(names)
         self._sandboxes = {n: self._sandboxes.get(n, SandboxStatus(name=n)) for n in wanted}
         self.remove([k for k in self._flows if k[0] not in self._sandboxes])
-        self._snapshot = None
+        self._dirty = True
+        self.publish()
 
     def update_sandbox(self, name: str, **changes: object) -> None:
         current = self._sandboxes.get(name, SandboxStatus(name=name))
         self._sandboxes[name] = dataclasses.replace(current, **changes)  # type: ignore[arg-type]
-        self._snapshot = None  # the flows (and so the version) are unchanged
+        self._dirty = True  # the flows (and so the version) are unchanged
 
     def sandbox(self, name: str) -> SandboxStatus:
         return self._sandboxes.get(name, SandboxStatus(name=name))
 
     def _changed(self) -> None:
         self._version += 1
-        self._snapshot = None
+        self._dirty = True
 
-    def snapshot(self) -> Snapshot:
-        """The current view, built at most once per change."""
-        if self._snapshot is None:
+    def publish(self) -> Snapshot:
+        """Make the current states visible to readers (a new snapshot only when something changed)."""
+        if self._dirty:
             self._snapshot = Snapshot(
                 version=self._version,
                 flows=tuple(sorted(self._flows.values(), key=lambda s: s.key)),
                 sandboxes=tuple(self._sandboxes.values()),
             )
+            self._dirty = False
+        return self._snapshot
+
+    def snapshot(self) -> Snapshot:
+        """The last published view."""
         return self._snapshot

@@ -1,10 +1,11 @@
 """HTTP face of the exporter: ``/metrics``, ``/``, ``/healthz``, ``/readyz``.
 
-``/metrics`` = the flow block + the self-metrics block. The flow block is what prometheus-client renders
-from the snapshot's families; it is rendered once per snapshot version and format (off the event loop)
-and cached, so a scrape costs the same with 10 flows or 5,000. Only the small self-metrics block is
+``/metrics`` = the flow block + the self-metrics block. The flow block comes from the per-flow render cache
+(exposition.py), assembled off the event loop once per published snapshot and format, and served from
+memory, so a scrape costs about the same with 10 flows or 5,000; only the small self-metrics block is
 rendered per scrape. Gzip reuses a compressor that has already eaten the cached block: a copy of it
-compresses just the per-scrape tail, and the result is one ordinary gzip stream.
+compresses just the per-scrape tail, and the result is one ordinary gzip stream. Parts are written as they
+are, never concatenated into a second copy of a large body.
 """
 
 from __future__ import annotations
@@ -13,42 +14,22 @@ import asyncio
 import html
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
-from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_format
 
 from exporter import __version__
-from exporter.collector import CollectorOptions, build_families
+from exporter.collector import CollectorOptions
+from exporter.exposition import FlowExposition
 from exporter.tracker import Snapshot
 
-OPENMETRICS_EOF = b"# EOF\n"
 TEXT_TYPE = text_format.CONTENT_TYPE_PLAIN_0_0_4  # our names are legacy-valid: same bytes, widest support
 OPENMETRICS_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
 LANDING_FLOW_ROWS = 1000
-
-
-class _Families:
-    """The ``collect()`` shape prometheus-client's renderers expect, over a ready list of families."""
-
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self._families = list(families)
-
-    def collect(self) -> list[Metric]:
-        return self._families
-
-
-def render_flow_block(snapshot: Snapshot, options: CollectorOptions, openmetrics: bool) -> bytes:
-    """The flow families as prometheus-client renders them (OpenMetrics without its ``# EOF``)."""
-    families = _Families(build_families(snapshot, options))
-    if not openmetrics:
-        return text_format.generate_latest(families)
-    body: bytes = openmetrics_format.generate_latest(families)  # type: ignore[no-untyped-call]
-    return body[: -len(OPENMETRICS_EOF)] if body.endswith(OPENMETRICS_EOF) else body
 
 
 @dataclass
@@ -56,7 +37,7 @@ class _Rendered:
     version: int
     body: bytes
     gzip_prefix: bytes | None = None
-    gzip_state: zlib._Compress | None = None  # a zlib compressor that has consumed ``body``; copied per gzip scrape
+    gzip_state: zlib._Compress | None = None  # a zlib compressor that has consumed ``body``; copied per scrape
 
 
 class MetricsRenderer:
@@ -65,53 +46,69 @@ class MetricsRenderer:
     def __init__(self, source: Callable[[], Snapshot], options: CollectorOptions,
                  self_registry: CollectorRegistry) -> None:
         self._source = source
-        self._options = options
         self._self_registry = self_registry
+        self._expositions = {om: FlowExposition(options, openmetrics=om) for om in (False, True)}
         self._cache: dict[bool, _Rendered] = {}
         self._locks = {False: asyncio.Lock(), True: asyncio.Lock()}
+        self._gzip_lock = asyncio.Lock()
         self.renders = 0
 
+    @property
+    def flows_rendered(self) -> int:
+        """How many per-flow renders happened (a flow is re-rendered only when its state changed)."""
+        return sum(e.flows_rendered for e in self._expositions.values())
+
     def set_options(self, options: CollectorOptions) -> None:
-        """New cardinality controls (config reload): the cache is dropped."""
-        self._options = options
+        """New cardinality controls (config reload): every cached render is dropped."""
+        self._expositions = {om: FlowExposition(options, openmetrics=om) for om in (False, True)}
         self._cache.clear()
 
     async def _flow_block(self, openmetrics: bool) -> _Rendered:
-        snapshot = self._source()
         cached = self._cache.get(openmetrics)
-        if cached is not None and cached.version == snapshot.version:
+        if cached is not None and cached.version == self._source().version:
             return cached
         async with self._locks[openmetrics]:
             snapshot = self._source()
             cached = self._cache.get(openmetrics)
             if cached is not None and cached.version == snapshot.version:
                 return cached
-            loop = asyncio.get_running_loop()
-            body = await loop.run_in_executor(None, render_flow_block, snapshot, self._options, openmetrics)
+            exposition = self._expositions[openmetrics]
+            body = await asyncio.get_running_loop().run_in_executor(None, exposition.render, snapshot)
             self.renders += 1
             rendered = _Rendered(version=snapshot.version, body=body)
             self._cache[openmetrics] = rendered
             return rendered
 
-    def _self_block(self, openmetrics: bool) -> bytes:
+    def self_block(self, openmetrics: bool) -> bytes:
+        """The exporter's own metrics, rendered now (OpenMetrics ends with its ``# EOF``)."""
         if openmetrics:
             body: bytes = openmetrics_format.generate_latest(self._self_registry)  # type: ignore[no-untyped-call]
             return body
         return text_format.generate_latest(self._self_registry)
 
-    async def render(self, *, openmetrics: bool, gzip: bool) -> bytes:
-        """The whole ``/metrics`` body in the asked format."""
+    async def _gzip_state(self, block: _Rendered) -> tuple[bytes, zlib._Compress]:
+        if block.gzip_state is None or block.gzip_prefix is None:
+            async with self._gzip_lock:
+                if block.gzip_state is None or block.gzip_prefix is None:
+                    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+                    loop = asyncio.get_running_loop()
+                    block.gzip_prefix = await loop.run_in_executor(None, compressor.compress, block.body)
+                    block.gzip_state = compressor
+        return block.gzip_prefix, block.gzip_state
+
+    async def render_parts(self, *, openmetrics: bool, gzip: bool) -> list[bytes]:
+        """The ``/metrics`` body as parts to write in order (their concatenation is the body)."""
         block = await self._flow_block(openmetrics)
-        tail = self._self_block(openmetrics)
+        tail = self.self_block(openmetrics)
         if not gzip:
-            return block.body + tail
-        if block.gzip_state is None:
-            compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-            block.gzip_prefix = compressor.compress(block.body)
-            block.gzip_state = compressor
-        compressor = block.gzip_state.copy()
-        assert block.gzip_prefix is not None  # noqa: S101 -- set together with gzip_state
-        return block.gzip_prefix + compressor.compress(tail) + compressor.flush()
+            return [block.body, tail]
+        prefix, state = await self._gzip_state(block)
+        compressor = state.copy()
+        return [prefix, compressor.compress(tail) + compressor.flush()]
+
+    async def render(self, *, openmetrics: bool, gzip: bool) -> bytes:
+        """The whole ``/metrics`` body as one bytes object (for ``once`` and tests)."""
+        return b"".join(await self.render_parts(openmetrics=openmetrics, gzip=gzip))
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -175,15 +172,21 @@ def is_ready(snapshot: Snapshot) -> bool:
 def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot]) -> web.Application:
     """The aiohttp application serving the four endpoints."""
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.StreamResponse:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
         gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
-        body = await renderer.render(openmetrics=openmetrics, gzip=gzip)
+        parts = await renderer.render_parts(openmetrics=openmetrics, gzip=gzip)
         content_type = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
         headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
         if gzip:
             headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        response.content_length = sum(len(p) for p in parts)
+        await response.prepare(request)
+        for part in parts:
+            await response.write(part)
+        await response.write_eof()
+        return response
 
     async def index(_request: web.Request) -> web.Response:
         return web.Response(text=landing_page(snapshot()), content_type="text/html")

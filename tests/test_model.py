@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from exporter.collector import CollectorOptions
+from exporter.collector import CollectorOptions, build_families
 from exporter.errors import PayloadError
+from exporter.exposition import generate
 from exporter.model import normalize_status, parse_flow, parse_run, snake_case
 from exporter.state import apply_runs, new_flow_state
 from exporter.store import MemoryStore
 from exporter.tracker import Tracker
-from exporter.web import render_flow_block
 from tests.conftest import DATA
 from tests.helpers import Samples, parse_samples, value
 
@@ -37,7 +37,8 @@ def render(flow_json: dict[str, Any], runs_json: list[dict[str, Any]], *, now_ms
     update = apply_runs(state, flow, [parse_run(r) for r in runs_json], now_ms=now_ms, max_error_codes=20)
     tracker = Tracker(MemoryStore(), ["prod"])
     tracker.put(update.state)
-    text = render_flow_block(tracker.snapshot(), options or CollectorOptions(), openmetrics=False).decode()
+    families = build_families(tracker.publish(), options or CollectorOptions())
+    text = generate(families, openmetrics=False).decode()
     return parse_samples(text)
 
 
