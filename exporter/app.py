@@ -27,7 +27,7 @@ from exporter.poller import OnceLog, PollSettings, SandboxPoller
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import Store, open_store
 from exporter.tracker import Snapshot, Tracker
-from exporter.web import MetricsRenderer, create_web_app
+from exporter.web import SELF_TTL, MetricsRenderer, create_web_app
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +39,7 @@ class Tuning:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     seed: int | None = None
+    self_metrics_ttl: float = SELF_TTL
 
 
 def _options(config: Config) -> CollectorOptions:
@@ -78,7 +79,8 @@ class Exporter:
                         reason="metrics.duration_buckets changed since the state file was written")
         if states:
             log.info("state_loaded", path=config.state.path, flows=len(states))
-        self.renderer = MetricsRenderer(self.tracker.snapshot, _options(config), self.registry)
+        self.renderer = MetricsRenderer(self.tracker.snapshot, _options(config), self.registry,
+                                        self_ttl=self.tuning.self_metrics_ttl)
         self.once = OnceLog()
         self.pollers: list[SandboxPoller] = []
         self._session: aiohttp.ClientSession | None = None
@@ -143,7 +145,7 @@ class Exporter:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self.store.close()
+        self.tracker.close()
 
     async def reload(self) -> bool:
         """Re-read the config file and apply it; an invalid one keeps the current config running."""

@@ -99,6 +99,7 @@ def _simulator_args(p: argparse.ArgumentParser, *, port: int) -> None:
                    help="simulated seconds per real second (default %(default)s: a 15-minute schedule runs every 15 s)")
     p.add_argument("--history", default="6h", help="runs already made at start (default %(default)s)")
     p.add_argument("--min-interval", default=None, help="put every scheduled flow on this interval, e.g. 15m")
+    p.add_argument("--max-duration", default="2h", help="longest run duration (default %(default)s)")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every API answer")
     p.add_argument("--error-rate", type=float, default=0.0, help="probability of a 5xx answer")
     p.add_argument("--throttle-rate", type=float, default=0.0, help="probability of a 429 answer")
@@ -113,7 +114,8 @@ def _build_simulator(args: argparse.Namespace) -> Simulator:
     min_interval = int(parse_duration(args.min_interval)) if args.min_interval else None
     world = World(seed=args.seed, sandboxes=tuple(s.strip() for s in args.sandboxes.split(",") if s.strip()),
                   flows_per_sandbox=args.flows, history_s=parse_duration(args.history),
-                  clock=SimClock(speed=args.speed), min_interval_s=min_interval)
+                  clock=SimClock(speed=args.speed), min_interval_s=min_interval,
+                  max_duration_s=parse_duration(args.max_duration))
     faults = Faults(latency_s=args.latency, error_rate=args.error_rate, throttle_rate=args.throttle_rate,
                     retry_after=args.retry_after, slow_rate=args.slow_rate, slow_s=args.slow_seconds)
     return Simulator(world, faults=faults, token_lifetime_s=args.token_lifetime, seed=args.seed)

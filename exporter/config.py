@@ -7,6 +7,7 @@ so that no repr, log line or exception can show it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -106,13 +107,13 @@ class SandboxConfig:
     interval: float = 60.0
     jitter: float = 0.10
 
+    @functools.cached_property
+    def _flow_labels(self) -> dict[str, Mapping[str, str]]:
+        return {ref.id: ref.labels for ref in self.flows if ref.labels}
+
     def labels_for(self, flow_id: str) -> dict[str, str]:
-        """Static labels of a flow: the sandbox's, overridden by the flow's own."""
-        labels = dict(self.labels)
-        for ref in self.flows:
-            if ref.id == flow_id:
-                labels.update(ref.labels)
-        return labels
+        """Static labels of a flow: the sandbox's, overridden by the flow's own (a dict lookup, not a scan)."""
+        return {**self.labels, **self._flow_labels.get(flow_id, {})}
 
 
 @dataclass(frozen=True, kw_only=True)

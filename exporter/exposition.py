@@ -27,7 +27,7 @@ OPENMETRICS_EOF = b"# EOF\n"
 _ORDER = {name: i for i, (name, _typ, _help) in enumerate(FAMILIES)}
 _ORDER.update({f"{name}_total": i for i, (name, typ, _help) in enumerate(FAMILIES) if typ == "counter"})
 
-Parts = dict[int, tuple[bytes, bytes]]  # family index -> (HELP/TYPE header, sample lines)
+Parts = dict[int, bytes]  # family index -> that flow's sample lines of the family
 
 
 class _ReadyFamilies:
@@ -48,9 +48,9 @@ def generate(families: Iterable[Metric], *, openmetrics: bool) -> bytes:
     return body[: -len(OPENMETRICS_EOF)] if body.endswith(OPENMETRICS_EOF) else body
 
 
-def split_families(body: bytes) -> Parts:
+def split_families(body: bytes) -> dict[int, tuple[bytes, bytes]]:
     """Cut a rendered exposition into (header, samples) per family, keyed by the family's contract position."""
-    parts: Parts = {}
+    parts: dict[int, tuple[bytes, bytes]] = {}
     lines = body.split(b"\n")
     i = 0
     while i < len(lines):
@@ -79,18 +79,21 @@ class FlowExposition:
         self.options = options
         self.openmetrics = openmetrics
         self._cache: dict[tuple[str, str], tuple[FlowState, Parts]] = {}
+        self._headers: dict[int, bytes] = {}  # HELP/TYPE lines are the same for every flow: kept once
         self._lock = threading.Lock()
         self.flows_rendered = 0
 
     def _parts(self, state: FlowState) -> Parts:
-        return split_families(generate(flow_families(state, self.options), openmetrics=self.openmetrics))
+        split = split_families(generate(flow_families(state, self.options), openmetrics=self.openmetrics))
+        for index, (header, _lines) in split.items():
+            self._headers.setdefault(index, header)
+        return {index: lines for index, (_header, lines) in split.items()}
 
     def render(self, snapshot: Snapshot) -> bytes:
         """The whole flow block for a snapshot, re-rendering only flows whose state changed since last time."""
         with self._lock:
             old = self._cache
             cache: dict[tuple[str, str], tuple[FlowState, Parts]] = {}
-            headers: dict[int, bytes] = {}
             samples: dict[int, list[bytes]] = {}
             for state in snapshot.flows:
                 entry = old.get(state.key)
@@ -98,8 +101,11 @@ class FlowExposition:
                     entry = (state, self._parts(state))
                     self.flows_rendered += 1
                 cache[state.key] = entry
-                for index, (header, lines) in entry[1].items():
-                    headers.setdefault(index, header)
+                for index, lines in entry[1].items():
                     samples.setdefault(index, []).append(lines)
             self._cache = cache
-            return b"".join(headers[i] + b"".join(samples[i]) for i in sorted(samples))
+            pieces: list[bytes] = []
+            for index in sorted(samples):  # one join: the block is built once, not once per family and again
+                pieces.append(self._headers[index])
+                pieces.extend(samples[index])
+            return b"".join(pieces)

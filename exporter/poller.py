@@ -145,7 +145,7 @@ class SandboxPoller:
         for key in self._tracker.keys(name):
             state = self._tracker.get(key)
             if state is not None:
-                self._tracker.put(mark_down(state), persist=False)
+                self._tracker.put(mark_down(state))
         status = self._tracker.sandbox(name)
         self._tracker.update_sandbox(name, polls=status.polls + 1, last_ok=False, last_error=str(exc)[:300])
         log.warning("poll_failed", sandbox=name, error=str(exc)[:300], error_type=type(exc).__name__)
@@ -209,7 +209,7 @@ class SandboxPoller:
         key = (self.name, flow_id)
         state = self._tracker.get(key) or self._new_state(flow_id)
         state = dataclasses.replace(state, labels=self.sandbox.labels_for(flow_id), flow=flow or state.flow)
-        self._tracker.put(mark_down(state), persist=False)
+        self._tracker.put(mark_down(state))
         if self._once.first(self.name, flow_id, "down", reason):
             log.warning("flow_unreadable", sandbox=self.name, flow_id=flow_id, reason=reason)
 
@@ -224,7 +224,10 @@ class SandboxPoller:
         if state.labels != labels:
             state = dataclasses.replace(state, labels=labels)
         if stored is not None and not state.needs_runs(flow):
-            self._tracker.put(refresh_flow(state, flow), persist=stored.flow != flow)
+            if stored.flow != flow:
+                await self._tracker.save(refresh_flow(state, flow))
+            else:
+                self._tracker.put(refresh_flow(state, flow))
             return
         try:
             runs, complete = await self._fetch_runs(state, flow)
@@ -243,7 +246,7 @@ class SandboxPoller:
             if run.unknown_fields:
                 log.info("run_values_unknown", sandbox=self.name, flow_id=flow.id, run_id=run.id,
                          fields=list(run.unknown_fields))
-        self._tracker.put(update.state)
+        await self._tracker.save(update.state)
         if update.counted:
             log.debug("runs_counted", sandbox=self.name, flow_id=flow.id, runs=len(update.counted))
 

@@ -7,12 +7,14 @@ re-render per flow); ``version`` lets the web layer cache what it rendered from 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from exporter.state import FlowState
-from exporter.store import Store
+from exporter.store import MemoryStore, Store
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +44,8 @@ class Tracker:
 
     def __init__(self, store: Store, sandboxes: Iterable[str] = ()) -> None:
         self._store = store
+        # SQLite commits (and WAL checkpoints, which fsync) run on one writer thread, off the event loop.
+        self._writer = None if isinstance(store, MemoryStore) else ThreadPoolExecutor(1, "state-writer")
         self._flows: dict[tuple[str, str], FlowState] = {}
         self._sandboxes: dict[str, SandboxStatus] = {name: SandboxStatus(name=name) for name in sandboxes}
         self._version = 0  # of the flows only: what the rendered exposition depends on
@@ -61,14 +65,29 @@ class Tracker:
     def keys(self, sandbox: str) -> list[tuple[str, str]]:
         return [k for k in self._flows if k[0] == sandbox]
 
-    def put(self, state: FlowState, *, persist: bool = True) -> None:
-        """Replace one flow's state; persisted first, so memory never runs ahead of the file."""
+    def put(self, state: FlowState) -> None:
+        """Replace one flow's state in memory only (what is not persisted: labels, up, a new description)."""
         if self._flows.get(state.key) == state:
             return
-        if persist:
-            self._store.save(state)
         self._flows[state.key] = state
         self._changed()
+
+    async def save(self, state: FlowState) -> None:
+        """Persist one flow's state, then make it current: memory never runs ahead of the file, so a counter
+        Prometheus has seen can never go back after a crash (which it would take for a reset)."""
+        if self._flows.get(state.key) == state:
+            return
+        if self._writer is None:
+            self._store.save(state)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._store.save, state)
+        self.put(state)
+
+    def close(self) -> None:
+        """Finish pending writes and release the store."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        self._store.close()
 
     def remove(self, keys: Iterable[tuple[str, str]]) -> None:
         doomed = [k for k in keys if k in self._flows]

@@ -30,6 +30,12 @@ from exporter.tracker import Snapshot
 TEXT_TYPE = text_format.CONTENT_TYPE_PLAIN_0_0_4  # our names are legacy-valid: same bytes, widest support
 OPENMETRICS_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
 LANDING_FLOW_ROWS = 1000
+WRITE_CHUNK = 256 * 1024
+"""/metrics is written in slices of this size, so a slow reader never makes the transport copy a 40 MB body."""
+
+
+SELF_TTL = 0.25
+"""Seconds a rendered self-metrics block is reused: a scrape storm renders it 4 times a second, not per scrape."""
 
 
 @dataclass
@@ -38,19 +44,23 @@ class _Rendered:
     body: bytes
     gzip_prefix: bytes | None = None
     gzip_state: zlib._Compress | None = None  # a zlib compressor that has consumed ``body``; copied per scrape
+    gzip_tail: tuple[bytes, bytes] | None = None  # (self block, its compressed tail after this body)
 
 
 class MetricsRenderer:
     """Caches the flow block per snapshot version and format; see the module docstring."""
 
     def __init__(self, source: Callable[[], Snapshot], options: CollectorOptions,
-                 self_registry: CollectorRegistry) -> None:
+                 self_registry: CollectorRegistry, *, self_ttl: float = SELF_TTL) -> None:
         self._source = source
         self._self_registry = self_registry
+        self._self_ttl = self_ttl
+        self._self_cache: dict[bool, tuple[float, bytes]] = {}
         self._expositions = {om: FlowExposition(options, openmetrics=om) for om in (False, True)}
         self._cache: dict[bool, _Rendered] = {}
         self._locks = {False: asyncio.Lock(), True: asyncio.Lock()}
         self._gzip_lock = asyncio.Lock()
+        self._gzip_wanted = False  # once a client asked for gzip, each new block is compressed as it is rendered
         self.renders = 0
 
     @property
@@ -73,27 +83,34 @@ class MetricsRenderer:
             if cached is not None and cached.version == snapshot.version:
                 return cached
             exposition = self._expositions[openmetrics]
-            body = await asyncio.get_running_loop().run_in_executor(None, exposition.render, snapshot)
+            self._cache.pop(openmetrics, None)  # let the old block go before the new one is built (peak memory)
+            rendered = await asyncio.get_running_loop().run_in_executor(
+                None, _render_block, exposition, snapshot, self._gzip_wanted)
             self.renders += 1
-            rendered = _Rendered(version=snapshot.version, body=body)
             self._cache[openmetrics] = rendered
             return rendered
 
     def self_block(self, openmetrics: bool) -> bytes:
-        """The exporter's own metrics, rendered now (OpenMetrics ends with its ``# EOF``)."""
+        """The exporter's own metrics (OpenMetrics ends with its ``# EOF``), at most ``self_ttl`` old."""
+        now = time.monotonic()
+        cached = self._self_cache.get(openmetrics)
+        if cached is not None and now - cached[0] < self._self_ttl:
+            return cached[1]
         if openmetrics:
             body: bytes = openmetrics_format.generate_latest(self._self_registry)  # type: ignore[no-untyped-call]
-            return body
-        return text_format.generate_latest(self._self_registry)
+        else:
+            body = text_format.generate_latest(self._self_registry)
+        self._self_cache[openmetrics] = (now, body)
+        return body
 
     async def _gzip_state(self, block: _Rendered) -> tuple[bytes, zlib._Compress]:
+        self._gzip_wanted = True
         if block.gzip_state is None or block.gzip_prefix is None:
             async with self._gzip_lock:
                 if block.gzip_state is None or block.gzip_prefix is None:
-                    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-                    loop = asyncio.get_running_loop()
-                    block.gzip_prefix = await loop.run_in_executor(None, compressor.compress, block.body)
-                    block.gzip_state = compressor
+                    await asyncio.get_running_loop().run_in_executor(None, _compress, block)
+        assert block.gzip_prefix is not None  # noqa: S101 -- _compress sets both
+        assert block.gzip_state is not None  # noqa: S101
         return block.gzip_prefix, block.gzip_state
 
     async def render_parts(self, *, openmetrics: bool, gzip: bool) -> list[bytes]:
@@ -103,12 +120,29 @@ class MetricsRenderer:
         if not gzip:
             return [block.body, tail]
         prefix, state = await self._gzip_state(block)
-        compressor = state.copy()
-        return [prefix, compressor.compress(tail) + compressor.flush()]
+        if block.gzip_tail is None or block.gzip_tail[0] is not tail:
+            compressor = state.copy()
+            block.gzip_tail = (tail, compressor.compress(tail) + compressor.flush())
+        return [prefix, block.gzip_tail[1]]
 
     async def render(self, *, openmetrics: bool, gzip: bool) -> bytes:
         """The whole ``/metrics`` body as one bytes object (for ``once`` and tests)."""
         return b"".join(await self.render_parts(openmetrics=openmetrics, gzip=gzip))
+
+
+def _compress(block: _Rendered) -> None:
+    """Feed the block to a gzip compressor once; per scrape only a copy of it compresses the small tail."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    block.gzip_prefix = compressor.compress(block.body)
+    block.gzip_state = compressor
+
+
+def _render_block(exposition: FlowExposition, snapshot: Snapshot, gzip: bool) -> _Rendered:
+    """Off the event loop: assemble the flow block and, when clients use gzip, compress it right away."""
+    block = _Rendered(version=snapshot.version, body=exposition.render(snapshot))
+    if gzip:
+        _compress(block)
+    return block
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -184,7 +218,9 @@ def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot
         response.content_length = sum(len(p) for p in parts)
         await response.prepare(request)
         for part in parts:
-            await response.write(part)
+            view = memoryview(part)
+            for start in range(0, len(view), WRITE_CHUNK):
+                await response.write(view[start:start + WRITE_CHUNK])  # waits for the reader: bounded buffering
         await response.write_eof()
         return response
 

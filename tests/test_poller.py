@@ -45,7 +45,7 @@ async def test_only_changed_flows_get_a_runs_call(sim: Sim) -> None:
         world.clock.advance(300)
         assert await exporter.poll_once()
         flow = next(iter(world.flows["prod"].values()))
-        flow.start_ms = world.now_ms() - 86400 * 1000 + 30_000  # its next daily run is due now
+        flow.trigger_run(world.now_ms(), 1.0)  # someone clicked "run now" on this flow
         world.clock.advance(60)
         handle.simulator.reset_counts()
         assert await exporter.poll_once()

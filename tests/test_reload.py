@@ -39,8 +39,8 @@ async def test_reload_adds_and_removes_flows_and_keeps_the_rest(sim: Sim, tmp_pa
     a, b, c = list(sim.world.flows["prod"])[:3]
     path = tmp_path / "config.yaml"
     path.write_text(_yaml(sim.url, [a, b]))
-    exporter = Exporter(load_config(path), registry=CollectorRegistry(), tuning=Tuning(backoff_base=0.01),
-                        config_path=path)
+    tuning = Tuning(backoff_base=0.01, self_metrics_ttl=0.0)
+    exporter = Exporter(load_config(path), registry=CollectorRegistry(), tuning=tuning, config_path=path)
     server = await serve(exporter)
     try:
         assert await exporter.poll_once()
@@ -63,8 +63,8 @@ async def test_invalid_new_config_keeps_the_old_one_and_reports_it(sim: Sim, tmp
     a = next(iter(sim.world.flows["prod"]))
     path = tmp_path / "config.yaml"
     path.write_text(_yaml(sim.url, [a]))
-    exporter = Exporter(load_config(path), registry=CollectorRegistry(), tuning=Tuning(backoff_base=0.01),
-                        config_path=path)
+    tuning = Tuning(backoff_base=0.01, self_metrics_ttl=0.0)
+    exporter = Exporter(load_config(path), registry=CollectorRegistry(), tuning=tuning, config_path=path)
     server = await serve(exporter)
     try:
         path.write_text(_yaml(sim.url, [a], extra="poll: {interval: never}"))

@@ -92,7 +92,7 @@ async def test_changed_buckets_reset_only_the_histogram(sim: Sim, tmp_path: Path
         assert state.durations.bounds == (10.0, 100.0)
         assert state.durations.count == 0
         assert dict(state.runs_total) == totals[state.key]
-    again.store.close()
+    again.tracker.close()
 
 
 async def test_counted_run_ids_stay_bounded_over_many_cycles(sim: Sim, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import subprocess
 
@@ -137,3 +138,24 @@ async def test_readiness_stays_503_while_a_sandbox_keeps_failing(sim: Sim) -> No
     assert value(samples, "aep_exporter_poll_failures_total", sandbox="dev") == 1
     assert value(samples, "aep_exporter_poll_failures_total", sandbox="prod") == 0
     assert value(samples, "aep_exporter_flows", sandbox="prod") == 6
+
+
+async def test_self_metrics_block_is_reused_for_its_short_ttl_then_refreshed(sim: Sim) -> None:
+    """Within the self-metrics TTL, scrapes share one rendered block; after it, the block shows new values."""
+    from prometheus_client import CollectorRegistry
+
+    from exporter.app import Exporter, Tuning
+
+    exporter = Exporter(make_config(sim.url), registry=CollectorRegistry(), tuning=Tuning(self_metrics_ttl=0.3))
+    server = await serve(exporter)
+    try:
+        _s, first, _h = await scrape(server)
+        exporter.metrics.token_requests.inc(5)
+        _s, second, _h = await scrape(server)
+        assert value(parse_samples(second), "aep_exporter_token_requests_total") == value(
+            parse_samples(first), "aep_exporter_token_requests_total")
+        await asyncio.sleep(0.35)
+        _s, third, _h = await scrape(server)
+    finally:
+        await server.close()
+    assert value(parse_samples(third), "aep_exporter_token_requests_total") == 5

@@ -131,6 +131,8 @@ class Simulator:
         app.router.add_post("/_sim/faults", self._set_faults)
         app.router.add_post("/_sim/fail-next", self._fail_next)
         app.router.add_post("/_sim/revoke", self._revoke)
+        app.router.add_get("/_sim/flows", self._flow_ids)
+        app.router.add_post("/_sim/trigger", self._trigger)
         app.router.add_post("/_sim/flows/{id}/status", self._force_status)
         app.router.add_post("/_sim/flows/{id}/state", self._set_state)
         app.router.add_get("/", self._index)
@@ -287,18 +289,14 @@ class Simulator:
 
     def _flow_items(self, sandbox: str, filters: list[Any]) -> list[dict[str, Any]]:
         now = self.world.now_ms()
-        flows = self.world.sandbox_flows(sandbox)
         ids = next((set(f.values) for f in filters if f.path == "id" and f.op == "=="), None)
-        if ids is not None:
-            flows = [f for f in flows if f.id in ids]
+        flows = self.world.sandbox_flows(sandbox, ids)
         return [item for item in (f.to_json(now) for f in flows) if matches(item, filters)]
 
     def _run_items(self, sandbox: str, filters: list[Any]) -> list[dict[str, Any]]:
         now = self.world.now_ms()
-        flows = self.world.sandbox_flows(sandbox)
         ids = next((set(f.values) for f in filters if f.path == "flowId" and f.op == "=="), None)
-        if ids is not None:
-            flows = [f for f in flows if f.id in ids]
+        flows = self.world.sandbox_flows(sandbox, ids)
         created_floor = min((float(f.values[0]) for f in filters if f.path == "createdAt" and f.op in (">", ">=")
                              and f.values[0].lstrip("-").isdigit()), default=None)
         runs = [r for f in flows for r in f.visible_runs(now)
@@ -374,6 +372,15 @@ class Simulator:
         self.fail_next(q.get("endpoint", "*"), int(q.get("status", "500")), times=int(q.get("times", "1")),
                        retry_after=q.get("retry_after"))
         return web.json_response({"queued": len(self.scripted)})
+
+    async def _flow_ids(self, _request: web.Request) -> web.Response:
+        return web.json_response({sb: sorted(flows) for sb, flows in self.world.flows.items()})
+
+    async def _trigger(self, request: web.Request) -> web.Response:
+        chosen = self.world.trigger_runs(float(request.query.get("fraction", "0.05")),
+                                         duration_s=float(request.query.get("duration", "1")),
+                                         seed=int(request.query.get("seed", "0")))
+        return web.json_response({"flows": chosen})
 
     async def _revoke(self, _request: web.Request) -> web.Response:
         self.revoke_tokens()

@@ -187,23 +187,40 @@ class SimFlow:
     runs: list[SimRun] = field(default_factory=list)
     forced_status: str | None = None
     stopped_ms: int | None = None  # disabled or deleted at this time: no run starts after it
+    extra_runs: int = 0  # runs added by trigger_run, numbered after the scheduled ones
+    _pending: tuple[int, int] | None = None  # (k, createdAt) of the next scheduled run, so polls need no reseeding
+    _json: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     def run_start(self, k: int) -> int:
         return self.start_ms + k * (self.schedule_s or 0) * 1000
 
     def materialize(self, now_ms: int, duration_cap_s: float) -> None:
         while True:
-            k = len(self.runs)
+            k = len(self.runs) - self.extra_runs
             if k > 0 and self.schedule_s is None:
                 return
+            if self._pending is not None and self._pending[0] == k and self._pending[1] > now_ms:
+                return  # the next run is known not to exist yet
             start = self.run_start(k)
             if self.stopped_ms is not None and start >= self.stopped_ms:
                 return
             rng = random.Random(f"{self.seed}:{self.id}:{k}")
             created = start + rng.randint(1_000, 20_000)
             if created > now_ms:
+                self._pending = (k, created)
                 return
             self.runs.append(self._make_run(k, start, created, rng, duration_cap_s))
+            self.runs.sort(key=lambda r: r.created_ms)
+
+    def trigger_run(self, now_ms: int, duration_s: float) -> SimRun:
+        """An unscheduled run, started and created just now (as when someone clicks "run now")."""
+        rng = random.Random(f"{self.seed}:{self.id}:extra:{self.extra_runs}")
+        run = self._make_run(10_000_000 + self.extra_runs, now_ms - 2000, now_ms - 1000, rng, duration_s)
+        run.end_ms = run.started_ms + int(duration_s * 1000)
+        self.extra_runs += 1
+        self.runs.append(run)
+        self.runs.sort(key=lambda r: r.created_ms)
+        return run
 
     def _make_run(self, k: int, start: int, created: int, rng: random.Random, cap_s: float) -> SimRun:
         destination = self.kind == "destination"
@@ -249,6 +266,14 @@ class SimFlow:
         return [r for r in self.runs if r.created_ms <= now_ms]
 
     def to_json(self, now_ms: int) -> dict[str, Any]:
+        visible = self.visible_runs(now_ms)
+        newest_done = bool(visible) and visible[-1].completed(now_ms)
+        key = (self.state, self.updated_ms, len(visible), newest_done, self.name)
+        if self._json is None or self._json[0] != key:
+            self._json = (key, self._render(now_ms, visible))
+        return self._json[1]
+
+    def _render(self, now_ms: int, visible: list[SimRun]) -> dict[str, Any]:
         source = self.kind == "source"
         conn_rng = random.Random(f"{self.seed}:{self.id}:conn")
         src_conn, tgt_conn = (str(uuid.UUID(int=conn_rng.getrandbits(128))) for _ in range(2))
@@ -273,7 +298,6 @@ class SimFlow:
             if self.interval is not None:
                 params["interval"] = self.interval if self.index % 2 else str(self.interval)
             flow["scheduleParams"] = params
-        visible = self.visible_runs(now_ms)
         if visible:
             newest = visible[-1]
             done = newest.completed(now_ms)
@@ -333,13 +357,28 @@ class World:
     def now_ms(self) -> int:
         return self.clock.now_ms()
 
-    def sandbox_flows(self, sandbox: str) -> list[SimFlow]:
-        """The sandbox's flows, each with its runs up to now."""
+    def sandbox_flows(self, sandbox: str, ids: set[str] | None = None) -> list[SimFlow]:
+        """The sandbox's flows (only those with these ids, when given), each with its runs up to now."""
         now = self.now_ms()
-        flows = list(self.flows.get(sandbox, {}).values())
+        everything = self.flows.get(sandbox, {})
+        flows = list(everything.values()) if ids is None else [everything[i] for i in ids if i in everything]
         for flow in flows:
             flow.materialize(now, self.max_duration_s)
         return flows
+
+    def trigger_runs(self, fraction: float, *, duration_s: float = 1.0, seed: int = 0) -> list[str]:
+        """Start a short unscheduled run now on ``fraction`` of all flows (chosen by ``seed``); their ids."""
+        rng = random.Random(f"{self.seed}:trigger:{seed}")
+        chosen = []
+        now = self.now_ms()
+        for sandbox in sorted(self.flows):
+            flows = sorted(self.flows[sandbox])
+            for flow_id in rng.sample(flows, round(len(flows) * fraction)):
+                flow = self.flows[sandbox][flow_id]
+                flow.materialize(now, self.max_duration_s)
+                flow.trigger_run(now, duration_s)
+                chosen.append(flow_id)
+        return chosen
 
     def flow(self, flow_id: str) -> SimFlow:
         for flows in self.flows.values():
