@@ -82,6 +82,7 @@ class SandboxPoller:
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
         for counter in (metrics.polls, metrics.poll_failures):
             counter.labels(sandbox.name)  # present at 0 from the start, so rate() and alerts see the first failure
+        metrics.poll_interval.labels(sandbox.name).set(sandbox.interval)
 
     @property
     def name(self) -> str:

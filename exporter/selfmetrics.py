@@ -36,6 +36,9 @@ class SelfMetrics:
         self.polls = Counter("aep_exporter_polls_total", "Poll cycles started.", ["sandbox"], registry=registry)
         self.poll_failures = Counter("aep_exporter_poll_failures_total", "Poll cycles that failed.", ["sandbox"],
                                      registry=registry)
+        self.poll_interval = Gauge("aep_exporter_poll_interval_seconds",
+                                   "Configured time between poll cycles (for 'no successful poll for N intervals').",
+                                   ["sandbox"], registry=registry)
         self.poll_duration = Gauge("aep_exporter_poll_duration_seconds", "Duration of the last poll cycle.",
                                    ["sandbox"], registry=registry)
         self.last_poll_success = Gauge("aep_exporter_last_poll_success_timestamp_seconds",
@@ -59,7 +62,7 @@ class SelfMetrics:
 
     def forget_sandbox(self, sandbox: str) -> None:
         """Drop the per-sandbox series of a sandbox no longer configured."""
-        for metric in (self.polls, self.poll_failures, self.poll_duration, self.last_poll_success, self.flows,
-                       self.flows_dropped):
+        for metric in (self.polls, self.poll_failures, self.poll_interval, self.poll_duration, self.last_poll_success,
+                       self.flows, self.flows_dropped):
             with contextlib.suppress(KeyError):
                 metric.remove(sandbox)
