@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from exporter import __version__
 
+RETRY_REASONS = ("throttled", "server_error", "timeout", "connection", "unauthorized")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -33,6 +34,9 @@ class SelfMetrics:
                                      buckets=LATENCY_BUCKETS, registry=registry)
         self.api_retries = Counter("aep_exporter_api_retries_total", "Requests retried, by reason.",
                                    ["endpoint", "reason"], registry=registry)
+        for endpoint in ("flows", "runs"):  # at 0 from the start, so rate() and alerts see the first retry
+            for reason in RETRY_REASONS:
+                self.api_retries.labels(endpoint, reason)
         self.polls = Counter("aep_exporter_polls_total", "Poll cycles started.", ["sandbox"], registry=registry)
         self.poll_failures = Counter("aep_exporter_poll_failures_total", "Poll cycles that failed.", ["sandbox"],
                                      registry=registry)

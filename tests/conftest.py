@@ -76,12 +76,14 @@ def make_config(sim_url: str, *, sandboxes: tuple[str, ...] = ("prod", "dev"), d
     creds = Credentials()
     poll_defaults: dict[str, Any] = {"interval": 60.0, "jitter": 0.0, "timeout": 5.0, "requests_per_second": 1000.0,
                                      "max_concurrency": 8, "retries": 3}
+    interval = float(poll.get("interval", poll_defaults["interval"]))
     return Config(
         adobe=AdobeConfig(client_id=creds.client_id, client_secret=Secret(secret), org_id=creds.org_id,
                           ims_token_url=f"{sim_url}{IMS_PATH}", flow_service_url=f"{sim_url}{API_PREFIX}"),
         sandboxes=tuple(
             SandboxConfig(name=name, labels={"env": "test"}, discover=DiscoverConfig(enabled=discover),
-                          flows=tuple(FlowRef(id=f) for f in (flows or {}).get(name, [])), interval=60.0, jitter=0.0)
+                          flows=tuple(FlowRef(id=f) for f in (flows or {}).get(name, [])), interval=interval,
+                          jitter=0.0)
             for name in sandboxes
         ),
         poll=PollConfig(**{**poll_defaults, **poll}),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import socket
+import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -106,3 +109,24 @@ def assert_matches_truth(samples: Samples, truth: dict[str, Any]) -> int:
     wrong = [(k, actual[k], v) for k, v in expected.items() if not math.isclose(actual[k], v, abs_tol=1e-6)]
     assert not wrong, f"{len(wrong)} counters differ from ground truth, e.g. {wrong[:3]}"
     return int(sum(v for (n, _), v in expected.items() if n == "aep_flow_runs_total"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0, status: int = 200) -> str:
+    """Poll a loopback URL until it answers ``status`` (bounded), returning the body."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 -- loopback test URL
+                if resp.status == status:
+                    return str(resp.read().decode())
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer {status} within {timeout}s: {last}")

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,30 +14,9 @@ import pytest
 from exporter import __version__
 from exporter.simulator import Credentials
 from exporter.simulator.server import API_PREFIX, IMS_PATH
-from tests.helpers import parse_samples, pick
+from tests.helpers import free_port, parse_samples, pick, wait_http
 
 PY = [sys.executable, "-m", "exporter"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 20.0, status: int = 200) -> str:
-    """Poll a loopback URL until it answers ``status`` (bounded), returning the body."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 -- loopback test URL
-                if resp.status == status:
-                    return str(resp.read().decode())
-        except OSError as exc:
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer {status} within {timeout}s: {last}")
 
 
 @pytest.fixture
