@@ -159,6 +159,11 @@ class Exporter:
             self.metrics.reload_ok.set(0)
             log.error("config_reload_failed", problems=list(exc.problems))  # noqa: TRY400 -- the problems list is the useful part, not a traceback
             return False
+        old = self.config.server
+        if (new.server.host, new.server.port, new.server.web_config_file, new.server.enable_lifecycle) != (
+                old.host, old.port, old.web_config_file, old.enable_lifecycle):
+            log.warning("server_settings_not_reloaded", hint="listen, web_config_file and enable_lifecycle "
+                        "take effect at the next restart")
         running = bool(self._tasks)
         await self.stop_polling()
         removed = {s.name for s in self.config.sandboxes} - {s.name for s in new.sandboxes}
@@ -180,7 +185,9 @@ class Exporter:
 
     def web_app(self, *, poll: bool = True) -> web.Application:
         """The aiohttp app; its cleanup context starts and stops the pollers with the server."""
-        app = create_web_app(renderer=self.renderer, snapshot=self.snapshot)
+        server = self.config.server
+        app = create_web_app(renderer=self.renderer, snapshot=self.snapshot, users=server.web.users,
+                             reload=self.reload if server.enable_lifecycle else None)
 
         async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
             await self.start()

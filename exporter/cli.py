@@ -175,9 +175,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     tune_interpreter()
     exporter = Exporter(config, config_path=args.config)
     log.info("starting", version=__version__, listen=f"{config.server.host}:{config.server.port}",
+             tls=config.server.web.ssl_context is not None, basic_auth=bool(config.server.web.users),
              sandboxes=[s.name for s in config.sandboxes], shard=f"{config.shard.index}/{config.shard.total}")
     web.run_app(exporter.web_app(), host=config.server.host, port=config.server.port, print=None,
-                access_log=None, handle_signals=True)
+                access_log=None, handle_signals=True, ssl_context=config.server.web.ssl_context)
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from exporter.errors import ConfigError
+from exporter.webconfig import WebConfig, load_web_config
 
 T = TypeVar("T")
 
@@ -141,6 +142,8 @@ class ServerConfig:
     host: str = "0.0.0.0"  # noqa: S104 -- an exporter listens on all interfaces by default, like node_exporter
     port: int = 9847
     web_config_file: str | None = None
+    web: WebConfig = field(default_factory=WebConfig)
+    enable_lifecycle: bool = False  # POST /-/reload, as Prometheus's --web.enable-lifecycle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -497,14 +500,17 @@ class _ConfigParser(_Reader):
         return ShardConfig(index=index, total=total)
 
     def server(self, raw: object) -> ServerConfig:
-        sec = self.section(raw, "server", {"listen", "web_config_file"})
+        sec = self.section(raw, "server", {"listen", "web_config_file", "enable_lifecycle"})
         host, port = self.get(sec, "listen", "server", _listen, ("0.0.0.0", 9847))  # noqa: S104 -- see ServerConfig
         web_config = self.get(sec, "web_config_file", "server", _string, "") or None
+        web = WebConfig()
         if web_config:
-            # Refused rather than ignored: serving plain HTTP to someone who asked for TLS would be worse.
-            self.problem("server.web_config_file", "TLS and basic auth are not supported by this version yet; "
-                         "put a TLS-terminating proxy in front of the exporter")
-        return ServerConfig(host=host, port=port, web_config_file=web_config)
+            try:
+                web = load_web_config(self.base_dir / web_config)
+            except ConfigError as exc:
+                self.problems.extend(exc.problems)
+        return ServerConfig(host=host, port=port, web_config_file=web_config, web=web,
+                            enable_lifecycle=self.get(sec, "enable_lifecycle", "server", _bool, False))
 
     def log(self, raw: object) -> LogConfig:
         sec = self.section(raw, "log", {"level", "format"})

@@ -14,7 +14,7 @@ import asyncio
 import html
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -26,6 +26,7 @@ from exporter import __version__
 from exporter.collector import CollectorOptions
 from exporter.exposition import FlowExposition
 from exporter.tracker import Snapshot
+from exporter.webconfig import basic_auth_middleware
 
 TEXT_TYPE = text_format.CONTENT_TYPE_PLAIN_0_0_4  # our names are legacy-valid: same bytes, widest support
 OPENMETRICS_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
@@ -203,8 +204,11 @@ def is_ready(snapshot: Snapshot) -> bool:
     return all(sb.last_success_s is not None for sb in snapshot.sandboxes)
 
 
-def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot]) -> web.Application:
-    """The aiohttp application serving the four endpoints."""
+def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot],
+                   users: Mapping[str, bytes] | None = None,
+                   reload: Callable[[], Awaitable[bool]] | None = None) -> web.Application:
+    """The aiohttp application: the four endpoints, basic auth when ``users`` are given, and ``POST /-/reload``
+    when ``reload`` is given (off by default, as Prometheus's own lifecycle endpoints)."""
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
@@ -235,7 +239,16 @@ def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready: not every sandbox has been polled successfully yet\n")
 
-    app = web.Application()
+    async def reload_handler(_request: web.Request) -> web.Response:
+        assert reload is not None  # noqa: S101 -- only routed when given
+        if await reload():
+            return web.Response(text="config reloaded\n")
+        return web.Response(status=500, text="config reload failed: the previous config is still in use "
+                                             "(see the log and aep_exporter_config_last_reload_successful)\n")
+
+    app = web.Application(middlewares=[basic_auth_middleware(users)] if users else [])
+    if reload is not None:
+        app.router.add_post("/-/reload", reload_handler)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)

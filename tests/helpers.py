@@ -130,3 +130,18 @@ def wait_http(url: str, timeout: float = 20.0, status: int = 200) -> str:
             last = exc
         time.sleep(0.1)
     raise AssertionError(f"{url} did not answer {status} within {timeout}s: {last}")
+
+
+def assert_not_above_truth(samples: Samples, truth: dict[str, Any]) -> None:
+    """No counter exceeds ground truth: a run may be counted late, never twice."""
+    expected = expected_counters(truth)
+    for key, value in counter_samples(samples).items():
+        if key[0] == "aep_flow_run_duration_seconds_sum":
+            continue  # a partial sum of different runs can be larger than another partial sum: counts cover it
+        assert value <= expected.get(key, 0.0) + 1e-6, (key, value, expected.get(key))
+
+
+def assert_monotone(before: Samples, after: Samples) -> None:
+    """Counters never go down between two scrapes."""
+    for key, value in counter_samples(before).items():
+        assert counter_samples(after).get(key, 0.0) >= value - 1e-6, (key, value)

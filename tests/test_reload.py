@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter, Tuning
@@ -76,3 +77,85 @@ async def test_invalid_new_config_keeps_the_old_one_and_reports_it(sim: Sim, tmp
     samples = parse_samples(text)
     assert value(samples, "aep_exporter_config_last_reload_successful") == 0
     assert len(pick(samples, "aep_flow_info")) == 1
+
+
+async def test_post_reload_is_off_unless_enabled_and_reloads_when_on(sim: Sim, tmp_path: Path) -> None:
+    """POST /-/reload is absent by default; with server.enable_lifecycle it reloads, and reports a bad config."""
+    from tests.helpers import scrape as get
+
+    a, b = list(sim.world.flows["prod"])[:2]
+    path = tmp_path / "config.yaml"
+    path.write_text(_yaml(sim.url, [a]))
+    tuning = Tuning(backoff_base=0.01, self_metrics_ttl=0.0)
+    off = Exporter(load_config(path), registry=CollectorRegistry(), tuning=tuning, config_path=path)
+    server = await serve(off)
+    try:
+        async with aiohttp.ClientSession() as session, session.post(server.make_url("/-/reload")) as resp:
+            assert resp.status in (404, 405)
+    finally:
+        await server.close()
+
+    path.write_text(_yaml(sim.url, [a], extra="server: {enable_lifecycle: true}"))
+    on = Exporter(load_config(path), registry=CollectorRegistry(), tuning=tuning, config_path=path)
+    server = await serve(on)
+    try:
+        assert await on.poll_once()
+        path.write_text(_yaml(sim.url, [a, b], extra="server: {enable_lifecycle: true}"))
+        async with aiohttp.ClientSession() as session, session.post(server.make_url("/-/reload")) as resp:
+            assert resp.status == 200
+        assert await on.poll_once()
+        _s, text, _h = await get(server)
+        assert {dict(k)["flow_id"] for k in pick(parse_samples(text), "aep_flow_info")} == {a, b}
+        path.write_text("sandboxes: nope\n")
+        async with aiohttp.ClientSession() as session, session.post(server.make_url("/-/reload")) as resp:
+            assert resp.status == 500
+        _s, text, _h = await get(server)
+        assert value(parse_samples(text), "aep_exporter_config_last_reload_successful") == 0
+    finally:
+        await server.close()
+
+
+def test_sighup_reloads_the_running_daemon(tmp_path: Path) -> None:
+    """SIGHUP to `aep-flow-exporter run` re-reads the config: a flow added to the file appears in /metrics."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import free_port, wait_http
+
+    sim_port, port = free_port(), free_port()
+    sim_proc = subprocess.Popen([sys.executable, "-m", "exporter", "simulate", "--port", str(sim_port), "--speed",
+                                 "0", "--flows", "3", "--sandboxes", "prod"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    proc = None
+    try:
+        sim_url = f"http://127.0.0.1:{sim_port}"
+        wait_http(f"{sim_url}/")
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{sim_url}/_sim/flows", timeout=5) as resp:  # noqa: S310 -- loopback
+            ids = json.loads(resp.read())["prod"]
+        path = tmp_path / "config.yaml"
+        listen = f'server: {{listen: "127.0.0.1:{port}"}}'
+        path.write_text(_yaml(sim_url, ids[:1], extra=listen))
+        proc = subprocess.Popen([sys.executable, "-m", "exporter", "run", "--config", str(path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_http(f"http://127.0.0.1:{port}/readyz")
+        path.write_text(_yaml(sim_url, ids[:2], extra=listen))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        found: set[str] = set()
+        while time.monotonic() < deadline and len(found) < 2:
+            body = wait_http(f"http://127.0.0.1:{port}/metrics")
+            found = {dict(k)["flow_id"] for k in pick(parse_samples(body), "aep_flow_info")}
+            time.sleep(0.2)
+        assert found == set(ids[:2])
+        assert proc.poll() is None  # still running: reloaded, not restarted
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+        sim_proc.terminate()
+        sim_proc.wait(timeout=20)
