@@ -32,6 +32,7 @@ from exporter.config import (
     StateConfig,
     load_config,
     parse_duration,
+    parse_listen,
 )
 from exporter.errors import ConfigError, StateError
 from exporter.simulator import Credentials, Faults, SimClock, Simulator, World
@@ -158,12 +159,12 @@ def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
             problems.append(f"--shard-index/--total-shards: need 0 <= index < total, got {index}/{total}")
         config = dataclasses.replace(config, shard=ShardConfig(index=index, total=total))
     if args.listen:
-        host, _, port = args.listen.rpartition(":")
-        if not port.isdigit():
-            problems.append(f"--listen: {args.listen!r} is not host:port")
+        try:
+            host, port = parse_listen(args.listen)
+        except ValueError as exc:
+            problems.append(f"--listen: {exc}")
         else:
-            config = dataclasses.replace(config, server=dataclasses.replace(
-                config.server, host=host.strip("[]") or "0.0.0.0", port=int(port)))  # noqa: S104 -- see config
+            config = dataclasses.replace(config, server=dataclasses.replace(config.server, host=host, port=port))
     if problems:
         raise ConfigError(problems)
     return config
@@ -240,10 +241,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     configure_logging("info", args.log_format)
     tune_interpreter()
     sim = _build_simulator(args)
-    host, _, port = args.listen.rpartition(":")
     sim_url = f"http://{args.host}:{args.port}"
-    config = demo_config(sim_url=sim_url, sandboxes=list(sim.world.flows), listen=(host or "127.0.0.1", int(port)),
-                         interval=parse_duration(args.interval))
+    try:
+        listen, interval = parse_listen(args.listen), parse_duration(args.interval)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError([f"--listen/--interval: {exc}"]) from exc
+    config = demo_config(sim_url=sim_url, sandboxes=list(sim.world.flows), listen=listen, interval=interval)
     exporter = Exporter(config)
 
     async def serve() -> None:

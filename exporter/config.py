@@ -289,7 +289,8 @@ def _url(value: object) -> str:
     return text
 
 
-def _listen(value: object) -> tuple[str, int]:
+def parse_listen(value: object) -> tuple[str, int]:
+    """``host:port``, ``[::1]:port`` or ``:port`` (every interface) -> (host, port)."""
     text = _string(value).strip()
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -501,7 +502,7 @@ class _ConfigParser(_Reader):
 
     def server(self, raw: object) -> ServerConfig:
         sec = self.section(raw, "server", {"listen", "web_config_file", "enable_lifecycle"})
-        host, port = self.get(sec, "listen", "server", _listen, ("0.0.0.0", 9847))  # noqa: S104 -- see ServerConfig
+        host, port = self.get(sec, "listen", "server", parse_listen, ("0.0.0.0", 9847))  # noqa: S104 -- see ServerConfig
         web_config = self.get(sec, "web_config_file", "server", _string, "") or None
         web = WebConfig()
         if web_config:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from exporter.config import (
 )
 from exporter.simulator import Credentials, SimClock, Simulator, World
 from exporter.simulator.server import API_PREFIX, IMS_PATH
+from tests.helpers import free_port, wait_http
 
 DATA = Path(__file__).parent / "data"
 
@@ -121,6 +124,22 @@ def make_exporter(config: Config, *, world: World | None = None) -> Exporter:
 @pytest.fixture
 def exporter_factory() -> Callable[[Config], Exporter]:
     return make_exporter
+
+
+@pytest.fixture
+def simulator_process() -> Iterator[str]:
+    """``aep-flow-exporter simulate`` in a subprocess, standing still in time."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "simulate", "--port", str(port), "--speed", "0",
+                             "--flows", "4", "--log-format", "json"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 @pytest.fixture

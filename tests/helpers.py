@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
 from exporter.config import DEFAULT_BUCKETS
+from exporter.simulator import Credentials
+from exporter.simulator.server import API_PREFIX, IMS_PATH
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -145,3 +147,18 @@ def assert_monotone(before: Samples, after: Samples) -> None:
     """Counters never go down between two scrapes."""
     for key, value in counter_samples(before).items():
         assert counter_samples(after).get(key, 0.0) >= value - 1e-6, (key, value)
+
+
+def sim_config_yaml(sim_url: str, *, sandboxes: str, rest: str = "", secret: str | None = None) -> str:
+    """Config YAML for the simulator's credentials and URLs, with the given sandboxes list and other sections."""
+    creds = Credentials()
+    return f"""adobe:
+  client_id: {creds.client_id}
+  client_secret: {secret or creds.client_secret}
+  org_id: {creds.org_id}
+  ims_token_url: {sim_url}{IMS_PATH}
+  flow_service_url: {sim_url}{API_PREFIX}
+sandboxes:
+{sandboxes}
+{rest}
+"""

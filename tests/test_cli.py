@@ -6,54 +6,21 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from exporter import __version__
 from exporter.simulator import Credentials
-from exporter.simulator.server import API_PREFIX, IMS_PATH
-from tests.helpers import free_port, parse_samples, pick, wait_http
+from tests.helpers import free_port, parse_samples, pick, sim_config_yaml, wait_http
 
 PY = [sys.executable, "-m", "exporter"]
 
 
-@pytest.fixture
-def simulator_process() -> Iterator[str]:
-    """``aep-flow-exporter simulate`` in a subprocess, standing still in time."""
-    port = free_port()
-    proc = subprocess.Popen([*PY, "simulate", "--port", str(port), "--speed", "0", "--flows", "4",
-                             "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
 def write_config(path: Path, sim_url: str, *, listen: str = "127.0.0.1:0", state: str = "null") -> Path:
-    creds = Credentials()
-    path.write_text(f"""
-adobe:
-  client_id: {creds.client_id}
-  client_secret: ${{SIM_SECRET}}
-  org_id: {creds.org_id}
-  ims_token_url: {sim_url}{IMS_PATH}
-  flow_service_url: {sim_url}{API_PREFIX}
-sandboxes:
-  - name: prod
-    discover: {{enabled: true}}
-  - name: dev
-    labels: {{team: data}}
-    discover: {{enabled: true}}
-poll: {{interval: 2s, jitter: 0%, requests_per_second: 200}}
-state: {{path: {state}}}
-server: {{listen: "{listen}"}}
-log: {{level: info, format: json}}
-""")
+    sandboxes = ("  - name: prod\n    discover: {enabled: true}\n"
+                 "  - name: dev\n    labels: {team: data}\n    discover: {enabled: true}")
+    rest = (f"poll: {{interval: 2s, jitter: 0%, requests_per_second: 200}}\nstate: {{path: {state}}}\n"
+            f'server: {{listen: "{listen}"}}\nlog: {{level: info, format: json}}')
+    path.write_text(sim_config_yaml(sim_url, sandboxes=sandboxes, rest=rest, secret="${SIM_SECRET}"))
     return path
 
 

@@ -13,31 +13,18 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exporter.simulator import Credentials
-from exporter.simulator.server import API_PREFIX, IMS_PATH
 from tests.conftest import Sim
-from tests.helpers import assert_matches_truth, free_port, parse_samples
+from tests.helpers import assert_matches_truth, free_port, parse_samples, sim_config_yaml
 
 PY = [sys.executable, "-m", "exporter"]
 
 
 def config(path: Path, sim_url: str, port: int, state: Path) -> Path:
-    creds = Credentials()
-    path.write_text(f"""
-adobe:
-  client_id: {creds.client_id}
-  client_secret: {creds.client_secret}
-  org_id: {creds.org_id}
-  ims_token_url: {sim_url}{IMS_PATH}
-  flow_service_url: {sim_url}{API_PREFIX}
-sandboxes:
-  - {{name: prod, labels: {{env: test}}, discover: {{enabled: true}}}}
-  - {{name: dev, labels: {{env: test}}, discover: {{enabled: true}}}}
-poll: {{interval: 0.3s, jitter: 0%, max_concurrency: 2, requests_per_second: 500, timeout: 5s}}
-state: {{path: {state}}}
-server: {{listen: "127.0.0.1:{port}"}}
-log: {{level: warning, format: json}}
-""")
+    sandboxes = ("  - {name: prod, labels: {env: test}, discover: {enabled: true}}\n"
+                 "  - {name: dev, labels: {env: test}, discover: {enabled: true}}")
+    rest = ("poll: {interval: 0.3s, jitter: 0%, max_concurrency: 2, requests_per_second: 500, timeout: 5s}\n"
+            f'state: {{path: {state}}}\nserver: {{listen: "127.0.0.1:{port}"}}\nlog: {{level: warning, format: json}}')
+    path.write_text(sim_config_yaml(sim_url, sandboxes=sandboxes, rest=rest))
     return path
 
 

@@ -9,30 +9,14 @@ from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter, Tuning
 from exporter.config import load_config
-from exporter.simulator import Credentials
-from exporter.simulator.server import API_PREFIX, IMS_PATH
 from tests.conftest import Sim
-from tests.helpers import parse_samples, pick, scrape, serve, value
+from tests.helpers import parse_samples, pick, scrape, serve, sim_config_yaml, value
 
 
 def _yaml(sim_url: str, flows: list[str], *, extra: str = "") -> str:
-    creds = Credentials()
-    items = "\n".join(f"      - {f}" for f in flows)
-    return f"""
-adobe:
-  client_id: {creds.client_id}
-  client_secret: {creds.client_secret}
-  org_id: {creds.org_id}
-  ims_token_url: {sim_url}{IMS_PATH}
-  flow_service_url: {sim_url}{API_PREFIX}
-sandboxes:
-  - name: prod
-    flows:
-{items}
-poll: {{requests_per_second: 500, jitter: 0%}}
-state: {{path: null}}
-{extra}
-"""
+    sandboxes = "  - name: prod\n    flows:\n" + "\n".join(f"      - {f}" for f in flows)
+    rest = "poll: {requests_per_second: 500, jitter: 0%}\nstate: {path: null}\n" + extra
+    return sim_config_yaml(sim_url, sandboxes=sandboxes, rest=rest)
 
 
 async def test_reload_adds_and_removes_flows_and_keeps_the_rest(sim: Sim, tmp_path: Path) -> None:
@@ -115,35 +99,28 @@ async def test_post_reload_is_off_unless_enabled_and_reloads_when_on(sim: Sim, t
         await server.close()
 
 
-def test_sighup_reloads_the_running_daemon(tmp_path: Path) -> None:
+def test_sighup_reloads_the_running_daemon(simulator_process: str, tmp_path: Path) -> None:
     """SIGHUP to `aep-flow-exporter run` re-reads the config: a flow added to the file appears in /metrics."""
+    import json
     import signal
     import subprocess
     import sys
     import time
+    import urllib.request
 
     from tests.helpers import free_port, wait_http
 
-    sim_port, port = free_port(), free_port()
-    sim_proc = subprocess.Popen([sys.executable, "-m", "exporter", "simulate", "--port", str(sim_port), "--speed",
-                                 "0", "--flows", "3", "--sandboxes", "prod"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    proc = None
+    port = free_port()
+    with urllib.request.urlopen(f"{simulator_process}/_sim/flows", timeout=5) as resp:  # noqa: S310 -- loopback
+        ids = json.loads(resp.read())["prod"]
+    path = tmp_path / "config.yaml"
+    listen = f'server: {{listen: "127.0.0.1:{port}"}}'
+    path.write_text(_yaml(simulator_process, ids[:1], extra=listen))
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "run", "--config", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        wait_http(f"{sim_url}/")
-        import json
-        import urllib.request
-
-        with urllib.request.urlopen(f"{sim_url}/_sim/flows", timeout=5) as resp:  # noqa: S310 -- loopback
-            ids = json.loads(resp.read())["prod"]
-        path = tmp_path / "config.yaml"
-        listen = f'server: {{listen: "127.0.0.1:{port}"}}'
-        path.write_text(_yaml(sim_url, ids[:1], extra=listen))
-        proc = subprocess.Popen([sys.executable, "-m", "exporter", "run", "--config", str(path)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_http(f"http://127.0.0.1:{port}/readyz")
-        path.write_text(_yaml(sim_url, ids[:2], extra=listen))
+        path.write_text(_yaml(simulator_process, ids[:2], extra=listen))
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
         found: set[str] = set()
@@ -154,8 +131,5 @@ def test_sighup_reloads_the_running_daemon(tmp_path: Path) -> None:
         assert found == set(ids[:2])
         assert proc.poll() is None  # still running: reloaded, not restarted
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=30)
-        sim_proc.terminate()
-        sim_proc.wait(timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
