@@ -96,6 +96,7 @@ async def test_every_panel_query_returns_data_from_real_prometheus(tmp_path: Pat
     world = make_world(clock=SimClock(speed=120))
     handle, sim_server = await start_sim(world)
     sandbox, flow_id = pick_flow(world)
+    world.flows[sandbox][flow_id].trigger_run(world.now_ms(), 6 * 3600)  # a run in progress for the stuck-runs panel
     handle.simulator.fail_next("runs", 429, times=3, retry_after="0")  # exporter-health panels need retries
     handle.simulator.fail_next("flows", 503, times=2)
     exporter = make_exporter(make_config(handle.url, interval=1.0))

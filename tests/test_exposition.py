@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -66,8 +67,9 @@ async def test_only_flows_whose_state_changed_are_rendered_again(sim: Sim) -> No
         await exporter.close()
 
 
-def test_hostile_label_values_render_and_parse_back(sim: Sim) -> None:
-    """Quotes, backslashes, newlines and non-ASCII in names and labels are escaped and parse back intact."""
+def test_hostile_label_values_render_and_parse_back(sim: Sim, promtool: str) -> None:
+    """Quotes, backslashes, newlines and non-ASCII in names and labels are escaped, parse back intact,
+    and pass `promtool check metrics`."""
     from exporter.model import parse_flow
     from exporter.state import new_flow_state
 
@@ -83,3 +85,6 @@ def test_hostile_label_values_render_and_parse_back(sim: Sim) -> None:
     labels = dict(next(iter(info)))
     assert labels["flow_name"] == name
     assert labels["team"] == 'a"b\\c\nd'
+    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

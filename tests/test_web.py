@@ -146,7 +146,7 @@ async def test_self_metrics_block_is_reused_for_its_short_ttl_then_refreshed(sim
 
     from exporter.app import Exporter, Tuning
 
-    exporter = Exporter(make_config(sim.url), registry=CollectorRegistry(), tuning=Tuning(self_metrics_ttl=0.3))
+    exporter = Exporter(make_config(sim.url), registry=CollectorRegistry(), tuning=Tuning(self_metrics_ttl=1.0))
     server = await serve(exporter)
     try:
         _s, first, _h = await scrape(server)
@@ -154,7 +154,7 @@ async def test_self_metrics_block_is_reused_for_its_short_ttl_then_refreshed(sim
         _s, second, _h = await scrape(server)
         assert value(parse_samples(second), "aep_exporter_token_requests_total") == value(
             parse_samples(first), "aep_exporter_token_requests_total")
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(1.05)
         _s, third, _h = await scrape(server)
     finally:
         await server.close()
