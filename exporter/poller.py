@@ -118,7 +118,7 @@ class SandboxPoller:
         except ExporterError as exc:
             self._fail(exc, started)
             return False
-        selected = self._select(flows)
+        selected, dropped = self._select(flows)
         wanted = {f.id for f in selected} | set(missing)
         self._tracker.remove([k for k in self._tracker.keys(name) if k[1] not in wanted])
         for flow_id in missing:
@@ -134,7 +134,7 @@ class SandboxPoller:
         self._metrics.last_poll_success.labels(name).set(now)
         self._metrics.flows.labels(name).set(len(wanted))
         status = self._tracker.sandbox(name)
-        self._tracker.update_sandbox(name, flows=len(wanted), polls=status.polls + 1, last_ok=True,
+        self._tracker.update_sandbox(name, flows=len(wanted), dropped=dropped, polls=status.polls + 1, last_ok=True,
                                      last_success_s=now, last_error=None)
         log.info("poll_done", sandbox=name, flows=len(wanted), seconds=round(elapsed, 3))
         return True
@@ -190,8 +190,9 @@ class SandboxPoller:
                     log.warning("flow_payload_invalid", sandbox=self.name, flow_id=str(flow_id), error=str(exc))
         return flows
 
-    def _select(self, flows: list[Flow]) -> dict[Flow, dict[str, str]]:
-        """This shard's flows, capped at ``max_flows_per_sandbox``, each with its static labels."""
+    def _select(self, flows: list[Flow]) -> tuple[dict[Flow, dict[str, str]], int]:
+        """This shard's flows, capped at ``max_flows_per_sandbox``, each with its static labels; and how many
+        were dropped by the cap."""
         settings = self.settings
         mine = sorted(
             (f for f in flows if settings.shard_total == 1
@@ -200,11 +201,10 @@ class SandboxPoller:
         )
         dropped = max(0, len(mine) - settings.max_flows)
         self._metrics.flows_dropped.labels(self.name).set(dropped)
-        self._tracker.update_sandbox(self.name, dropped=dropped)
         if dropped and self._once.first(self.name, "flows_dropped", str(dropped)):
             log.warning("flows_dropped", sandbox=self.name, dropped=dropped, limit=settings.max_flows,
                         hint="raise metrics.max_flows_per_sandbox or shard the exporter")
-        return {f: self.sandbox.labels_for(f.id) for f in mine[:settings.max_flows]}
+        return {f: self.sandbox.labels_for(f.id) for f in mine[:settings.max_flows]}, dropped
 
     def _flow_down(self, flow_id: str, flow: Flow | None, reason: str) -> None:
         key = (self.name, flow_id)

@@ -162,3 +162,18 @@ sandboxes:
 {sandboxes}
 {rest}
 """
+
+
+async def poll_and_scrape(exporter: Exporter, *, cycles: int = 1, world: Any = None, step_s: float = 0.0) -> str:
+    """Serve the exporter, run ``cycles`` poll cycles (advancing the world's clock by ``step_s`` before each),
+    and return one scrape of /metrics."""
+    server = await serve(exporter)
+    try:
+        for _ in range(cycles):
+            if world is not None and step_s:
+                world.clock.advance(step_s)
+            assert await exporter.poll_once()
+        _status, text, _headers = await scrape(server)
+        return text
+    finally:
+        await server.close()

@@ -5,22 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import Sim, make_config, make_exporter
-from tests.helpers import assert_matches_truth, parse_samples, scrape, serve, value
-
-
-async def _poll_and_scrape(exporter: object, cycles: int, sim: Sim, step_s: float) -> str:
-    from exporter.app import Exporter
-
-    assert isinstance(exporter, Exporter)
-    server = await serve(exporter)
-    try:
-        for _ in range(cycles):
-            sim.world.clock.advance(step_s)
-            assert await exporter.poll_once()
-        _status, text, _headers = await scrape(server)
-        return text
-    finally:
-        await server.close()
+from tests.helpers import assert_matches_truth, parse_samples, poll_and_scrape, scrape, serve, value
 
 
 async def test_counters_equal_ground_truth_after_runs_appear_complete_and_fail(sim: Sim) -> None:
@@ -49,7 +34,7 @@ async def test_restart_with_state_file_keeps_counts_and_adds_only_new_runs(sim: 
     """A restart on the same state file neither loses nor re-counts: only runs new since the stop are added."""
     state = str(tmp_path / "state.db")
     first = make_exporter(make_config(sim.url, state_path=state))
-    text_before = await _poll_and_scrape(first, 3, sim, 20 * 60)
+    text_before = await poll_and_scrape(first, cycles=3, world=sim.world, step_s=20 * 60)
     await first.close()
     assert_matches_truth(parse_samples(text_before), sim.world.truth())
 
@@ -70,13 +55,13 @@ async def test_runs_that_ended_while_stopped_are_counted_once_at_next_poll(sim: 
     """Runs that started and ended while the exporter was down are counted at the next poll, exactly once."""
     state = str(tmp_path / "state.db")
     first = make_exporter(make_config(sim.url, state_path=state))
-    before = parse_samples(await _poll_and_scrape(first, 1, sim, 60))
+    before = parse_samples(await poll_and_scrape(first, world=sim.world, step_s=60))
     await first.close()
     runs_before = sum(v for (n, _), v in before.items() if n == "aep_flow_runs_total")
 
     sim.world.clock.advance(3 * 3600)  # three hours of downtime: many runs start and end unseen
     second = make_exporter(make_config(sim.url, state_path=state))
-    after = parse_samples(await _poll_and_scrape(second, 2, sim, 1))
+    after = parse_samples(await poll_and_scrape(second, cycles=2, world=sim.world, step_s=1))
     await second.close()
     runs_after = assert_matches_truth(after, sim.world.truth())
     assert runs_after > runs_before + 10
@@ -85,12 +70,9 @@ async def test_runs_that_ended_while_stopped_are_counted_once_at_next_poll(sim: 
 async def test_first_sight_counts_only_runs_that_ended_after_the_lookback_start(sim: Sim) -> None:
     """With a 1h lookback, runs that ended earlier are not counted, but the newest run's gauges still show."""
     exporter = make_exporter(make_config(sim.url, initial_lookback=3600.0), world=sim.world)
-    server = await serve(exporter)
     try:
-        assert await exporter.poll_once()
-        _s, text, _h = await scrape(server)
+        text = await poll_and_scrape(exporter)
     finally:
-        await server.close()
         await exporter.close()
     samples = parse_samples(text)
     truth = sim.world.truth()

@@ -9,7 +9,7 @@ import pytest
 from exporter.config import MetricsConfig
 from exporter.poller import shard_of
 from tests.conftest import Sim, make_config, make_exporter, make_world, start_sim
-from tests.helpers import parse_samples, pick, scrape, serve, value
+from tests.helpers import parse_samples, pick, poll_and_scrape, scrape, serve, value
 
 
 @pytest.mark.parametrize(("flows", "discover"), [(250, False), (250, True), (40, False)])
@@ -129,13 +129,7 @@ async def test_discovery_filters_by_kind_and_name(sim: Sim) -> None:
 async def test_max_flows_per_sandbox_drops_the_rest_and_says_so(sim: Sim) -> None:
     """Beyond max_flows_per_sandbox, flows are not tracked and aep_exporter_flows_dropped counts them."""
     exporter = make_exporter(make_config(sim.url, sandboxes=("prod",), metrics=MetricsConfig(max_flows_per_sandbox=4)))
-    server = await serve(exporter)
-    try:
-        assert await exporter.poll_once()
-        _s, text, _h = await scrape(server)
-    finally:
-        await server.close()
-    samples = parse_samples(text)
+    samples = parse_samples(await poll_and_scrape(exporter))
     assert len(pick(samples, "aep_flow_info")) == 4
     assert value(samples, "aep_exporter_flows_dropped", sandbox="prod") == 2
 
