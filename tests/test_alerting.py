@@ -38,6 +38,33 @@ def test_rule_unit_tests_pass() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_rule_unit_tests_pass_fifty_times_in_a_row() -> None:
+    """The rule tests are deterministic: 50 runs of promtool test rules all pass (recording rules and the alerts
+    reading them share one group, evaluated in order)."""
+    failures = []
+    for attempt in range(50):
+        proc = run(binary("promtool"), "test", "rules", *map(str, RULE_TESTS))
+        if proc.returncode != 0:
+            failures.append((attempt, proc.stdout[-400:]))
+    assert not failures, f"{len(failures)} of 50 runs failed, e.g. {failures[0]}"
+
+
+def test_recording_rules_come_before_the_alerts_of_their_group() -> None:
+    """Every alert that reads a recording rule is in the same group, after it, so it reads this round's value."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    for group in groups:
+        recorded: list[str] = []
+        for rule in group["rules"]:
+            if "record" in rule:
+                recorded.append(rule["record"])
+            else:
+                assert all(r in recorded for r in _recorded_names(groups) if r in rule["expr"]), rule["alert"]
+
+
+def _recorded_names(groups: list[dict[str, Any]]) -> list[str]:
+    return [r["record"] for g in groups for r in g["rules"] if "record" in r]
+
+
 def test_every_alert_has_a_firing_and_a_quiet_case_and_a_runbook_section() -> None:
     """Each alert of the rules file appears in the unit tests with and without expected alerts, and in the runbook."""
     alerts = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
