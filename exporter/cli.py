@@ -30,13 +30,14 @@ from exporter.config import (
     ServerConfig,
     ShardConfig,
     StateConfig,
+    config_warnings,
     load_config,
     parse_duration,
     parse_listen,
 )
 from exporter.errors import ConfigError, StateError
 from exporter.simulator import Credentials, Faults, SimClock, Simulator, World
-from exporter.simulator.server import API_PREFIX, IMS_PATH
+from exporter.simulator.server import API_PREFIX, IMS_PATH, RUNS_FILTER_MODES
 
 log = structlog.get_logger("exporter")
 
@@ -114,6 +115,13 @@ def _simulator_args(p: argparse.ArgumentParser, *, port: int) -> None:
     p.add_argument("--slow-rate", type=float, default=0.0, help="probability of a slow answer")
     p.add_argument("--slow-seconds", type=float, default=0.0, help="how slow a slow answer is")
     p.add_argument("--token-lifetime", type=float, default=86399.0, help="seconds an issued token is valid")
+    p.add_argument("--runs-filters", default="honour", choices=RUNS_FILTER_MODES,
+                   help="how /runs treats time filters and order: honour them, refuse the createdAt ones (400), "
+                        "refuse every time filter, or ignore them and list runs unordered (default %(default)s)")
+    p.add_argument("--refuse-shape", default="platform", choices=("platform", "gateway"),
+                   help="error body of a refused filter: RFC-7807 platform error or gateway error_code")
+    p.add_argument("--omit-created-at", type=float, default=0.0,
+                   help="share of runs whose payload has no createdAt (half of them no updatedAt either)")
     p.add_argument("--log-format", default="console", choices=("json", "console"))
 
 
@@ -124,7 +132,9 @@ def _build_simulator(args: argparse.Namespace) -> Simulator:
                   clock=SimClock(speed=args.speed), min_interval_s=min_interval,
                   max_duration_s=parse_duration(args.max_duration))
     faults = Faults(latency_s=args.latency, error_rate=args.error_rate, throttle_rate=args.throttle_rate,
-                    retry_after=args.retry_after, slow_rate=args.slow_rate, slow_s=args.slow_seconds)
+                    retry_after=args.retry_after, slow_rate=args.slow_rate, slow_s=args.slow_seconds,
+                    runs_filters=args.runs_filters, refuse_shape=args.refuse_shape,
+                    omit_created_at=args.omit_created_at)
     return Simulator(world, faults=faults, token_lifetime_s=args.token_lifetime, seed=args.seed)
 
 
@@ -175,6 +185,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format)
     tune_interpreter()
     exporter = Exporter(config, config_path=args.config)
+    for warning in config_warnings(config):
+        log.warning("config_warning", problem=warning)
     log.info("starting", version=__version__, listen=f"{config.server.host}:{config.server.port}",
              tls=config.server.web.ssl_context is not None, basic_auth=bool(config.server.web.users),
              sandboxes=[s.name for s in config.sandboxes], shard=f"{config.shard.index}/{config.shard.total}")
@@ -276,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             config = load_config(args.config)
             flows = sum(len(s.flows) for s in config.sandboxes)
+            for warning in config_warnings(config):
+                print(f"warning: {warning}", file=sys.stderr)
             print(f"config OK: {len(config.sandboxes)} sandboxes, {flows} configured flows")
             return 0
         handler = {"run": _cmd_run, "once": _cmd_once, "simulate": _cmd_simulate, "demo": _cmd_demo}[args.command]

@@ -10,7 +10,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -138,7 +138,7 @@ class FlowServiceClient:
         log.debug("request_retry", endpoint=endpoint, reason=reason, attempt=attempt + 1, delay=round(delay, 3))
         await self._sleep(delay)
 
-    async def pages(self, sandbox: str, endpoint: str, path: str, params: Params) -> AsyncIterator[list[object]]:
+    async def pages(self, sandbox: str, endpoint: str, path: str, params: Params) -> AsyncGenerator[list[object], None]:
         """Each page's ``items``, following ``_links.next``; our own filters are resent with every token."""
         base_params = [*params, ("limit", str(PAGE_LIMIT))]
         page_params: list[tuple[str, str]] = list(base_params)

@@ -164,6 +164,20 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
+ADOBE_RUN_RETENTION_S = 90 * 86400.0
+"""Adobe keeps dataflow runs for 90 days."""
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but will not do what it seems to: each with its path (check-config prints, run logs them)."""
+    warnings = []
+    if config.poll.initial_lookback > ADOBE_RUN_RETENTION_S:
+        days = config.poll.initial_lookback / 86400
+        warnings.append(f"poll.initial_lookback: {days:g}d is longer than Adobe's 90-day run retention; runs older "
+                        "than 90 days cannot be read, so the first counts cover at most 90 days")
+    return warnings
+
+
 def parse_duration(value: object) -> float:
     """``90s``, ``5m``, ``1h``, ``1d``, ``250ms`` or a bare number of seconds -> seconds."""
     if isinstance(value, bool):

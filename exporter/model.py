@@ -98,6 +98,7 @@ class Run:
     id: str
     flow_id: str | None
     created_at_ms: int | None
+    updated_at_ms: int | None
     started_at_ms: int | None
     completed_at_ms: int | None
     status: str | None
@@ -120,6 +121,23 @@ class Run:
     def final_status(self) -> str:
         """The status to count a completed run under (``other`` when unknown or missing)."""
         return self.status if self.status in TERMINAL_STATUSES else "other"
+
+    @property
+    def time_ms(self) -> int | None:
+        """The run's best own time, to order and watermark it: ``createdAt``, else ``updatedAt``, else its start,
+        else its end (Adobe's Destination SDK shows runs without ``createdAt``); None when it carries no time."""
+        for value in (self.created_at_ms, self.updated_at_ms, self.started_at_ms, self.completed_at_ms):
+            if value is not None:
+                return value
+        return None
+
+    @property
+    def latest_ms(self) -> int | None:
+        """The latest time the run reports (of created, updated, started, completed): how far Adobe's clock had
+        got when it answered, at least."""
+        times = [t for t in (self.created_at_ms, self.updated_at_ms, self.started_at_ms, self.completed_at_ms)
+                 if t is not None]
+        return max(times) if times else None
 
     @property
     def duration_seconds(self) -> float | None:
@@ -258,6 +276,7 @@ def parse_run(payload: object) -> Run:
         id=run_id,
         flow_id=_str(data.get("flowId")) or None,
         created_at_ms=_ms(data.get("createdAt")),
+        updated_at_ms=_ms(data.get("updatedAt")),
         started_at_ms=_ms(duration.get("startedAtUTC")),
         completed_at_ms=_ms(duration.get("completedAtUTC")),
         status=normalize_status(raw_status),

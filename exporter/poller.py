@@ -2,7 +2,8 @@
 
 API economy: a cycle reads the tracked flows in pages of up to 100 (``property=id==a,b,...`` or the
 sandbox's discovery listing), then calls ``/runs`` only for flows that are new, whose ``lastRunDetails``
-changed, or that have runs in progress, and only for runs created since the flow's watermark. A flow
+changed, or that have runs in progress, and only for runs since the flow's watermark, by the sandbox's
+runs query strategy (runsquery.py: verified, never trusted). A flow
 that fails is marked down and keeps its values; the others go on. The loop itself never dies.
 """
 
@@ -22,7 +23,8 @@ import structlog
 from exporter.client import FlowServiceClient
 from exporter.config import SandboxConfig
 from exporter.errors import ExporterError, NotFoundError, StateError
-from exporter.model import Flow, Run, parse_flow, parse_run
+from exporter.model import Flow, parse_flow
+from exporter.runsquery import RunsReader, Strategy
 from exporter.selfmetrics import SelfMetrics
 from exporter.state import FlowState, apply_runs, mark_down, new_flow_state, refresh_flow
 from exporter.tracker import Tracker
@@ -83,6 +85,9 @@ class SandboxPoller:
         for counter in (metrics.polls, metrics.poll_failures):
             counter.labels(sandbox.name)  # present at 0 from the start, so rate() and alerts see the first failure
         metrics.poll_interval.labels(sandbox.name).set(sandbox.interval)
+        self.runs = RunsReader(sandbox=sandbox.name, client=client, on_change=self._strategy_changed,
+                               on_bad_item=self._bad_run_item)
+        self._strategy_changed(self.runs.strategy)
 
     @property
     def name(self) -> str:
@@ -135,7 +140,7 @@ class SandboxPoller:
         self._metrics.flows.labels(name).set(len(wanted))
         status = self._tracker.sandbox(name)
         self._tracker.update_sandbox(name, flows=len(wanted), dropped=dropped, polls=status.polls + 1, last_ok=True,
-                                     last_success_s=now, last_error=None)
+                                     last_success_s=now, last_error=None, runs_strategy=self.runs.strategy.value)
         log.info("poll_done", sandbox=name, flows=len(wanted), seconds=round(elapsed, 3))
         return True
 
@@ -231,15 +236,15 @@ class SandboxPoller:
                 self._tracker.put(refresh_flow(state, flow))
             return
         try:
-            runs, complete = await self._fetch_runs(state, flow)
+            answer = await self.runs.read(flow, state)
         except NotFoundError:
             self._flow_down(flow.id, flow, "runs not found")
             return
         except ExporterError as exc:
             self._flow_down(flow.id, flow, f"{type(exc).__name__}: {exc}"[:200])
             return
-        update = apply_runs(state, flow, runs, now_ms=int(self._clock() * 1000),
-                            max_error_codes=self.settings.max_error_codes, complete=complete)
+        update = apply_runs(state, flow, answer.runs, now_ms=int(self._clock() * 1000),
+                            max_error_codes=self.settings.max_error_codes, window=answer.window)
         for raw in update.unknown_statuses:
             if self._once.first(self.name, flow.id, "status", raw):
                 log.warning("run_status_unknown", sandbox=self.name, flow_id=flow.id, status=raw[:64])
@@ -251,28 +256,10 @@ class SandboxPoller:
         if update.counted:
             log.debug("runs_counted", sandbox=self.name, flow_id=flow.id, runs=len(update.counted))
 
-    async def _fetch_runs(self, state: FlowState, flow: Flow) -> tuple[list[Run], bool]:
-        """Runs newer than the flow's watermark; on first sight, newest first back to the counting start."""
-        params = [("property", f"flowId=={flow.id}"), ("orderby", "-createdAt")]
-        bound = state.runs_lower_bound_ms()
-        if bound is not None:
-            params.append(("property", f"createdAt>={bound}"))
-        runs: list[Run] = []
-        async for items in self._client.pages(self.name, "runs", "/runs", params):
-            page = self._parse_runs(flow.id, items)
-            runs.extend(page)
-            if bound is None and page:
-                oldest = min((r.created_at_ms for r in page if r.created_at_ms is not None), default=None)
-                if oldest is not None and oldest < state.first_sight_floor_ms:
-                    return runs, False
-        return runs, True
+    def _strategy_changed(self, strategy: Strategy) -> None:
+        self._metrics.set_runs_strategy(self.name, strategy.value)
+        self._tracker.update_sandbox(self.name, runs_strategy=strategy.value)
 
-    def _parse_runs(self, flow_id: str, items: Iterable[object]) -> list[Run]:
-        runs = []
-        for item in items:
-            try:
-                runs.append(parse_run(item))
-            except ExporterError as exc:
-                if self._once.first(self.name, flow_id, "run_payload", str(exc)):
-                    log.warning("run_payload_invalid", sandbox=self.name, flow_id=flow_id, error=str(exc))
-        return runs
+    def _bad_run_item(self, flow_id: str, error: str) -> None:
+        if self._once.first(self.name, flow_id, "run_payload", error):
+            log.warning("run_payload_invalid", sandbox=self.name, flow_id=flow_id, error=error)

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from exporter import __version__
 
 RETRY_REASONS = ("throttled", "server_error", "timeout", "connection", "unauthorized")
+RUNS_STRATEGIES = ("created_at", "started_at", "newest_first", "full")
+"""runsquery.Strategy's values (kept here as strings: self-metrics import nothing of the poller)."""
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -61,8 +63,16 @@ class SelfMetrics:
         self.shard_total = Gauge("aep_exporter_total_shards", "Number of shards.", registry=registry)
         self.reload_ok = Gauge("aep_exporter_config_last_reload_successful",
                                "1 when the last config (re)load succeeded.", registry=registry)
+        self.runs_strategy = Gauge("aep_exporter_runs_query_strategy",
+                                   "How /runs is queried in each sandbox (one-hot): created_at, started_at, "
+                                   "newest_first or full.", ["sandbox", "strategy"], registry=registry)
         self.reload_time = Gauge("aep_exporter_config_last_reload_success_timestamp_seconds",
                                  "Unix time of the last successful config (re)load.", registry=registry)
+
+    def set_runs_strategy(self, sandbox: str, strategy: str) -> None:
+        """One-hot: 1 for the strategy the sandbox's runs queries use now, 0 for the others."""
+        for name in RUNS_STRATEGIES:
+            self.runs_strategy.labels(sandbox, name).set(1 if name == strategy else 0)
 
     def forget_sandbox(self, sandbox: str) -> None:
         """Drop the per-sandbox series of a sandbox no longer configured."""
@@ -70,3 +80,6 @@ class SelfMetrics:
                        self.flows, self.flows_dropped):
             with contextlib.suppress(KeyError):
                 metric.remove(sandbox)
+        for name in RUNS_STRATEGIES:
+            with contextlib.suppress(KeyError):
+                self.runs_strategy.remove(sandbox, name)

@@ -1,9 +1,15 @@
 """Per-flow state and the counting rule. Pure: values in, new values out; persistence lives in store.py.
 
 The counting rule (metrics.md): a run is counted when it is first seen in a terminal state and ended at
-or after the flow's counting start (first time the flow was seen, minus ``poll.initial_lookback``). Each
-counted run id is remembered until the runs query can no longer return it (its ``createdAt`` is below the
-query's lower bound), which keeps the id set bounded while making a second count impossible.
+or after the flow's counting start (first time the flow was seen, minus ``poll.initial_lookback``).
+
+Exactly once, whatever the server returns: the ids of counted runs are remembered, and each flow has a count
+floor that only rises. A run already counted is either still in the id set or ended (by its own
+``completedAtUTC``) before the floor, so it is not counted again even if Adobe returns the flow's whole history
+on every poll. The floor rises only to what a verified answer proves was fully seen: the lower of the query's
+own bound and ``OVERLAP_MS`` below the newest time the answer carried (Adobe's clock, not ours). Runs without an
+end time are kept ``RETENTION_MS`` past their best time (Adobe deletes runs after 90 days), and a run with no
+time at all is kept that long past first sight. A run tracked in progress is always counted when it ends.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from exporter.model import Activity, Counts, Flow, LastRunDetails, Run, normaliz
 
 OVERLAP_MS = 10 * 60 * 1000
 """How far below the newest seen ``createdAt`` each runs query reaches, for runs that show up late."""
+RETENTION_MS = 91 * 86_400_000
+"""Adobe keeps dataflow runs for 90 days: a run older than this cannot come back."""
 
 COUNT_KEYS = tuple(
     [f"records.{k}" for k in ("input", "output", "failed", "skipped", "warning")]
@@ -24,6 +32,30 @@ COUNT_KEYS = tuple(
     + [f"files.{k}" for k in ("input", "output", "failed")]
 )
 ALWAYS_PRESENT_RUN_STATUSES = ("success", "partial_success", "failed")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which runs a runs answer is known to hold: every run whose ``field`` time (``created`` or ``started``) is
+    at least ``bound``; every run of the flow when ``field`` is None; none at all when ``empty`` (an answer cut
+    short by the page limit proves nothing)."""
+
+    field: str | None = None
+    bound: int = 0
+    empty: bool = False
+
+    def covers(self, created_ms: int | None, started_ms: int | None) -> bool:
+        """Whether a run with these times would be in the answer, were it still listed."""
+        if self.empty:
+            return False
+        if self.field is None:
+            return True
+        value = created_ms if self.field == "created" else started_ms
+        return value is not None and value >= self.bound
+
+
+EVERYTHING = Window()
+NOTHING = Window(empty=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +113,8 @@ class FlowState:
     up: bool = True
     seen_key: tuple[str, str | None] | None = None
     newest_created_ms: int | None = None
+    newest_started_ms: int | None = None
+    count_floor_ms: int = 0
     in_progress: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
     counted: Mapping[str, int] = field(default_factory=dict)
     last_run: LastRun | None = None
@@ -100,14 +134,28 @@ class FlowState:
         """Whether ``/runs`` must be read: something changed, or runs are still going."""
         return self.newest_created_ms is None or self.seen_key != flow.change_key or bool(self.in_progress)
 
-    def runs_lower_bound_ms(self) -> int | None:
-        """The ``createdAt`` lower bound of the next runs query; None means first sight (page from newest)."""
-        if self.newest_created_ms is None:
-            return None
-        bound = self.newest_created_ms - OVERLAP_MS
-        for created, _started in self.in_progress.values():
-            if created is not None:
-                bound = min(bound, created)
+    @property
+    def first_sight(self) -> bool:
+        """No runs answer has been read for this flow yet."""
+        return self.newest_created_ms is None
+
+    def runs_lower_bound_ms(self) -> int:
+        """How far back (in ``createdAt``) the next runs query must reach: the first-sight floor, or
+        ``OVERLAP_MS`` below the newest ``createdAt`` seen and below every run still in progress."""
+        return self._lower_bound(self.newest_created_ms, 0)
+
+    def started_lower_bound_ms(self) -> int:
+        """The same in ``startedAtUTC``, for the documented run time filter."""
+        return self._lower_bound(self.newest_started_ms, 1)
+
+    def _lower_bound(self, newest: int | None, index: int) -> int:
+        if newest is None:
+            return max(self.first_sight_floor_ms, 0)
+        bound = newest - OVERLAP_MS
+        for times in self.in_progress.values():
+            value = times[index]
+            if value is not None:
+                bound = min(bound, value)
         return max(bound, 0)
 
     @property
@@ -119,10 +167,12 @@ class FlowState:
 def new_flow_state(*, sandbox: str, flow_id: str, now_ms: int, lookback_s: float,
                    buckets: tuple[float, ...]) -> FlowState:
     """The state of a flow seen for the first time: counting starts ``lookback`` before now."""
+    start = now_ms - int(lookback_s * 1000)
     return FlowState(
         sandbox=sandbox,
         flow_id=flow_id,
-        counting_start_ms=now_ms - int(lookback_s * 1000),
+        counting_start_ms=start,
+        count_floor_ms=start,
         durations=Histogram.empty(buckets),
     )
 
@@ -149,93 +199,142 @@ def _end_of(run: Run) -> int | None:
 
 
 def _order_key(run: Run) -> tuple[int, int]:
-    return (run.created_at_ms or run.started_at_ms or -1, run.started_at_ms or -1)
+    return (run.time_ms or -1, run.started_at_ms or -1)
 
 
-def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int, max_error_codes: int,
-               complete: bool = True) -> Update:
-    """Fold one runs query answer into a flow's state, counting each newly completed run once.
+def keep_until_ms(run: Run, now_ms: int) -> int:
+    """How long a counted run's id must be remembered: until the count floor passes its own end, or, without
+    an end time, until Adobe's retention has surely deleted it."""
+    if run.completed_at_ms is not None:
+        return run.completed_at_ms
+    best = run.time_ms
+    return (best if best is not None else now_ms) + RETENTION_MS
 
-    ``complete`` says the answer covers the whole query window, so tracked in-progress runs missing from it
-    have vanished and are dropped.
-    """
-    unique: dict[str, Run] = {}
-    for run in runs:
-        if run.flow_id is not None and run.flow_id != flow.id:
-            continue  # a filter the server ignored: never count another flow's run here
-        unique.setdefault(run.id, run)
-    ordered = sorted(unique.values(), key=_order_key)
 
-    in_progress = dict(state.in_progress)
-    counted = dict(state.counted)
-    runs_total = dict(state.runs_total)
-    totals = dict(state.totals)
-    codes = dict(state.error_codes)
-    durations = state.durations
-    last_success, last_failure = state.last_success_ms, state.last_failure_ms
-    last_completed = state.last_completed
-    newest_created = state.newest_created_ms
-    newly_counted: list[Run] = []
-    unknown_statuses: list[str] = []
+class _Fold:
+    """The mutable working copy of a flow's state while one runs answer is folded into it."""
 
-    for run in ordered:
-        newest_created = _max(newest_created, run.created_at_ms)
+    def __init__(self, state: FlowState, max_error_codes: int) -> None:
+        self.state = state
+        self.max_error_codes = max_error_codes
+        self.in_progress = dict(state.in_progress)
+        self.counted = dict(state.counted)
+        self.runs_total = dict(state.runs_total)
+        self.totals = dict(state.totals)
+        self.codes = dict(state.error_codes)
+        self.durations = state.durations
+        self.last_success, self.last_failure = state.last_success_ms, state.last_failure_ms
+        self.last_completed = state.last_completed
+        self.newest_created, self.newest_started = state.newest_created_ms, state.newest_started_ms
+        self.newly_counted: list[Run] = []
+        self.unknown_statuses: list[str] = []
+
+    def see(self, run: Run, now_ms: int) -> None:
+        """Fold one run: watermarks, in-progress tracking, newest results, and counting once."""
+        self.newest_created = _max(self.newest_created, run.created_at_ms)
+        self.newest_started = _max(self.newest_started, run.started_at_ms)
         if run.status == "other" and run.raw_status:
-            unknown_statuses.append(run.raw_status)
+            self.unknown_statuses.append(run.raw_status)
         if not run.is_terminal:
-            in_progress[run.id] = (run.created_at_ms, run.started_at_ms)
-            continue
-        in_progress.pop(run.id, None)
+            self.in_progress[run.id] = (run.created_at_ms, run.started_at_ms)
+            return
+        was_running = self.in_progress.pop(run.id, None) is not None
+        self._note_result(run)
+        if self._countable(run, was_running, now_ms):
+            self._count(run, now_ms)
+
+    def _note_result(self, run: Run) -> None:
         end = _end_of(run)
         if run.final_status in ("success", "partial_success"):
-            last_success = _max(last_success, run.completed_at_ms)
+            self.last_success = _max(self.last_success, run.completed_at_ms)
         elif run.final_status == "failed":
-            last_failure = _max(last_failure, run.completed_at_ms)
-        if end is not None and (last_completed is None or end >= last_completed.ended_ms):
-            last_completed = CompletedRun(id=run.id, ended_ms=end, counts=run.counts, activities=run.activities)
-        if run.id in counted or (end is not None and end < state.counting_start_ms):
-            continue
-        counted[run.id] = run.created_at_ms if run.created_at_ms is not None else (end or now_ms)
-        newly_counted.append(run)
-        runs_total[run.final_status] = runs_total.get(run.final_status, 0) + 1
+            self.last_failure = _max(self.last_failure, run.completed_at_ms)
+        if end is not None and (self.last_completed is None or end >= self.last_completed.ended_ms):
+            self.last_completed = CompletedRun(id=run.id, ended_ms=end, counts=run.counts, activities=run.activities)
+
+    def _countable(self, run: Run, was_running: bool, now_ms: int) -> bool:
+        """Not counted yet, not below the count floor (unless we watched it run), ended after the counting start."""
+        if run.id in self.counted:
+            return False
+        if not was_running and keep_until_ms(run, now_ms) < self.state.count_floor_ms:
+            return False  # ended before everything this flow has fully seen: counted already, or before the start
+        end = _end_of(run)
+        return end is None or end >= self.state.counting_start_ms
+
+    def _count(self, run: Run, now_ms: int) -> None:
+        self.counted[run.id] = keep_until_ms(run, now_ms)
+        self.newly_counted.append(run)
+        self.runs_total[run.final_status] = self.runs_total.get(run.final_status, 0) + 1
         for group in ("records", "bytes", "files"):
             for name, value in getattr(run.counts, group).items():
                 if value is not None:
-                    totals[f"{group}.{name}"] = totals.get(f"{group}.{name}", 0) + value
+                    self.totals[f"{group}.{name}"] = self.totals.get(f"{group}.{name}", 0) + value
         if run.duration_seconds is not None:
-            durations = durations.observe(run.duration_seconds)
+            self.durations = self.durations.observe(run.duration_seconds)
         for code in sorted(run.error_codes):
-            known = code in codes or len([c for c in codes if c != "other"]) < max_error_codes
+            known = code in self.codes or len([c for c in self.codes if c != "other"]) < self.max_error_codes
             label = code if known else "other"
-            codes[label] = codes.get(label, 0) + 1
+            self.codes[label] = self.codes.get(label, 0) + 1
 
-    if complete:
-        for run_id in [r for r in in_progress if r not in unique]:
-            del in_progress[run_id]
-    if newest_created is None:
-        newest_created = state.counting_start_ms  # no runs yet: later queries start at the counting start
+    def drop_vanished(self, listed: Mapping[str, Run], window: Window) -> None:
+        """Runs tracked in progress that the answer should hold but does not were deleted: stop tracking them."""
+        for run_id, (created, started) in list(self.in_progress.items()):
+            if run_id not in listed and window.covers(created, started):
+                del self.in_progress[run_id]
 
+    def raised_floor(self, runs: Iterable[Run], window: Window) -> int:
+        """The count floor after this answer: what it proves was fully seen (see the module docstring)."""
+        floor = self.state.count_floor_ms
+        if window.empty:
+            return floor
+        newest = max((t for t in (r.latest_ms for r in runs) if t is not None), default=None)
+        if newest is None:
+            return floor
+        proven = newest - OVERLAP_MS
+        if window.field is not None:
+            proven = min(proven, window.bound)
+        return max(floor, proven)
+
+
+def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int, max_error_codes: int,
+               window: Window = EVERYTHING) -> Update:
+    """Fold one runs answer into a flow's state, counting each newly completed run exactly once.
+
+    ``window`` says which runs the answer is known to hold: tracked in-progress runs it should hold but does not
+    have vanished, and the count floor rises to what it proves. Runs of another flow (a ``flowId`` filter the
+    server ignored) are never counted here.
+    """
+    unique: dict[str, Run] = {}
+    for run in runs:
+        if run.flow_id is None or run.flow_id == flow.id:
+            unique.setdefault(run.id, run)
+    ordered = sorted(unique.values(), key=_order_key)
+    fold = _Fold(state, max_error_codes)
+    for run in ordered:
+        fold.see(run, now_ms)
+    fold.drop_vanished(unique, window)
+    floor = fold.raised_floor(ordered, window)
     new_state = dataclasses.replace(
         state,
         flow=flow,
         up=True,
         seen_key=flow.change_key,
-        newest_created_ms=newest_created,
-        in_progress=in_progress,
+        newest_created_ms=fold.newest_created if fold.newest_created is not None else state.counting_start_ms,
+        newest_started_ms=fold.newest_started if fold.newest_started is not None else state.counting_start_ms,
+        count_floor_ms=floor,
+        in_progress=fold.in_progress,
+        counted={rid: keep for rid, keep in fold.counted.items() if keep >= floor},
         last_run=_newest_run(state.last_run, flow, ordered),
-        last_completed=last_completed,
-        last_success_ms=_max(last_success, _last_details_end(flow, ("success", "partial_success"))),
-        last_failure_ms=_max(last_failure, _last_details_end(flow, ("failed",))),
-        runs_total=runs_total,
-        totals=totals,
-        durations=durations,
-        error_codes=codes,
+        last_completed=fold.last_completed,
+        last_success_ms=_max(fold.last_success, _last_details_end(flow, ("success", "partial_success"))),
+        last_failure_ms=_max(fold.last_failure, _last_details_end(flow, ("failed",))),
+        runs_total=fold.runs_total,
+        totals=fold.totals,
+        durations=fold.durations,
+        error_codes=fold.codes,
     )
-    bound = new_state.runs_lower_bound_ms()
-    if bound is not None:
-        counted = {rid: created for rid, created in counted.items() if created >= bound}
-    return Update(state=dataclasses.replace(new_state, counted=counted), counted=tuple(newly_counted),
-                  unknown_statuses=tuple(dict.fromkeys(unknown_statuses)))
+    return Update(state=new_state, counted=tuple(fold.newly_counted),
+                  unknown_statuses=tuple(dict.fromkeys(fold.unknown_statuses)))
 
 
 def _last_details_end(flow: Flow, statuses: tuple[str, ...]) -> int | None:
@@ -301,6 +400,15 @@ def _flow_from(data: Mapping[str, Any] | None) -> Flow | None:
     return Flow(**{**data, "last_run": LastRunDetails(**last) if last else None})
 
 
+def _counted_from(data: Mapping[str, Any]) -> dict[str, int]:
+    """The counted-id set; a file from before the count floor stored each id's ``createdAt``, kept here for
+    Adobe's retention past it, so no id it held can be counted again."""
+    counted = {str(k): int(v) for k, v in data["counted"].items()}
+    if "count_floor_ms" not in data:
+        counted = {k: v + RETENTION_MS for k, v in counted.items()}
+    return counted
+
+
 def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...]) -> tuple[FlowState, bool]:
     """Rebuild a flow's state; the bool says the histogram was reset because the buckets changed.
 
@@ -321,8 +429,10 @@ def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...]) -> tupl
         flow=_flow_from(data.get("flow")),
         seen_key=(seen_key[0], seen_key[1]) if seen_key else None,
         newest_created_ms=data.get("newest_created_ms"),
+        newest_started_ms=data.get("newest_started_ms", data.get("newest_created_ms")),
+        count_floor_ms=int(data.get("count_floor_ms", data["counting_start_ms"])),
         in_progress={k: (v[0], v[1]) for k, v in data["in_progress"].items()},
-        counted={k: int(v) for k, v in data["counted"].items()},
+        counted=_counted_from(data),
         last_run=LastRun(**last_run) if last_run else None,
         last_completed=CompletedRun(
             id=completed["id"],

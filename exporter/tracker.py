@@ -28,6 +28,7 @@ class SandboxStatus:
     last_ok: bool | None = None
     last_success_s: float | None = None
     last_error: str | None = None
+    runs_strategy: str = "created_at"
 
 
 @dataclass(frozen=True, kw_only=True)

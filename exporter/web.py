@@ -165,7 +165,8 @@ def landing_page(snapshot: Snapshot, *, title: str = "AEP Flow Exporter") -> str
     for sb in snapshot.sandboxes:
         result = "not yet polled" if sb.last_ok is None else ("ok" if sb.last_ok else f"failed: {sb.last_error}")
         rows.append(f"<tr><td>{esc(sb.name)}</td><td>{sb.flows}</td><td>{sb.dropped}</td>"
-                    f"<td>{esc(result)}</td><td>{_fmt_time(sb.last_success_s)}</td></tr>")
+                    f"<td>{esc(result)}</td><td>{_fmt_time(sb.last_success_s)}</td>"
+                    f"<td><code>{esc(sb.runs_strategy)}</code></td></tr>")
     flow_rows = []
     for state in snapshot.flows[:LANDING_FLOW_ROWS]:
         flow = state.flow
@@ -189,7 +190,8 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}.failed{{color:#
 <p>Version {esc(__version__)}. <a href="/metrics">Metrics</a> &middot; <a href="/healthz">Health</a>
 &middot; <a href="/readyz">Readiness</a></p>
 <h2>Sandboxes</h2>
-<table><tr><th>Sandbox</th><th>Flows</th><th>Dropped</th><th>Last poll</th><th>Last success</th></tr>
+<table><tr><th>Sandbox</th><th>Flows</th><th>Dropped</th><th>Last poll</th><th>Last success</th>
+<th>Runs query</th></tr>
 {''.join(rows)}</table>
 <h2>Flows</h2>
 <table><tr><th>Sandbox</th><th>Name</th><th>Flow id</th><th>Kind</th><th>State</th><th>Last run</th>

@@ -152,6 +152,19 @@ def test_check_config_exits_0_on_the_shipped_example(monkeypatch: pytest.MonkeyP
     assert "config OK" in capsys.readouterr().out
 
 
+def test_check_config_warns_when_the_lookback_exceeds_adobes_run_retention(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A lookback over 90 days is valid but cannot be honoured: check-config says so, with the path, and exits 0."""
+    for key, val in ENV.items():
+        monkeypatch.setenv(key, val)
+    path = tmp_path / "long.yaml"
+    for lookback, warned in (("120d", True), ("90d", False)):
+        path.write_text(VALID.replace("initial_lookback: 1d", f"initial_lookback: {lookback}"))
+        assert main(["check-config", "--config", str(path)]) == 0
+        err = capsys.readouterr().err
+        assert ("poll.initial_lookback: 120d is longer than Adobe's 90-day run retention" in err) is warned, err
+
+
 def test_bad_yaml_and_missing_file_exit_2_through_the_real_command(tmp_path: Path) -> None:
     """The installed entry point (python -m exporter) exits 2 on unreadable or malformed config."""
     bad = tmp_path / "bad.yaml"

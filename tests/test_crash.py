@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import signal
@@ -13,8 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import Sim
+from exporter.simulator import Faults
+from tests.conftest import Sim, make_world, start_sim
 from tests.helpers import assert_matches_truth, free_port, parse_samples, sim_config_yaml
+from tests.test_query_modes import MODES
 
 PY = [sys.executable, "-m", "exporter"]
 
@@ -46,7 +49,7 @@ async def ready(url: str, timeout: float = 30.0) -> str:
 
 async def crash_loop(sim: Sim, tmp_path: Path, kills: int, seed: int) -> int:
     rng = random.Random(seed)
-    sim.simulator.faults.latency_s = 0.05  # a cycle lasts about a second: kills land inside cycles
+    sim.simulator.faults = dataclasses.replace(sim.simulator.faults, latency_s=0.05)  # kills land inside cycles
     port = free_port()
     state = tmp_path / "state.db"
     cfg = config(tmp_path / "c.yaml", sim.url, port, state)
@@ -67,6 +70,18 @@ async def crash_loop(sim: Sim, tmp_path: Path, kills: int, seed: int) -> int:
         _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     return assert_matches_truth(parse_samples(text), sim.world.truth())
+
+
+@pytest.mark.parametrize("mode", sorted(m for m in MODES if m != "honour"))
+async def test_killed_exporter_is_exact_whatever_adobe_does_with_filters(mode: str, tmp_path: Path) -> None:
+    """kill -9 at random points, with the runs filter refused, ignored, or runs without createdAt: after a
+    restart every counter equals ground truth (the strategy is re-learned, nothing is counted twice)."""
+    handle, server = await start_sim(make_world(), faults=Faults(**MODES[mode][0]))
+    try:
+        counted = await crash_loop(handle, tmp_path, kills=3, seed=13)
+    finally:
+        await server.close()
+    assert counted > 50
 
 
 async def test_killed_exporter_neither_loses_nor_double_counts_runs(sim: Sim, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ Routes (all on one port):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import secrets
 import time
@@ -59,6 +60,13 @@ class Faults:
     ims_down: bool = False
     forbidden_sandboxes: list[str] = field(default_factory=list)
     failing_flows: list[str] = field(default_factory=list)  # /runs of these flows answers 500
+    # How /runs treats time filters and order, as Adobe might (no public source says which):
+    # "honour"; "refuse": a createdAt filter or order gets a 400 (Adobe's error shape `refuse_shape`, "platform"
+    # or "gateway"); "refuse_time": every time filter does (startedAtUTC too); "ignore": time filters and orderby
+    # are ignored and runs come back in no particular order.
+    runs_filters: str = "honour"
+    refuse_shape: str = "platform"
+    omit_created_at: float = 0.0  # this share of runs carry no createdAt (half of them no updatedAt either)
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,15 @@ class Scripted:
 
 def _gateway_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error_code": code, "message": message}, status=status)
+
+
+RUNS_FILTER_MODES = ("honour", "refuse", "refuse_time", "ignore")
+_TIME_PATHS = ("createdAt", "metrics.durationSummary.startedAtUTC")
+
+
+def _share(run_id: str, salt: str) -> float:
+    """A stable number in [0, 1) for a run: which runs lose a field, and where an unordered listing puts them."""
+    return int(hashlib.sha256(f"{salt}:{run_id}".encode()).hexdigest()[:8], 16) / 2**32
 
 
 def _platform_error(status: int, code: str, title: str) -> web.Response:
@@ -280,7 +297,17 @@ class Simulator:
             return _platform_error(400, exc.code, str(exc))
         except ValueError:
             return _platform_error(400, "1401-400", "limit must be an integer")
-        items = sort_items(items_for(checked, filters), orderby)
+        if endpoint == "runs":
+            refused = self._refused_runs_query(filters, orderby)
+            if refused is not None:
+                return refused
+            if self.faults.runs_filters == "ignore":
+                filters = [f for f in filters if f.path not in _TIME_PATHS]
+                items = sorted(items_for(checked, filters), key=lambda r: _share(r["id"], "order"))
+            else:
+                items = self._ordered_runs(items_for(checked, filters), orderby)
+        else:
+            items = sort_items(items_for(checked, filters), orderby)
         page = items[offset:offset + limit]
         links: dict[str, Any] = {}
         if offset + limit < len(items):
@@ -294,14 +321,52 @@ class Simulator:
         return [item for item in (f.to_json(now) for f in flows) if matches(item, filters)]
 
     def _run_items(self, sandbox: str, filters: list[Any]) -> list[dict[str, Any]]:
+        """Matching runs, newest first by the service's own creation time (which a payload may not show)."""
         now = self.world.now_ms()
         ids = next((set(f.values) for f in filters if f.path == "flowId" and f.op == "=="), None)
+        if self.faults.runs_filters == "ignore":
+            filters = [f for f in filters if f.path not in _TIME_PATHS]
         flows = self.world.sandbox_flows(sandbox, ids)
         created_floor = min((float(f.values[0]) for f in filters if f.path == "createdAt" and f.op in (">", ">=")
                              and f.values[0].lstrip("-").isdigit()), default=None)
-        runs = [r for f in flows for r in f.visible_runs(now)
-                if created_floor is None or r.created_ms >= created_floor]
-        return [item for item in (r.to_json(now) for r in runs) if matches(item, filters)]
+        runs = sorted((r for f in flows for r in f.visible_runs(now)
+                       if created_floor is None or r.created_ms >= created_floor),
+                      key=lambda r: r.created_ms, reverse=True)
+        return [item for item in (self._run_json(r, now) for r in runs) if matches(item, filters)]
+
+    def _run_json(self, run: Any, now_ms: int) -> dict[str, Any]:
+        item: dict[str, Any] = run.to_json(now_ms)
+        share = self.faults.omit_created_at
+        if share and _share(run.id, "created") < share:
+            del item["createdAt"]
+            if _share(run.id, "updated") < 0.5:
+                del item["updatedAt"]
+        return item
+
+    def _refused_runs_query(self, filters: list[Any], orderby: str | None) -> web.Response | None:
+        """Adobe's 400 for a time filter or order it does not support (in the refusing modes)."""
+        mode = self.faults.runs_filters
+        if mode not in ("refuse", "refuse_time"):
+            return None
+        paths = ("createdAt",) if mode == "refuse" else _TIME_PATHS
+        bad = [f"{f.path}{f.op}" for f in filters if f.path in paths]
+        if orderby and orderby.lstrip("+-") in paths:
+            bad.append(f"orderby={orderby}")
+        if not bad:
+            return None
+        self.faults_injected["refused_filter"] += 1
+        message = f"Operator {bad[0]} not supported for field {bad[0].rstrip('<>=')}"
+        if self.faults.refuse_shape == "gateway":
+            return _gateway_error(400, "400002", message)
+        return _platform_error(400, "1448-400", message)
+
+    @staticmethod
+    def _ordered_runs(items: list[dict[str, Any]], orderby: str | None) -> list[dict[str, Any]]:
+        if orderby in (None, "-createdAt"):
+            return items  # already newest first by the service's own time
+        if orderby in ("createdAt", "+createdAt"):
+            return items[::-1]
+        return sort_items(items, orderby)
 
     async def _list_flows(self, request: web.Request) -> web.StreamResponse:
         return await self._list(request, "flows", self._flow_items)
@@ -336,7 +401,7 @@ class Simulator:
             return checked
         wanted = request.match_info["id"]
         now = self.world.now_ms()
-        items = [r.to_json(now) for f in self.world.sandbox_flows(checked) for r in f.visible_runs(now)
+        items = [self._run_json(r, now) for f in self.world.sandbox_flows(checked) for r in f.visible_runs(now)
                  if r.id == wanted]
         return await self._get_one(request, "run", items)
 
@@ -362,9 +427,13 @@ class Simulator:
     async def _set_faults(self, request: web.Request) -> web.Response:
         data = await request.json()
         try:
-            self.faults = Faults(**{**asdict(self.faults), **data})
+            faults = Faults(**{**asdict(self.faults), **data})
         except TypeError as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if faults.runs_filters not in RUNS_FILTER_MODES or faults.refuse_shape not in ("platform", "gateway"):
+            return web.json_response({"error": f"runs_filters must be one of {RUNS_FILTER_MODES}, "
+                                               "refuse_shape platform or gateway"}, status=400)
+        self.faults = faults
         return web.json_response(asdict(self.faults))
 
     async def _fail_next(self, request: web.Request) -> web.Response:
