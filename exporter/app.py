@@ -50,6 +50,7 @@ def _settings(config: Config) -> PollSettings:
     m = config.metrics
     return PollSettings(lookback_s=config.poll.initial_lookback, buckets=m.duration_buckets,
                         max_error_codes=m.max_error_codes_per_flow, max_flows=m.max_flows_per_sandbox,
+                        max_activities=m.max_activities_per_flow,
                         shard_index=config.shard.index, shard_total=config.shard.total)
 
 
@@ -67,7 +68,7 @@ class Exporter:
         self.metrics = SelfMetrics(self.registry)
         self.store: Store = open_store(config.state.path)
         self.tracker = Tracker(self.store, [s.name for s in config.sandboxes])
-        states, resets = self.store.load(config.metrics.duration_buckets)
+        states, resets = self.store.load(config.metrics.duration_buckets, int(clock() * 1000))
         by_name = {s.name: s for s in config.sandboxes}
         self.tracker.restore(
             dataclasses.replace(s, labels=by_name[s.sandbox].labels_for(s.flow_id), up=True)
@@ -76,7 +77,8 @@ class Exporter:
         self.store.delete([s.key for s in states if s.sandbox not in by_name])  # sandboxes no longer configured
         for sandbox, flow_id in resets:
             log.warning("histogram_reset", sandbox=sandbox, flow_id=flow_id,
-                        reason="metrics.duration_buckets changed since the state file was written")
+                        reason="metrics.duration_buckets changed since the state file was written, "
+                               "or the stored histogram was not valid")
         if states:
             log.info("state_loaded", path=config.state.path, flows=len(states))
         self.renderer = MetricsRenderer(self.tracker.snapshot, _options(config), self.registry,

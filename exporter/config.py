@@ -128,6 +128,7 @@ class MetricsConfig:
     sparse_status: bool = False
     duration_buckets: tuple[float, ...] = DEFAULT_BUCKETS
     max_error_codes_per_flow: int = 20
+    max_activities_per_flow: int = 20
     max_flows_per_sandbox: int = 5000
 
 
@@ -481,7 +482,7 @@ class _ConfigParser(_Reader):
 
     def metrics(self, raw: object) -> MetricsConfig:
         known = {"activities", "sparse_status", "duration_buckets", "max_error_codes_per_flow",
-                 "max_flows_per_sandbox"}
+                 "max_activities_per_flow", "max_flows_per_sandbox"}
         sec = self.section(raw, "metrics", known)
         d = MetricsConfig()
         buckets = d.duration_buckets
@@ -502,6 +503,8 @@ class _ConfigParser(_Reader):
             duration_buckets=buckets,
             max_error_codes_per_flow=self.get(sec, "max_error_codes_per_flow", "metrics", _int_at_least(1),
                                               d.max_error_codes_per_flow),
+            max_activities_per_flow=self.get(sec, "max_activities_per_flow", "metrics", _int_at_least(1),
+                                             d.max_activities_per_flow),
             max_flows_per_sandbox=self.get(sec, "max_flows_per_sandbox", "metrics", _int_at_least(1),
                                            d.max_flows_per_sandbox),
         )

@@ -10,9 +10,11 @@ A poll that changes 5 % of the flows re-renders 5 % of the samples.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterable
 
+import structlog
 from prometheus_client import exposition as text_format
 from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_format
@@ -20,6 +22,8 @@ from prometheus_client.openmetrics import exposition as openmetrics_format
 from exporter.collector import FAMILIES, CollectorOptions, flow_families
 from exporter.state import FlowState
 from exporter.tracker import Snapshot
+
+log = structlog.get_logger(__name__)
 
 OPENMETRICS_EOF = b"# EOF\n"
 
@@ -81,13 +85,28 @@ class FlowExposition:
         self._cache: dict[tuple[str, str], tuple[FlowState, Parts]] = {}
         self._headers: dict[int, bytes] = {}  # HELP/TYPE lines are the same for every flow: kept once
         self._lock = threading.Lock()
+        self._failed: set[tuple[str, str]] = set()
         self.flows_rendered = 0
 
     def _parts(self, state: FlowState) -> Parts:
-        split = split_families(generate(flow_families(state, self.options), openmetrics=self.openmetrics))
+        try:
+            split = self._split(state)
+        except Exception as exc:  # noqa: BLE001 -- whatever a flow's data does, it costs that flow alone
+            # model.py validates every value, so this is defence in depth: the flow is left out on its own,
+            # with aep_exporter_flow_up 0 saying so, and every other flow is served.
+            if state.key not in self._failed:
+                self._failed.add(state.key)
+                log.error("flow_render_failed", sandbox=state.sandbox, flow_id=state.flow_id,  # noqa: TRY400 -- no traceback: it could quote the bad value
+                          error=type(exc).__name__)
+            split = self._split(dataclasses.replace(state, flow=None, up=False))
+        else:
+            self._failed.discard(state.key)
         for index, (header, _lines) in split.items():
             self._headers.setdefault(index, header)
         return {index: lines for index, (_header, lines) in split.items()}
+
+    def _split(self, state: FlowState) -> dict[int, tuple[bytes, bytes]]:
+        return split_families(generate(flow_families(state, self.options), openmetrics=self.openmetrics))
 
     def render(self, snapshot: Snapshot) -> bytes:
         """The whole flow block for a snapshot, re-rendering only flows whose state changed since last time."""

@@ -1,15 +1,26 @@
 """Flow Service JSON -> frozen ``Flow`` and ``Run`` values. Pure: no I/O, no package imports but errors.
 
 Parsing is defensive: Adobe's payloads vary between connectors and over time. Anything that is not a
-JSON object with an ``id`` raises :class:`PayloadError`; every other field is optional. Counts that are
-missing, ``-1`` (Adobe's "unknown"), negative or not integers become ``None``, never 0, and their field
-names are kept in ``Run.unknown_fields`` so the caller can log them once.
+JSON object with a clean ``id`` raises :class:`PayloadError`; every other field is optional. Every value is
+validated here, so nothing downstream (counting, state file, exposition, landing page) can meet a bad one:
+
+- strings are valid Unicode without control characters (lone surrogates and controls become U+FFFD) and of
+  bounded length;
+- counts are integers in 0..2^53; anything else (``-1``, Adobe's "unknown", NaN, Infinity, 1e400, fractions,
+  booleans, strings, objects) is ``None``, never 0;
+- timestamps are epoch milliseconds from 2015 to one day ahead of ``now_ms``; anything else is ``None`` (a run
+  "completed" in the year 33658 cannot pin a flow's last success);
+- schedule intervals are finite, positive and at most a year.
+
+Names of fields found invalid are kept in ``Run.unknown_fields`` / ``Flow.invalid_fields`` so the caller can log
+them once with the flow id.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +64,40 @@ BYTE_FIELDS = {"input": "inputBytes", "output": "outputBytes"}
 FILE_FIELDS = {"input": "inputFileCount", "output": "outputFileCount", "failed": "failedFileCount"}
 
 _SCHEDULE_UNITS = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+MAX_COUNT = 2**53
+"""Largest count taken: beyond it a float (what Prometheus stores) is no longer exact."""
+EARLIEST_MS = 1_420_070_400_000
+"""2015-01-01: no Experience Platform run is older."""
+MAX_AHEAD_MS = 86_400_000
+"""A timestamp more than a day ahead of now is not a time, it is a bug."""
+MAX_INTERVAL_S = 366 * 86400.0
+MAX_TEXT = 256
+_UNCLEAN = re.compile(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
+"""Lone surrogates (not encodable), non-characters, and control characters but tab, newline and carriage return
+(which every output escapes)."""
+
+
+def clean_text(value: str, limit: int = MAX_TEXT) -> str:
+    """``value`` made safe for a label, a log line or a page: lone surrogates and control characters (but tab,
+    newline, carriage return) replaced with U+FFFD, cut to ``limit`` characters."""
+    return _UNCLEAN.sub("\ufffd", value[:limit])
+
+
+def valid_count(value: object) -> int | None:
+    """An integer count in 0..2^53, or None (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        return None
+    return value
+
+
+def plausible_ms(value: object, now_ms: int) -> int | None:
+    """Epoch milliseconds between 2015 and a day ahead of ``now_ms``, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or not EARLIEST_MS <= value <= now_ms + MAX_AHEAD_MS:
+        return None
+    return int(value)
 
 
 def normalize_status(raw: object) -> str | None:
@@ -172,6 +217,7 @@ class Flow:
     state: str
     schedule_interval_seconds: float | None
     last_run: LastRunDetails | None
+    invalid_fields: tuple[str, ...] = ()
 
     @property
     def change_key(self) -> tuple[str, str | None] | None:
@@ -185,35 +231,48 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _str(value: object, default: str = "") -> str:
-    return value if isinstance(value, str) else default
+class _Checker:
+    """Validates one payload's values against ``now_ms``, noting the name of each field found invalid."""
+
+    def __init__(self, now_ms: int | None) -> None:
+        self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        self.invalid: list[str] = []
+
+    def text(self, value: object, name: str, default: str = "", limit: int = MAX_TEXT) -> str:
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.invalid.append(name)
+            return default
+        clean = clean_text(value, limit)
+        if clean != value:
+            self.invalid.append(name)
+        return clean
+
+    def ms(self, value: object, name: str) -> int | None:
+        """A timestamp; a missing one is simply absent, a present but implausible one is noted."""
+        if value is None:
+            return None
+        checked = plausible_ms(value, self.now_ms)
+        if checked is None and value != -1:
+            self.invalid.append(name)
+        return checked
+
+    def count(self, summary: dict[str, Any], key: str, prefix: str) -> int | None:
+        if key not in summary:
+            return None
+        checked = valid_count(summary[key])
+        if checked is None:
+            self.invalid.append(f"{prefix}{key}")
+        return checked
 
 
-def _ms(value: object) -> int | None:
-    """An epoch-milliseconds timestamp, or None when absent, negative or not a number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if math.isnan(value) or value < 0 or value > 1e15:  # NaN, -1, absurd
-        return None
-    return int(value)
-
-
-def _count(summary: dict[str, Any], key: str, unknown: list[str], prefix: str) -> int | None:
-    if key not in summary:
-        return None
-    value = summary[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        unknown.append(f"{prefix}{key}")
-        return None
-    return value
-
-
-def _counts(section: dict[str, Any], unknown: list[str], prefix: str = "") -> Counts:
+def _counts(section: dict[str, Any], check: _Checker, prefix: str = "") -> Counts:
     rec, size, files = (_obj(section.get(k)) for k in ("recordSummary", "sizeSummary", "fileSummary"))
     return Counts(
-        records={k: _count(rec, f, unknown, prefix) for k, f in RECORD_FIELDS.items()},
-        bytes={k: _count(size, f, unknown, prefix) for k, f in BYTE_FIELDS.items()},
-        files={k: _count(files, f, unknown, prefix) for k, f in FILE_FIELDS.items()},
+        records={k: check.count(rec, f, prefix) for k, f in RECORD_FIELDS.items()},
+        bytes={k: check.count(size, f, prefix) for k, f in BYTE_FIELDS.items()},
+        files={k: check.count(files, f, prefix) for k, f in FILE_FIELDS.items()},
     )
 
 
@@ -230,8 +289,10 @@ def _error_codes(status_summary: dict[str, Any]) -> set[str]:
         if isinstance(errors, list):
             for err in errors:
                 code = _obj(err).get("code")
-                if isinstance(code, (str, int)) and not isinstance(code, bool) and str(code).strip():
-                    codes.add(str(code).strip()[:64])
+                if isinstance(code, int) and not isinstance(code, bool) and 0 <= code < 10**12:
+                    code = str(code)
+                if isinstance(code, str) and code.strip():
+                    codes.add(clean_text(code.strip(), 64))
     return codes
 
 
@@ -241,50 +302,57 @@ def _require_id(payload: object, what: str) -> tuple[dict[str, Any], str]:
     ident = payload.get("id")
     if not isinstance(ident, str) or not ident:
         raise PayloadError(f"{what} has no id")
+    if clean_text(ident, 128) != ident or ident != ident.strip():
+        raise PayloadError(f"{what} has an unusable id ({clean_text(ident, 64)!r})")
     return payload, ident
 
 
-def parse_run(payload: object) -> Run:
-    """Parse one item of ``GET /runs``; raises PayloadError only when it has no usable id."""
+def parse_run(payload: object, now_ms: int | None = None) -> Run:
+    """Parse one item of ``GET /runs``; raises PayloadError only when it has no usable id.
+
+    ``now_ms`` bounds plausible timestamps (default: the wall clock).
+    """
     data, run_id = _require_id(payload, "run")
+    check = _Checker(now_ms)
     metrics = _obj(data.get("metrics"))
     duration = _obj(metrics.get("durationSummary"))
     status_summary = _obj(metrics.get("statusSummary"))
-    unknown: list[str] = []
     codes = _error_codes(status_summary)
     activities: list[Activity] = []
     raw_activities = data.get("activities")
     for raw in raw_activities if isinstance(raw_activities, list) else []:
         act = _obj(raw)
-        act_name = _str(act.get("name")) or _str(act.get("id"))
+        act_name = check.text(act.get("name"), "activities.name") or check.text(act.get("id"), "activities.id")
         if not act_name:
             continue
         act_status = _obj(act.get("statusSummary"))
         codes |= _error_codes(act_status)
         act_duration = _obj(act.get("durationSummary"))
-        start, end = _ms(act_duration.get("startedAtUTC")), _ms(act_duration.get("completedAtUTC"))
+        start = check.ms(act_duration.get("startedAtUTC"), "activities.startedAtUTC")
+        end = check.ms(act_duration.get("completedAtUTC"), "activities.completedAtUTC")
         activities.append(
             Activity(
                 name=snake_case(act_name),
                 status=normalize_status(act_status.get("status")),
                 duration_seconds=_span_seconds(start, end),
-                counts=_counts(act, [], ""),
+                counts=_counts(act, _Checker(check.now_ms), ""),
             )
         )
     raw_status = status_summary.get("status")
+    counts = _counts(metrics, check)
     return Run(
         id=run_id,
-        flow_id=_str(data.get("flowId")) or None,
-        created_at_ms=_ms(data.get("createdAt")),
-        updated_at_ms=_ms(data.get("updatedAt")),
-        started_at_ms=_ms(duration.get("startedAtUTC")),
-        completed_at_ms=_ms(duration.get("completedAtUTC")),
+        flow_id=check.text(data.get("flowId"), "flowId", limit=128) or None,
+        created_at_ms=check.ms(data.get("createdAt"), "createdAt"),
+        updated_at_ms=check.ms(data.get("updatedAt"), "updatedAt"),
+        started_at_ms=check.ms(duration.get("startedAtUTC"), "startedAtUTC"),
+        completed_at_ms=check.ms(duration.get("completedAtUTC"), "completedAtUTC"),
         status=normalize_status(raw_status),
-        raw_status=raw_status if isinstance(raw_status, str) else None,
-        counts=_counts(metrics, unknown),
+        raw_status=clean_text(raw_status, 64) if isinstance(raw_status, str) else None,
+        counts=counts,
         error_codes=frozenset(codes),
         activities=tuple(sorted(_dedupe_activities(activities), key=lambda a: a.name)),
-        unknown_fields=tuple(unknown),
+        unknown_fields=tuple(dict.fromkeys(check.invalid)),
     )
 
 
@@ -295,34 +363,38 @@ def _dedupe_activities(activities: list[Activity]) -> list[Activity]:
     return list(seen.values())
 
 
-def _schedule_interval(params: object) -> float | None:
+def _schedule_interval(params: object, check: _Checker) -> float | None:
     sched = _obj(params)
     raw_interval = sched.get("interval")
     try:
         interval = float(raw_interval) if raw_interval is not None and not isinstance(raw_interval, bool) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         interval = None
-    unit = _str(sched.get("frequency")) or _str(sched.get("timeUnit"))
+    unit = check.text(sched.get("frequency"), "scheduleParams.frequency") or check.text(
+        sched.get("timeUnit"), "scheduleParams.timeUnit")
     seconds = _SCHEDULE_UNITS.get(unit.lower().rstrip("s"))
     if seconds is None:  # "once", streaming flows (no scheduleParams), or an unknown unit
         return None
     if interval is None:
         interval = 1.0
-    if interval <= 0 or math.isnan(interval):
+    if not math.isfinite(interval) or interval <= 0 or interval * seconds > MAX_INTERVAL_S:
+        check.invalid.append("scheduleParams.interval")
         return None
     return interval * seconds
 
 
-def _connection_spec(attrs: dict[str, Any], key: str) -> str:
+def _connection_spec(attrs: dict[str, Any], key: str, check: _Checker) -> str:
     conns = attrs.get(key)
     if isinstance(conns, list) and conns:
-        return _str(_obj(_obj(conns[0]).get("connectionSpec")).get("id"))
+        return check.text(_obj(_obj(conns[0]).get("connectionSpec")).get("id"), f"{key}.connectionSpec.id",
+                          limit=128)
     return ""
 
 
-def parse_flow(payload: object) -> Flow:
+def parse_flow(payload: object, now_ms: int | None = None) -> Flow:
     """Parse one item of ``GET /flows``; raises PayloadError only when it has no usable id."""
     data, flow_id = _require_id(payload, "flow")
+    check = _Checker(now_ms)
     attrs = _obj(data.get("inheritedAttributes"))
     props = _obj(attrs.get("properties"))
     if props.get("isSourceFlow") is True:
@@ -334,24 +406,27 @@ def parse_flow(payload: object) -> Flow:
     last = _obj(data.get("lastRunDetails"))
     last_id = last.get("id")
     last_run = None
-    if isinstance(last_id, str) and last_id:
+    if isinstance(last_id, str) and last_id and clean_text(last_id, 128) == last_id:
         state = last.get("state")
         last_run = LastRunDetails(
             id=last_id,
-            state=state if isinstance(state, str) else None,
-            started_at_ms=_ms(last.get("startedAtUTC")),
-            completed_at_ms=_ms(last.get("completedAtUTC")),
+            state=check.text(state, "lastRunDetails.state", limit=64) or None,
+            started_at_ms=check.ms(last.get("startedAtUTC"), "lastRunDetails.startedAtUTC"),
+            completed_at_ms=check.ms(last.get("completedAtUTC"), "lastRunDetails.completedAtUTC"),
         )
+    elif last_id is not None:
+        check.invalid.append("lastRunDetails.id")
     return Flow(
         id=flow_id,
-        name=_str(data.get("name")),
-        flow_spec_id=_str(_obj(data.get("flowSpec")).get("id")),
-        source_connection_spec_id=_connection_spec(attrs, "sourceConnections"),
-        target_connection_spec_id=_connection_spec(attrs, "targetConnections"),
+        name=check.text(data.get("name"), "name"),
+        flow_spec_id=check.text(_obj(data.get("flowSpec")).get("id"), "flowSpec.id", limit=128),
+        source_connection_spec_id=_connection_spec(attrs, "sourceConnections", check),
+        target_connection_spec_id=_connection_spec(attrs, "targetConnections", check),
         kind=kind,
-        state=_str(data.get("state"), "unknown") or "unknown",
-        schedule_interval_seconds=_schedule_interval(data.get("scheduleParams")),
+        state=check.text(data.get("state"), "state", "unknown", limit=64) or "unknown",
+        schedule_interval_seconds=_schedule_interval(data.get("scheduleParams"), check),
         last_run=last_run,
+        invalid_fields=tuple(dict.fromkeys(check.invalid)),
     )
 
 

@@ -23,7 +23,7 @@ import structlog
 from exporter.client import FlowServiceClient
 from exporter.config import SandboxConfig
 from exporter.errors import ExporterError, NotFoundError, StateError
-from exporter.model import Flow, parse_flow
+from exporter.model import Flow, clean_text, parse_flow
 from exporter.runsquery import RunsReader, Strategy
 from exporter.selfmetrics import SelfMetrics
 from exporter.state import FlowState, apply_runs, mark_down, new_flow_state, refresh_flow
@@ -47,6 +47,7 @@ class PollSettings:
     lookback_s: float
     buckets: tuple[float, ...]
     max_error_codes: int
+    max_activities: int = 20
     max_flows: int
     shard_index: int = 0
     shard_total: int = 1
@@ -86,7 +87,7 @@ class SandboxPoller:
             counter.labels(sandbox.name)  # present at 0 from the start, so rate() and alerts see the first failure
         metrics.poll_interval.labels(sandbox.name).set(sandbox.interval)
         self.runs = RunsReader(sandbox=sandbox.name, client=client, on_change=self._strategy_changed,
-                               on_bad_item=self._bad_run_item)
+                               on_bad_item=self._bad_run_item, clock=clock)
         self._strategy_changed(self.runs.strategy)
 
     @property
@@ -186,13 +187,19 @@ class SandboxPoller:
 
     def _parse_flows(self, items: Iterable[object]) -> list[Flow]:
         flows = []
+        now_ms = int(self._clock() * 1000)
         for item in items:
             try:
-                flows.append(parse_flow(item))
+                flow = parse_flow(item, now_ms)
             except ExporterError as exc:
                 flow_id = item.get("id") if isinstance(item, dict) else None
                 if self._once.first(self.name, "flow_payload", str(flow_id), str(exc)):
-                    log.warning("flow_payload_invalid", sandbox=self.name, flow_id=str(flow_id), error=str(exc))
+                    log.warning("flow_payload_invalid", sandbox=self.name, flow_id=clean_text(str(flow_id), 64),
+                                error=str(exc))
+                continue
+            flows.append(flow)
+            if flow.invalid_fields and self._once.first(self.name, flow.id, "flow_fields", *flow.invalid_fields):
+                log.warning("flow_values_invalid", sandbox=self.name, flow_id=flow.id, fields=list(flow.invalid_fields))
         return flows
 
     def _select(self, flows: list[Flow]) -> tuple[dict[Flow, dict[str, str]], int]:
@@ -244,12 +251,16 @@ class SandboxPoller:
             self._flow_down(flow.id, flow, f"{type(exc).__name__}: {exc}"[:200])
             return
         update = apply_runs(state, flow, answer.runs, now_ms=int(self._clock() * 1000),
-                            max_error_codes=self.settings.max_error_codes, window=answer.window)
+                            max_error_codes=self.settings.max_error_codes, window=answer.window,
+                            max_activities=self.settings.max_activities)
+        if update.activities_dropped and self._once.first(self.name, flow.id, "activities_dropped"):
+            log.warning("activities_dropped", sandbox=self.name, flow_id=flow.id, dropped=update.activities_dropped,
+                        limit=self.settings.max_activities, hint="raise metrics.max_activities_per_flow")
         for raw in update.unknown_statuses:
             if self._once.first(self.name, flow.id, "status", raw):
                 log.warning("run_status_unknown", sandbox=self.name, flow_id=flow.id, status=raw[:64])
         for run in update.counted:
-            if run.unknown_fields:
+            if run.unknown_fields and self._once.first(self.name, flow.id, "run_fields", *run.unknown_fields):
                 log.info("run_values_unknown", sandbox=self.name, flow_id=flow.id, run_id=run.id,
                          fields=list(run.unknown_fields))
         await self._tracker.save(update.state)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -95,8 +96,10 @@ class RunsReader:
 
     def __init__(self, *, sandbox: str, client: FlowServiceClient,
                  on_change: Callable[[Strategy], None] = lambda _s: None,
-                 on_bad_item: Callable[[str, str], None] = lambda _f, _e: None) -> None:
+                 on_bad_item: Callable[[str, str], None] = lambda _f, _e: None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.sandbox = sandbox
+        self._clock = clock
         self._client = client
         self._failed: dict[Strategy, str] = {}
         self._confirmed: set[Strategy] = set()
@@ -281,9 +284,10 @@ class RunsReader:
 
     def _parse(self, flow_id: str, items: Iterable[object]) -> list[Run]:
         runs = []
+        now_ms = int(self._clock() * 1000)
         for item in items:
             try:
-                runs.append(parse_run(item))
+                runs.append(parse_run(item, now_ms))
             except ExporterError as exc:
                 self._on_bad_item(flow_id, str(exc))
         return runs

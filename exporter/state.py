@@ -15,11 +15,25 @@ time at all is kept that long past first sight. A run tracked in progress is alw
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.model import Activity, Counts, Flow, LastRunDetails, Run, normalize_status
+from exporter.model import (
+    STATUSES,
+    Activity,
+    Counts,
+    Flow,
+    LastRunDetails,
+    Run,
+    clean_text,
+    normalize_status,
+    plausible_ms,
+    snake_case,
+    valid_count,
+)
 
 OVERLAP_MS = 10 * 60 * 1000
 """How far below the newest seen ``createdAt`` each runs query reaches, for runs that show up late."""
@@ -184,6 +198,7 @@ class Update:
     state: FlowState
     counted: tuple[Run, ...] = ()
     unknown_statuses: tuple[str, ...] = ()
+    activities_dropped: int = 0
 
 
 def _max(a: int | None, b: int | None) -> int | None:
@@ -214,9 +229,11 @@ def keep_until_ms(run: Run, now_ms: int) -> int:
 class _Fold:
     """The mutable working copy of a flow's state while one runs answer is folded into it."""
 
-    def __init__(self, state: FlowState, max_error_codes: int) -> None:
+    def __init__(self, state: FlowState, max_error_codes: int, max_activities: int) -> None:
         self.state = state
         self.max_error_codes = max_error_codes
+        self.max_activities = max_activities
+        self.activities_dropped = 0
         self.in_progress = dict(state.in_progress)
         self.counted = dict(state.counted)
         self.runs_total = dict(state.runs_total)
@@ -250,7 +267,10 @@ class _Fold:
         elif run.final_status == "failed":
             self.last_failure = _max(self.last_failure, run.completed_at_ms)
         if end is not None and (self.last_completed is None or end >= self.last_completed.ended_ms):
-            self.last_completed = CompletedRun(id=run.id, ended_ms=end, counts=run.counts, activities=run.activities)
+            # Activities are capped like error codes: one run with thousands cannot flood the exposition.
+            kept = run.activities[:self.max_activities]
+            self.activities_dropped = len(run.activities) - len(kept)
+            self.last_completed = CompletedRun(id=run.id, ended_ms=end, counts=run.counts, activities=kept)
 
     def _countable(self, run: Run, was_running: bool, now_ms: int) -> bool:
         """Not counted yet, not below the count floor (unless we watched it run), ended after the counting start."""
@@ -297,7 +317,7 @@ class _Fold:
 
 
 def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int, max_error_codes: int,
-               window: Window = EVERYTHING) -> Update:
+               window: Window = EVERYTHING, max_activities: int = 20) -> Update:
     """Fold one runs answer into a flow's state, counting each newly completed run exactly once.
 
     ``window`` says which runs the answer is known to hold: tracked in-progress runs it should hold but does not
@@ -309,7 +329,7 @@ def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int
         if run.flow_id is None or run.flow_id == flow.id:
             unique.setdefault(run.id, run)
     ordered = sorted(unique.values(), key=_order_key)
-    fold = _Fold(state, max_error_codes)
+    fold = _Fold(state, max_error_codes, max_activities)
     for run in ordered:
         fold.see(run, now_ms)
     fold.drop_vanished(unique, window)
@@ -334,7 +354,8 @@ def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int
         error_codes=fold.codes,
     )
     return Update(state=new_state, counted=tuple(fold.newly_counted),
-                  unknown_statuses=tuple(dict.fromkeys(fold.unknown_statuses)))
+                  unknown_statuses=tuple(dict.fromkeys(fold.unknown_statuses)),
+                  activities_dropped=fold.activities_dropped)
 
 
 def _last_details_end(flow: Flow, statuses: tuple[str, ...]) -> int | None:
@@ -389,15 +410,80 @@ def state_to_json(state: FlowState) -> dict[str, Any]:
     return data
 
 
-def _counts_from(data: Mapping[str, Any]) -> Counts:
-    return Counts(records=dict(data["records"]), bytes=dict(data["bytes"]), files=dict(data["files"]))
+class _Loaded:
+    """The validation of model.py, applied to a state read back from disk: a file written by an older version,
+    or by hand, cannot bring a lone surrogate, a 1e400 count or a timestamp from the year 33658 back in."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def text(self, value: object, limit: int = 256) -> str:
+        return clean_text(value, limit) if isinstance(value, str) else ""
+
+    def ms(self, value: object) -> int | None:
+        return plausible_ms(value, self.now_ms)
+
+    def watermark(self, value: object, fallback: int) -> int | None:
+        """None stays None (no runs read yet); an implausible watermark falls back to the counting start."""
+        if value is None:
+            return None
+        checked = self.ms(value)
+        return fallback if checked is None else checked
+
+    def counts(self, data: Mapping[str, Any]) -> Counts:
+        return Counts(**{group: {self.text(k, 64): valid_count(v) for k, v in data[group].items()}
+                         for group in ("records", "bytes", "files")})
+
+    def tally(self, data: Mapping[str, Any], limit: int = 64) -> dict[str, int]:
+        """A counter map with only valid keys and counts (an invalid one is dropped: unknown, not 0)."""
+        out = {}
+        for key, val in data.items():
+            count = valid_count(val)
+            if count is not None:
+                out[self.text(key, limit)] = count
+        return out
+
+    def flow(self, data: Mapping[str, Any] | None) -> Flow | None:
+        if data is None:
+            return None
+        last = data.get("last_run")
+        interval = _finite(data.get("schedule_interval_seconds"), 366 * 86400.0)
+        return Flow(
+            id=self.text(data["id"], 128), name=self.text(data.get("name")),
+            flow_spec_id=self.text(data.get("flow_spec_id"), 128),
+            source_connection_spec_id=self.text(data.get("source_connection_spec_id"), 128),
+            target_connection_spec_id=self.text(data.get("target_connection_spec_id"), 128),
+            kind=self.text(data.get("kind"), 32) or "unknown", state=self.text(data.get("state"), 64) or "unknown",
+            schedule_interval_seconds=interval if interval else None,
+            last_run=LastRunDetails(id=self.text(last["id"], 128), state=self.text(last.get("state"), 64) or None,
+                                    started_at_ms=self.ms(last.get("started_at_ms")),
+                                    completed_at_ms=self.ms(last.get("completed_at_ms"))) if last else None,
+        )
+
+    def activity(self, a: Mapping[str, Any]) -> Activity:
+        return Activity(name=snake_case(self.text(a["name"], 128)), status=_status_of(a.get("status")),
+                        duration_seconds=_finite(a.get("duration_seconds"), 2.0**53), counts=self.counts(a["counts"]))
+
+    def histogram(self, hist: Mapping[str, Any], buckets: tuple[float, ...]) -> tuple[Histogram, bool]:
+        bounds = tuple(float(b) for b in hist["bounds"])
+        counts = tuple(valid_count(c) for c in hist["counts"])
+        total = float(hist["sum"])
+        if bounds != tuple(buckets) or None in counts or len(counts) != len(bounds) + 1 \
+                or not math.isfinite(total):
+            return Histogram.empty(tuple(buckets)), True
+        return Histogram(bounds=bounds, counts=tuple(c or 0 for c in counts), sum=total), False
 
 
-def _flow_from(data: Mapping[str, Any] | None) -> Flow | None:
-    if data is None:
+def _finite(value: object, limit: float) -> float | None:
+    """A number in 0..limit, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    last = data.get("last_run")
-    return Flow(**{**data, "last_run": LastRunDetails(**last) if last else None})
+    number = float(value)
+    return number if math.isfinite(number) and 0 <= number <= limit else None
+
+
+def _status_of(value: object) -> str | None:
+    return value if isinstance(value, str) and value in STATUSES else None
 
 
 def _counted_from(data: Mapping[str, Any]) -> dict[str, int]:
@@ -409,46 +495,46 @@ def _counted_from(data: Mapping[str, Any]) -> dict[str, int]:
     return counted
 
 
-def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...]) -> tuple[FlowState, bool]:
-    """Rebuild a flow's state; the bool says the histogram was reset because the buckets changed.
+def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...],
+                    now_ms: int | None = None) -> tuple[FlowState, bool]:
+    """Rebuild a flow's state, validated like a fresh answer (``now_ms`` bounds timestamps; default: the wall
+    clock); the bool says the histogram was reset (the buckets changed, or it was not valid).
 
     Raises KeyError, TypeError or ValueError on a malformed document; the store turns that into StateError.
     """
+    load = _Loaded(int(time.time() * 1000) if now_ms is None else now_ms)
     completed = data.get("last_completed")
     last_run = data.get("last_run")
-    hist = data["durations"]
-    histogram = Histogram(bounds=tuple(hist["bounds"]), counts=tuple(hist["counts"]), sum=float(hist["sum"]))
-    reset = histogram.bounds != tuple(buckets)
-    if reset:
-        histogram = Histogram.empty(tuple(buckets))
+    histogram, reset = load.histogram(data["durations"], buckets)
     seen_key = data.get("seen_key")
+    last_status = _status_of(last_run.get("status")) if last_run else None
     state = FlowState(
         sandbox=str(data["sandbox"]),
         flow_id=str(data["flow_id"]),
         counting_start_ms=int(data["counting_start_ms"]),
-        flow=_flow_from(data.get("flow")),
+        flow=load.flow(data.get("flow")),
         seen_key=(seen_key[0], seen_key[1]) if seen_key else None,
-        newest_created_ms=data.get("newest_created_ms"),
-        newest_started_ms=data.get("newest_started_ms", data.get("newest_created_ms")),
+        newest_created_ms=load.watermark(data.get("newest_created_ms"), int(data["counting_start_ms"])),
+        newest_started_ms=load.watermark(data.get("newest_started_ms", data.get("newest_created_ms")),
+                                         int(data["counting_start_ms"])),
         count_floor_ms=int(data.get("count_floor_ms", data["counting_start_ms"])),
-        in_progress={k: (v[0], v[1]) for k, v in data["in_progress"].items()},
+        in_progress={load.text(k, 128): (load.ms(v[0]), load.ms(v[1])) for k, v in data["in_progress"].items()},
         counted=_counted_from(data),
-        last_run=LastRun(**last_run) if last_run else None,
+        last_run=LastRun(id=load.text(last_run["id"], 128), status=last_status or "other",
+                         started_ms=load.ms(last_run.get("started_ms")),
+                         ended_ms=load.ms(last_run.get("ended_ms"))) if last_run else None,
         last_completed=CompletedRun(
-            id=completed["id"],
+            id=load.text(completed["id"], 128),
             ended_ms=int(completed["ended_ms"]),
-            counts=_counts_from(completed["counts"]),
-            activities=tuple(
-                Activity(name=a["name"], status=a["status"], duration_seconds=a["duration_seconds"],
-                         counts=_counts_from(a["counts"]))
-                for a in completed["activities"]
-            ),
+            counts=load.counts(completed["counts"]),
+            activities=tuple(load.activity(a) for a in completed["activities"]),
         ) if completed else None,
-        last_success_ms=data.get("last_success_ms"),
-        last_failure_ms=data.get("last_failure_ms"),
-        runs_total={str(k): int(v) for k, v in data["runs_total"].items()},
-        totals={str(k): int(v) for k, v in data["totals"].items()},
+        last_success_ms=load.ms(data.get("last_success_ms")),
+        last_failure_ms=load.ms(data.get("last_failure_ms")),
+        runs_total=load.tally(data["runs_total"]),
+        totals=load.tally(data["totals"]),
         durations=histogram,
-        error_codes={str(k): int(v) for k, v in data["error_codes"].items()},
+        error_codes=load.tally(data["error_codes"]),
     )
     return state, reset
+

@@ -23,8 +23,10 @@ SCHEMA_VERSION = 1
 class Store(Protocol):
     """Persistence of flow states, keyed by (sandbox, flow_id)."""
 
-    def load(self, buckets: tuple[float, ...]) -> tuple[list[FlowState], list[tuple[str, str]]]:
-        """Every stored state, and the keys whose histogram was reset because the buckets changed."""
+    def load(self, buckets: tuple[float, ...],
+             now_ms: int | None = None) -> tuple[list[FlowState], list[tuple[str, str]]]:
+        """Every stored state (validated as a fresh answer would be; ``now_ms`` bounds timestamps), and the keys
+        whose histogram was reset (the buckets changed, or it was not valid)."""
 
     def save(self, state: FlowState) -> None:
         """Persist one flow's state atomically."""
@@ -39,7 +41,8 @@ class Store(Protocol):
 class MemoryStore:
     """No persistence: state lives as long as the process (``state.path: null``)."""
 
-    def load(self, buckets: tuple[float, ...]) -> tuple[list[FlowState], list[tuple[str, str]]]:  # noqa: ARG002
+    def load(self, buckets: tuple[float, ...],  # noqa: ARG002
+             now_ms: int | None = None) -> tuple[list[FlowState], list[tuple[str, str]]]:  # noqa: ARG002
         return [], []
 
     def save(self, state: FlowState) -> None:  # noqa: ARG002
@@ -100,7 +103,8 @@ class SqliteStore:
         if check != "ok":
             raise StateError(f"state file {self.path} is corrupt ({check}); move it away to start afresh")
 
-    def load(self, buckets: tuple[float, ...]) -> tuple[list[FlowState], list[tuple[str, str]]]:
+    def load(self, buckets: tuple[float, ...],
+             now_ms: int | None = None) -> tuple[list[FlowState], list[tuple[str, str]]]:
         states: list[FlowState] = []
         resets: list[tuple[str, str]] = []
         try:
@@ -109,8 +113,8 @@ class SqliteStore:
             raise StateError(f"cannot read state file {self.path}: {exc}") from exc
         for sandbox, flow_id, text in rows:
             try:
-                state, reset = state_from_json(json.loads(text), buckets)
-            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+                state, reset = state_from_json(json.loads(text), buckets, now_ms)
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
                 raise StateError(f"state file {self.path}: entry {sandbox}/{flow_id} is corrupt "
                                  f"({type(exc).__name__}); move the file away to start afresh") from exc
             states.append(state)

@@ -231,7 +231,9 @@ def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot
         return response
 
     async def index(_request: web.Request) -> web.Response:
-        return web.Response(text=landing_page(snapshot()), content_type="text/html")
+        # Every string on the page was validated in model.py; "replace" keeps a page up whatever slips through.
+        body = landing_page(snapshot()).encode("utf-8", "replace")
+        return web.Response(body=body, content_type="text/html", charset="utf-8")
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -24,6 +24,7 @@ class Phase:
     name: str
     faults: Faults = field(default_factory=Faults)
     revoke_each_cycle: bool = False
+    hostile: bool = False  # two flows of prod get hostile payloads (ids known only once the world exists)
 
 
 PHASES = [
@@ -36,6 +37,9 @@ PHASES = [
     Phase("token revoked mid-cycle", revoke_each_cycle=True),
     Phase("sandbox answers 403", Faults(forbidden_sandboxes=["dev"])),
     Phase("IMS outage", Faults(ims_down=True)),
+    Phase("hostile values in two flows' payloads", hostile=True),
+    Phase("runs filter refused with a 400", Faults(runs_filters="refuse")),
+    Phase("runs filter and order ignored", Faults(runs_filters="ignore")),
 ]
 
 
@@ -48,6 +52,8 @@ async def test_fault_campaign_keeps_counts_exact(sim: Sim) -> None:
         assert await exporter.poll_once()
         for phase in PHASES:
             sim.simulator.faults = phase.faults
+            if phase.hostile:
+                sim.simulator.faults = Faults(hostile_flows=sorted(sim.world.flows["prod"])[:2])
             if phase.name == "IMS outage":
                 sim.simulator.revoke_tokens()  # the cached token goes, and no new one can be had
             for _ in range(3):
@@ -65,6 +71,9 @@ async def test_fault_campaign_keeps_counts_exact(sim: Sim) -> None:
                 assert set(pick(samples, "aep_exporter_flow_up", sandbox="dev").values()) == {0.0}
                 assert set(pick(samples, "aep_exporter_flow_up", sandbox="prod").values()) == {1.0}
                 assert (value(samples, "aep_exporter_poll_failures_total", sandbox="dev") or 0) >= 3
+            if phase.hostile:
+                assert set(pick(samples, "aep_exporter_flow_up").values()) == {1.0}
+                assert_matches_truth(samples, sim.world.truth())
             if phase.name == "IMS outage":
                 assert set(pick(samples, "aep_exporter_flow_up").values()) == {0.0}
                 assert (value(samples, "aep_exporter_token_request_failures_total") or 0) >= 3

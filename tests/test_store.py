@@ -96,8 +96,8 @@ async def test_changed_buckets_reset_only_the_histogram(sim: Sim, tmp_path: Path
 
 
 async def test_counted_run_ids_stay_bounded_over_many_cycles(sim: Sim, tmp_path: Path) -> None:
-    """After days of runs, each flow remembers only the run ids its next query can still return."""
-    exporter = make_exporter(make_config(sim.url, state_path=str(tmp_path / "s.db")))
+    """After days of runs, each flow remembers only the run ids its count floor has not passed."""
+    exporter = make_exporter(make_config(sim.url, state_path=str(tmp_path / "s.db")), world=sim.world)
     await exporter.start()
     for _ in range(48):  # two simulated days, one poll every hour
         sim.world.clock.advance(3600)

@@ -10,6 +10,7 @@ Routes (all on one port):
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import random
 import secrets
@@ -67,6 +68,10 @@ class Faults:
     runs_filters: str = "honour"
     refuse_shape: str = "platform"
     omit_created_at: float = 0.0  # this share of runs carry no createdAt (half of them no updatedAt either)
+    # Flows whose payloads carry hostile values that must change no counter: a lone surrogate in the name and in
+    # error messages, counts of 10^400 and 1e400 in fields the run does not report, a lastRunDetails end in the
+    # year 33658, and 3,000 activities per run.
+    hostile_flows: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,31 @@ _TIME_PATHS = ("createdAt", "metrics.durationSummary.startedAtUTC")
 def _share(run_id: str, salt: str) -> float:
     """A stable number in [0, 1) for a run: which runs lose a field, and where an unordered listing puts them."""
     return int(hashlib.sha256(f"{salt}:{run_id}".encode()).hexdigest()[:8], 16) / 2**32
+
+
+def _hostile_flow(flow: dict[str, Any]) -> dict[str, Any]:
+    """A flow payload with values no counter depends on made hostile (see Faults.hostile_flows)."""
+    flow = {**flow, "name": flow["name"] + " \ud800\x07"}
+    if "lastRunDetails" in flow and "completedAtUTC" in flow["lastRunDetails"]:
+        flow["lastRunDetails"] = {**flow["lastRunDetails"], "completedAtUTC": 1_000_000_000_000_000}
+    return flow
+
+
+def _hostile_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A run payload made hostile without changing what it reports (see Faults.hostile_flows)."""
+    run = copy.deepcopy(run)
+    metrics = run["metrics"]
+    records = metrics.get("recordSummary")
+    if records is not None:
+        absent = [k for k in ("warningRecordCount", "skippedRecordCount") if k not in records]
+        for key, huge in zip(absent, (10**400, float("inf")), strict=False):
+            records[key] = huge  # 10^400 as an integer literal, and 1e400 (which JSON readers take as infinity)
+    for error in metrics["statusSummary"].get("errors", []):
+        error["message"] = "bad \ud800 message"
+    run["activities"] = run.get("activities", []) + [
+        {"id": f"extra-{i}", "name": f"Hostile Activity {i}", "statusSummary": {"status": "success"}}
+        for i in range(3000)]
+    return run
 
 
 def _platform_error(status: int, code: str, title: str) -> web.Response:
@@ -318,7 +348,9 @@ class Simulator:
         now = self.world.now_ms()
         ids = next((set(f.values) for f in filters if f.path == "id" and f.op == "=="), None)
         flows = self.world.sandbox_flows(sandbox, ids)
-        return [item for item in (f.to_json(now) for f in flows) if matches(item, filters)]
+        items = (_hostile_flow(f.to_json(now)) if f.id in self.faults.hostile_flows else f.to_json(now)
+                 for f in flows)
+        return [item for item in items if matches(item, filters)]
 
     def _run_items(self, sandbox: str, filters: list[Any]) -> list[dict[str, Any]]:
         """Matching runs, newest first by the service's own creation time (which a payload may not show)."""
@@ -336,6 +368,8 @@ class Simulator:
 
     def _run_json(self, run: Any, now_ms: int) -> dict[str, Any]:
         item: dict[str, Any] = run.to_json(now_ms)
+        if run.flow_id in self.faults.hostile_flows:
+            item = _hostile_run(item)
         share = self.faults.omit_created_at
         if share and _share(run.id, "created") < share:
             del item["createdAt"]
