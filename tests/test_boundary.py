@@ -132,6 +132,7 @@ async def test_hostile_payloads_in_one_flow_blind_nothing_and_change_no_counter(
         await server.close()
         await exporter.close()
     assert (status, page_status) == (200, 200)
+    assert "\ufffd" in page  # the victim's cleaned name is on the landing page
     samples = parse_samples(text)
     assert_matches_truth(samples, sim.world.truth())
     assert sum(pick(samples, "aep_exporter_flow_up").values()) == 12
