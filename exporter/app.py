@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter import __version__
 from exporter.auth import TokenProvider
+from exporter.bodies import ACCEPT_ENCODING
 from exporter.client import FlowServiceClient
 from exporter.collector import CollectorOptions
 from exporter.config import Config, load_config
@@ -99,7 +100,10 @@ class Exporter:
     async def start(self) -> None:
         """Open the HTTP session and build the pollers (no request is made yet)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": f"aep-flow-exporter/{__version__}"})
+            # The session does not decompress: bodies.py does, with a cap on the inflated size (gzip bombs).
+            self._session = aiohttp.ClientSession(
+                auto_decompress=False,
+                headers={"User-Agent": f"aep-flow-exporter/{__version__}", "Accept-Encoding": ACCEPT_ENCODING})
         self._build_pollers()
 
     def _build_pollers(self) -> None:
@@ -117,7 +121,7 @@ class Exporter:
                                    requests_per_second=config.poll.requests_per_second,
                                    max_concurrency=config.poll.max_concurrency,
                                    backoff_base=self.tuning.backoff_base, backoff_cap=self.tuning.backoff_cap,
-                                   rng=rng)
+                                   rng=rng, max_response_bytes=config.poll.max_response_bytes)
         settings = _settings(config)
         self.pollers = [SandboxPoller(sandbox=sb, settings=settings, client=client, tracker=self.tracker,
                                       metrics=self.metrics, once=self.once, clock=self.clock, rng=rng)

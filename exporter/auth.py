@@ -12,18 +12,23 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 
 from exporter.backoff import full_jitter
+from exporter.bodies import decode, read_capped
 from exporter.config import Secret
-from exporter.errors import AuthError
+from exporter.errors import AuthError, PayloadError
+from exporter.model import clean_text
 from exporter.selfmetrics import SelfMetrics
 
 log = structlog.get_logger(__name__)
 
 RENEW_AT_FRACTION = 0.9
+IMS_MAX_BYTES = 1024 * 1024
+"""A token answer is a few hundred bytes."""
 
 
 class TokenProvider:
@@ -45,6 +50,7 @@ class TokenProvider:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
         self._token: str | None = None
+        self._issued: list[str] = []  # tokens handed out so far (the newest few): redacted from upstream text
         self._renew_at = 0.0
         self._expires_at = 0.0
         self._inflight: asyncio.Task[str] | None = None
@@ -65,6 +71,14 @@ class TokenProvider:
             return self._token
         self._renew_at = 0.0
         return await self._renew()
+
+    def redact(self, text: str) -> str:
+        """``text`` (from upstream: an error title, a message) with the client secret and every token this
+        provider was issued replaced by ``<redacted>``."""
+        for secret in (self._secret.reveal(), *self._issued):
+            if secret and secret in text:
+                text = text.replace(secret, "<redacted>")
+        return text
 
     def invalidate(self) -> None:
         """Forget the token (a config reload with new credentials)."""
@@ -98,12 +112,18 @@ class TokenProvider:
         self._metrics.token_requests.inc()
         started = time.perf_counter()
         code = "error"
+        location = ""
         try:
-            async with self._session.post(self._url, data=form,
+            # Never follow a redirect: this request carries the client secret.
+            async with self._session.post(self._url, data=form, allow_redirects=False,
                                           timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
                 code = str(resp.status)
-                body = await resp.json(content_type=None) if resp.status < 500 else None
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                location = resp.headers.get("Location", "")
+                raw = await read_capped(resp, IMS_MAX_BYTES, "token")
+                body = None
+                if resp.status < 300 or 400 <= resp.status < 500:
+                    body = await decode(raw, resp.headers.get("Content-Encoding", ""), IMS_MAX_BYTES, "token")
+        except (TimeoutError, aiohttp.ClientError, PayloadError) as exc:
             self._metrics.token_failures.inc()
             reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
             log.warning("token_request_failed", reason=reason, status=code)
@@ -113,6 +133,13 @@ class TokenProvider:
         finally:
             self._metrics.api_requests.labels("", "token", code).inc()
             self._metrics.api_latency.labels("token").observe(time.perf_counter() - started)
+        if 300 <= resp.status < 400:
+            self._metrics.token_failures.inc()
+            host = urlsplit(location).hostname if location else None
+            where = clean_text(host, 128) if host else "(no Location)"
+            log.error("token_request_failed", status=resp.status, redirect_to=where)
+            raise AuthError(f"IMS token request answered HTTP {resp.status}, a redirect to {where}: refused, the "
+                            "client secret is never sent anywhere but adobe.ims_token_url (check that URL)")
         if resp.status >= 500:
             self._metrics.token_failures.inc()
             log.warning("token_request_failed", status=resp.status)
@@ -120,7 +147,7 @@ class TokenProvider:
         if resp.status != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
             self._metrics.token_failures.inc()
             error = body.get("error") if isinstance(body, dict) else None
-            error = str(error)[:64] if error else "no access_token in answer"
+            error = self.redact(clean_text(str(error), 64)) if error else "no access_token in answer"
             log.error("token_request_failed", status=resp.status, error=error)
             raise AuthError(f"IMS refused the token request: HTTP {resp.status} ({error})")
         lifetime = body.get("expires_in")
@@ -130,6 +157,7 @@ class TokenProvider:
             lifetime = lifetime / 1000.0
         now = self._clock()
         self._token = body["access_token"]
+        self._issued = [*self._issued[-3:], self._token]
         self._renew_at = now + RENEW_AT_FRACTION * float(lifetime)
         self._expires_at = now + float(lifetime)
         self._metrics.token_expiry.set(self._expires_at)

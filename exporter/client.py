@@ -10,7 +10,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -19,8 +19,17 @@ import structlog
 
 from exporter.auth import TokenProvider
 from exporter.backoff import full_jitter, retry_after_seconds
-from exporter.errors import ApiError, NotFoundError, PayloadError, ServerError, ThrottledError, TransportError
-from exporter.model import items_of, next_link
+from exporter.bodies import DEFAULT_MAX_BYTES, decode, decode_text, read_capped
+from exporter.errors import (
+    ApiError,
+    NotFoundError,
+    PayloadError,
+    RedirectError,
+    ServerError,
+    ThrottledError,
+    TransportError,
+)
+from exporter.model import clean_text, items_of, next_link
 from exporter.selfmetrics import SelfMetrics
 
 log = structlog.get_logger(__name__)
@@ -55,7 +64,8 @@ class FlowServiceClient:
                  org_id: str, metrics: SelfMetrics, timeout: float = 30.0, retries: int = 3,
                  requests_per_second: float = 10.0, max_concurrency: int = 8, backoff_base: float = 0.5,
                  backoff_cap: float = 30.0, rng: random.Random | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 max_response_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._auth = auth
@@ -70,6 +80,7 @@ class FlowServiceClient:
         self._backoff_cap = backoff_cap
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
         self._sleep = sleep
+        self._max_bytes = max_response_bytes
 
     async def get(self, sandbox: str, endpoint: str, path: str, params: Params) -> dict[str, Any]:
         """One GET, retried on 429/5xx/timeouts/connection errors, renewing the token once on 401."""
@@ -86,7 +97,8 @@ class FlowServiceClient:
                 "Accept": "application/json",
             }
             try:
-                status, retry_after, body = await self._send(sandbox, endpoint, url, params, headers)
+                status, resp_headers, raw = await self._send(sandbox, endpoint, url, params, headers)
+                retry_after = resp_headers.get("Retry-After")
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
                 if attempt >= self._retries:
@@ -94,14 +106,21 @@ class FlowServiceClient:
                 await self._backoff(endpoint, reason, attempt, None)
                 attempt += 1
                 continue
+            encoding = resp_headers.get("Content-Encoding", "")
             if status == 200:
-                return _decode(body, endpoint)
+                data = await decode(raw, encoding, self._max_bytes, endpoint)
+                if not isinstance(data, dict):
+                    raise PayloadError(f"{endpoint}: answer is not a JSON object")
+                return data
+            if 300 <= status < 400:
+                raise RedirectError(endpoint, status, _host_of(resp_headers.get("Location", "")))
             if status == 401 and not renewed:
                 renewed = True
                 self._metrics.api_retries.labels(endpoint, "unauthorized").inc()
                 await self._auth.renew(token)
                 continue
-            code, detail = _error_code(body)
+            code, detail = _error_code(await decode_text(raw, encoding, self._max_bytes, endpoint))
+            detail = self._auth.redact(detail)
             if status == 429 or status >= 500:
                 reason = "throttled" if status == 429 else "server_error"
                 if attempt >= self._retries:
@@ -115,7 +134,7 @@ class FlowServiceClient:
             raise ApiError(endpoint, status, code, detail)
 
     async def _send(self, sandbox: str, endpoint: str, url: str, params: Params,
-                    headers: dict[str, str]) -> tuple[int, str | None, bytes]:
+                    headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
         async with self._slots:
             await self._limiter.acquire()
             started = time.perf_counter()
@@ -124,8 +143,8 @@ class FlowServiceClient:
                 async with self._session.get(url, params=list(params), headers=headers,
                                              timeout=self._timeout, allow_redirects=False) as resp:
                     code = str(resp.status)
-                    body = await resp.read()
-                    return resp.status, resp.headers.get("Retry-After"), body
+                    body = await read_capped(resp, self._max_bytes, endpoint)
+                    return resp.status, resp.headers, body
             finally:
                 self._metrics.api_requests.labels(sandbox, endpoint, code).inc()
                 self._metrics.api_latency.labels(endpoint).observe(time.perf_counter() - started)
@@ -165,21 +184,17 @@ def _continuation_token(href: str) -> str | None:
     return None
 
 
-def _decode(body: bytes, endpoint: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"{endpoint}: answer is not valid JSON ({len(body)} bytes)") from exc
-    if not isinstance(data, dict):
-        raise PayloadError(f"{endpoint}: answer is not a JSON object")
-    return data
+def _host_of(location: str) -> str:
+    """The host a redirect points at, cleaned for a log line (or a placeholder when it has none)."""
+    host = urlsplit(location).hostname if location else None
+    return clean_text(host, 128) if host else "(no Location)"
 
 
 def _error_code(body: bytes) -> tuple[str | None, str]:
     """Adobe's error code and title from a gateway or RFC-7807 body; never the raw body."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None, ""
     if not isinstance(data, dict):
         return None, ""
@@ -187,4 +202,4 @@ def _error_code(body: bytes) -> tuple[str | None, str]:
     title = data.get("title") or data.get("message") or ""
     if isinstance(code, str) and "/" in code:  # RFC-7807 "type" is a URL ending in the code
         code = code.rstrip("/").rsplit("/", 1)[-1]
-    return (str(code)[:64] if code else None), str(title)[:200]
+    return (clean_text(str(code), 64) if code else None), clean_text(str(title), 200)

@@ -97,6 +97,7 @@ class PollConfig:
     requests_per_second: float = 10.0
     initial_lookback: float = 86400.0
     retries: int = 3
+    max_response_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,6 +279,25 @@ def _positive_duration(value: object) -> float:
     return seconds
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def _size(value: object) -> int:
+    """A byte size: a whole number, or with a unit (``32MiB``, ``500KiB``, ``1GB``); at least 1 KiB."""
+    if isinstance(value, bool):
+        raise TypeError("expected a size such as 32MiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value))
+        if match is None or match.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError(f"expected a size such as 32MiB, got {value!r}")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if size < 1024:
+        raise ValueError("must be at least 1KiB")
+    return size
+
+
 def _positive_float(value: object) -> float:
     if isinstance(value, bool):
         raise TypeError(f"expected a number, got {value!r}")
@@ -385,7 +405,7 @@ class _ConfigParser(_Reader):
 
     def poll(self, raw: object) -> PollConfig:
         known = {"interval", "jitter", "timeout", "max_concurrency", "requests_per_second", "initial_lookback",
-                 "retries"}
+                 "retries", "max_response_bytes"}
         sec = self.section(raw, "poll", known)
         d = PollConfig()
         return PollConfig(
@@ -396,6 +416,7 @@ class _ConfigParser(_Reader):
             requests_per_second=self.get(sec, "requests_per_second", "poll", _positive_float, d.requests_per_second),
             initial_lookback=self.get(sec, "initial_lookback", "poll", parse_duration, d.initial_lookback),
             retries=self.get(sec, "retries", "poll", _int_at_least(0), d.retries),
+            max_response_bytes=self.get(sec, "max_response_bytes", "poll", _size, d.max_response_bytes),
         )
 
     def flow_refs(self, raw: object, path: str) -> tuple[FlowRef, ...]:

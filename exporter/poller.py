@@ -34,6 +34,14 @@ log = structlog.get_logger(__name__)
 ID_BATCH = 100
 
 
+def _describe(exc: Exception) -> str:
+    """An error for the landing page and logs: our own errors' text (upstream parts already redacted and
+    cleaned by the client), only the type of anything else (its text could quote upstream data)."""
+    if isinstance(exc, ExporterError):
+        return clean_text(f"{type(exc).__name__}: {exc}", 300)
+    return f"unexpected {type(exc).__name__}"
+
+
 def shard_of(sandbox: str, flow_id: str, total: int) -> int:
     """The shard that owns a flow: the same in every process and version (not Python's salted hash)."""
     digest = hashlib.sha256(f"{sandbox}/{flow_id}".encode()).digest()
@@ -98,20 +106,26 @@ class SandboxPoller:
         """Poll every interval (with jitter); cycles never overlap, and no error ends the loop."""
         while True:
             started = time.monotonic()
-            try:
-                await self.cycle()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("poll_crashed", sandbox=self.name, error=type(exc).__name__)
+            await self.cycle()  # never raises but CancelledError
             jitter = self.sandbox.jitter
             delay = self.sandbox.interval * (1.0 + self._rng.uniform(-jitter, jitter))
             await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
 
     async def cycle(self) -> bool:
-        """One poll of the sandbox; True when its flows could be listed. Its results are published at the end."""
+        """One poll of the sandbox; True when its flows could be listed. Its results are published at the end.
+
+        Any exception, foreseen or not, makes it a failed poll that every output shows (poll_failures_total,
+        flow_up 0, the landing page); none escapes.
+        """
+        started = time.perf_counter()
         try:
             return await self._cycle()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- an answer nobody foresaw must still read as a failed poll
+            log.error("poll_crashed", sandbox=self.name, error_type=type(exc).__name__)  # noqa: TRY400 -- a traceback could quote upstream data
+            self._fail(exc, started)
+            return False
         finally:
             self._tracker.publish()
 
@@ -154,8 +168,9 @@ class SandboxPoller:
             if state is not None:
                 self._tracker.put(mark_down(state))
         status = self._tracker.sandbox(name)
-        self._tracker.update_sandbox(name, polls=status.polls + 1, last_ok=False, last_error=str(exc)[:300])
-        log.warning("poll_failed", sandbox=name, error=str(exc)[:300], error_type=type(exc).__name__)
+        error = _describe(exc)
+        self._tracker.update_sandbox(name, polls=status.polls + 1, last_ok=False, last_error=error)
+        log.warning("poll_failed", sandbox=name, error=error, error_type=type(exc).__name__)
 
     async def _list_flows(self) -> tuple[list[Flow], list[str]]:
         """Every flow to track (discovered and configured), and configured ids the API does not know."""
@@ -247,8 +262,10 @@ class SandboxPoller:
         except NotFoundError:
             self._flow_down(flow.id, flow, "runs not found")
             return
-        except ExporterError as exc:
-            self._flow_down(flow.id, flow, f"{type(exc).__name__}: {exc}"[:200])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- whatever one flow's answer does, it costs that flow alone
+            self._flow_down(flow.id, flow, _describe(exc))
             return
         update = apply_runs(state, flow, answer.runs, now_ms=int(self._clock() * 1000),
                             max_error_codes=self.settings.max_error_codes, window=answer.window,

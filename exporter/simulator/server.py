@@ -82,7 +82,8 @@ class Scripted:
     status: int
     retry_after: str | None = None
     delay_s: float = 0.0
-    body: str | None = None
+    body: str | bytes | None = None  # served as is (any status, 200 included)
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def _gateway_error(status: int, code: str, message: str) -> web.Response:
@@ -148,10 +149,13 @@ class Simulator:
     # --- test and admin controls -------------------------------------------------------------------------
 
     def fail_next(self, endpoint: str, status: int, *, times: int = 1, retry_after: str | None = None,
-                  delay_s: float = 0.0, body: str | None = None) -> None:
-        """Queue ``times`` answers with ``status`` for the next requests to ``endpoint`` (``*`` = any)."""
+                  delay_s: float = 0.0, body: str | bytes | None = None,
+                  headers: dict[str, str] | None = None) -> None:
+        """Queue ``times`` answers with ``status`` for the next requests to ``endpoint`` (``*`` = any); with
+        ``body``, that body (and ``headers``) exactly, whatever the status."""
         for _ in range(times):
-            self.scripted.append(Scripted(endpoint, status, retry_after, delay_s, body))
+            self.scripted.append(Scripted(endpoint, status, retry_after, delay_s, body,
+                                          tuple((headers or {}).items())))
 
     def revoke_tokens(self) -> None:
         """Every token issued so far becomes invalid (as when an admin rotates the credential)."""
@@ -200,12 +204,14 @@ class Simulator:
             self.faults_injected[f"scripted_{scripted.status}"] += 1
             if scripted.delay_s:
                 await asyncio.sleep(scripted.delay_s)
+            headers = {"Retry-After": scripted.retry_after} if scripted.retry_after else {}
+            headers.update(scripted.headers)
+            if scripted.body is not None:
+                body = scripted.body.encode() if isinstance(scripted.body, str) else scripted.body
+                return web.Response(status=scripted.status, body=body, headers=headers,
+                                    content_type="application/json")
             if scripted.status == 200:
                 return None
-            headers = {"Retry-After": scripted.retry_after} if scripted.retry_after else {}
-            if scripted.body is not None:
-                return web.Response(status=scripted.status, text=scripted.body, headers=headers,
-                                    content_type="application/json")
             if scripted.status == 429:
                 return web.json_response({"error_code": "429050", "message": "Too many requests"}, status=429,
                                          headers=headers)
