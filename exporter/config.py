@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,34 @@ def config_warnings(config: Config) -> list[str]:
     return warnings
 
 
+SECRET_FILE_MAX = 64 * 1024
+
+
+def read_secret_file(path: Path) -> str:
+    """The client secret from a file; ValueError (without the content) when the file is not a readable regular
+    file of UTF-8 text (a FIFO or /dev/zero would hang or fill memory: refused before reading)."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ValueError(f"cannot read it: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("is not a regular file")
+    if info.st_size > SECRET_FILE_MAX:
+        raise ValueError(f"is {info.st_size} bytes; a client secret file holds one short line")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(SECRET_FILE_MAX + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read it: {exc.strerror}") from None
+    try:
+        secret = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8 text") from None
+    if not secret:
+        raise ValueError("is empty")
+    return secret
+
+
 def parse_duration(value: object) -> float:
     """``90s``, ``5m``, ``1h``, ``1d``, ``250ms`` or a bare number of seconds -> seconds."""
     if isinstance(value, bool):
@@ -240,7 +269,12 @@ class _Reader:
         try:
             return conv(raw)
         except (ValueError, TypeError) as exc:
-            self.problem(full, str(exc))
+            message = str(exc)
+            if isinstance(sec[key], str) and raw != sec[key]:  # expanded from the environment: never echo it
+                for shown in (repr(raw), str(raw)):
+                    if shown:
+                        message = message.replace(shown, f"<the value of {sec[key]}>")
+            self.problem(full, message)
             return default
 
 
@@ -382,10 +416,11 @@ class _ConfigParser(_Reader):
         if secret and secret_file:
             self.problem("adobe.client_secret_file", "set client_secret or client_secret_file, not both")
         elif secret_file:
+            shown = secret_file if "${" not in str(sec.get("client_secret_file", "")) else "the file it names"
             try:
-                secret = (self.base_dir / secret_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                self.problem("adobe.client_secret_file", f"cannot read {secret_file}: {exc.strerror}")
+                secret = read_secret_file(self.base_dir / secret_file)
+            except ValueError as exc:
+                self.problem("adobe.client_secret_file", f"{shown}: {exc}")
         if raw is not None:
             for key, value in (("client_id", client_id), ("org_id", org_id)):
                 if not value:

@@ -2,13 +2,18 @@
 
 The SQLite store writes one transaction per flow update (state, counters and counted run ids together),
 in WAL mode, so a process killed at any moment leaves either the old or the new state of each flow, never
-half of one. A file that is not ours is refused with StateError and never overwritten.
+half of one. A file that is not ours is refused with StateError and never overwritten. The file is locked
+(``<path>.lock``, released by the kernel even on kill -9): a second exporter on the same ``state.path``
+refuses to start and changes nothing. A directory the exporter cannot write is reported as just that.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -62,18 +67,56 @@ class SqliteStore:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(self._unwritable(exc)) from exc
+        self._lock_fd = self._lock()
+        try:
             # Used by one thread at a time: the tracker's writer thread once the exporter runs.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
+            self._unlock()
             raise StateError(f"cannot open state file {self.path}: {exc}") from exc
         try:
             self._check_and_init()
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            self._unlock()
+            if _is_permission_problem(exc, self.path):
+                raise StateError(self._unwritable(exc)) from exc
             raise StateError(f"state file {self.path} is not a SQLite database of this exporter: {exc}") from exc
         except StateError:
             self._db.close()
+            self._unlock()
             raise
+
+    def _unwritable(self, exc: BaseException) -> str:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return (f"cannot write the state file {self.path}: {reason}. The exporter's user needs write access to "
+                f"{self.path.parent} (for the file and its -wal, -shm and .lock files); or set state.path "
+                "elsewhere, or to null for no persistence")
+
+    def _lock(self) -> int:
+        """An exclusive lock on ``<path>.lock`` for the life of this store; StateError when another holds it."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(self._unwritable(exc)) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateError(f"state file {self.path} is in use by another aep-flow-exporter (pid {holder}); "
+                             "each exporter needs its own state.path (shards too)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = -1
 
     def _check_and_init(self) -> None:
         db = self._db
@@ -142,6 +185,22 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+        self._unlock()
+
+
+def _is_permission_problem(exc: sqlite3.DatabaseError, path: Path) -> bool:
+    """SQLite says "readonly" or "unable to open" where the OS said "permission denied" (probed for real: as
+    root, os.access says yes to a read-only or immutable directory)."""
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text:
+        return True
+    if "unable to open" not in text:
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            return False
+    except OSError:
+        return True
 
 
 def open_store(path: str | None) -> Store:
