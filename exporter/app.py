@@ -29,6 +29,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.store import Store, open_store
 from exporter.tracker import Snapshot, Tracker
 from exporter.web import SELF_TTL, MetricsRenderer, create_web_app
+from exporter.webconfig import WebSecurity
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +85,7 @@ class Exporter:
             log.info("state_loaded", path=config.state.path, flows=len(states))
         self.renderer = MetricsRenderer(self.tracker.snapshot, _options(config), self.registry,
                                         self_ttl=self.tuning.self_metrics_ttl)
+        self.web_security = WebSecurity(config.server.web_config_path, config.server.web)
         self.once = OnceLog()
         self.pollers: list[SandboxPoller] = []
         self._session: aiohttp.ClientSession | None = None
@@ -165,6 +167,7 @@ class Exporter:
             self.metrics.reload_ok.set(0)
             log.error("config_reload_failed", problems=list(exc.problems))  # noqa: TRY400 -- the problems list is the useful part, not a traceback
             return False
+        self.web_security.refresh(force=True)  # the web config file is re-read on every reload, even unchanged
         old = self.config.server
         if (new.server.host, new.server.port, new.server.web_config_file, new.server.enable_lifecycle) != (
                 old.host, old.port, old.web_config_file, old.enable_lifecycle):
@@ -192,7 +195,8 @@ class Exporter:
     def web_app(self, *, poll: bool = True) -> web.Application:
         """The aiohttp app; its cleanup context starts and stops the pollers with the server."""
         server = self.config.server
-        app = create_web_app(renderer=self.renderer, snapshot=self.snapshot, users=server.web.users,
+        app = create_web_app(renderer=self.renderer, snapshot=self.snapshot,
+                             security=self.web_security,
                              reload=self.reload if server.enable_lifecycle else None)
 
         async def lifecycle(_app: web.Application) -> AsyncIterator[None]:

@@ -67,6 +67,23 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # aiohttp (and asyncio) report through the standard library; route them into the same JSON lines, without
+    # their messages' arguments or tracebacks, which can quote request headers (Authorization included).
+    root = logging.getLogger()
+    root.handlers = [_StdlibToStructlog()]
+    root.setLevel(logging.WARNING)
+
+
+class _StdlibToStructlog(logging.Handler):
+    """A standard-library record as one structlog event: logger, level, the fixed message and the exception's
+    type; never the formatted arguments or the traceback (a bad header's value would be in them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, str] = {"logger": record.name}
+        if record.exc_info and record.exc_info[0] is not None:
+            fields["error_type"] = record.exc_info[0].__name__
+        event = str(record.msg).split("%", 1)[0].strip() or "stdlib_log"
+        structlog.get_logger("stdlib").log(record.levelno, event, **fields)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,7 +208,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
              tls=config.server.web.ssl_context is not None, basic_auth=bool(config.server.web.users),
              sandboxes=[s.name for s in config.sandboxes], shard=f"{config.shard.index}/{config.shard.total}")
     web.run_app(exporter.web_app(), host=config.server.host, port=config.server.port, print=None,
-                access_log=None, handle_signals=True, ssl_context=config.server.web.ssl_context)
+                access_log=None, handle_signals=True, ssl_context=config.server.web.ssl_context,
+                keepalive_timeout=config.server.read_header_timeout)
     return 0
 
 

@@ -145,8 +145,10 @@ class ServerConfig:
     host: str = "0.0.0.0"  # noqa: S104 -- an exporter listens on all interfaces by default, like node_exporter
     port: int = 9847
     web_config_file: str | None = None
+    web_config_path: Path | None = None  # web_config_file resolved against the config file's folder
     web: WebConfig = field(default_factory=WebConfig)
     enable_lifecycle: bool = False  # POST /-/reload, as Prometheus's --web.enable-lifecycle
+    read_header_timeout: float = 30.0  # a client must send a whole request within this, and not idle longer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -574,7 +576,7 @@ class _ConfigParser(_Reader):
         return ShardConfig(index=index, total=total)
 
     def server(self, raw: object) -> ServerConfig:
-        sec = self.section(raw, "server", {"listen", "web_config_file", "enable_lifecycle"})
+        sec = self.section(raw, "server", {"listen", "web_config_file", "enable_lifecycle", "read_header_timeout"})
         host, port = self.get(sec, "listen", "server", parse_listen, ("0.0.0.0", 9847))  # noqa: S104 -- see ServerConfig
         web_config = self.get(sec, "web_config_file", "server", _string, "") or None
         web = WebConfig()
@@ -583,8 +585,11 @@ class _ConfigParser(_Reader):
                 web = load_web_config(self.base_dir / web_config)
             except ConfigError as exc:
                 self.problems.extend(exc.problems)
-        return ServerConfig(host=host, port=port, web_config_file=web_config, web=web,
-                            enable_lifecycle=self.get(sec, "enable_lifecycle", "server", _bool, False))
+        return ServerConfig(host=host, port=port, web_config_file=web_config,
+                            web_config_path=self.base_dir / web_config if web_config else None, web=web,
+                            enable_lifecycle=self.get(sec, "enable_lifecycle", "server", _bool, False),
+                            read_header_timeout=self.get(sec, "read_header_timeout", "server", _positive_duration,
+                                                         ServerConfig.read_header_timeout))
 
     def log(self, raw: object) -> LogConfig:
         sec = self.section(raw, "log", {"level", "format"})

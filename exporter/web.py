@@ -14,7 +14,7 @@ import asyncio
 import html
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -26,7 +26,7 @@ from exporter import __version__
 from exporter.collector import CollectorOptions
 from exporter.exposition import FlowExposition
 from exporter.tracker import Snapshot
-from exporter.webconfig import basic_auth_middleware
+from exporter.webconfig import WebSecurity, add_headers, security_middleware
 
 TEXT_TYPE = text_format.CONTENT_TYPE_PLAIN_0_0_4  # our names are legacy-valid: same bytes, widest support
 OPENMETRICS_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
@@ -207,10 +207,11 @@ def is_ready(snapshot: Snapshot) -> bool:
 
 
 def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot],
-                   users: Mapping[str, bytes] | None = None,
+                   security: WebSecurity | None = None,
                    reload: Callable[[], Awaitable[bool]] | None = None) -> web.Application:
-    """The aiohttp application: the four endpoints, basic auth when ``users`` are given, and ``POST /-/reload``
-    when ``reload`` is given (off by default, as Prometheus's own lifecycle endpoints)."""
+    """The aiohttp application: the four endpoints, the web config file's basic auth and headers when
+    ``security`` is given, and ``POST /-/reload`` when ``reload`` is given (else 403, as Prometheus answers
+    when its lifecycle endpoints are off)."""
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
@@ -250,9 +251,13 @@ def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot
         return web.Response(status=500, text="config reload failed: the previous config is still in use "
                                              "(see the log and aep_exporter_config_last_reload_successful)\n")
 
-    app = web.Application(middlewares=[basic_auth_middleware(users)] if users else [])
-    if reload is not None:
-        app.router.add_post("/-/reload", reload_handler)
+    async def reload_disabled(_request: web.Request) -> web.Response:
+        return web.Response(status=403, text="Lifecycle API is not enabled (server.enable_lifecycle).\n")
+
+    app = web.Application(middlewares=[security_middleware(security)] if security is not None else [])
+    if security is not None:
+        app.on_response_prepare.append(lambda _request, response: add_headers(security, response))
+    app.router.add_post("/-/reload", reload_handler if reload is not None else reload_disabled)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)

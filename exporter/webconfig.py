@@ -1,21 +1,36 @@
-"""``server.web_config_file``: TLS and basic auth in the format of Prometheus's exporter-toolkit.
+"""``server.web_config_file``: TLS, basic auth and response headers in the format of Prometheus's exporter-toolkit.
 
 ```yaml
 tls_server_config:
   cert_file: server.crt          # paths relative to the web config file
   key_file: server.key
-  client_auth_type: RequireAndVerifyClientCert   # NoClientCert (default), RequestClientCert,
-                                                 # RequireAnyClientCert, VerifyClientCertIfGiven
+  client_auth_type: RequireAndVerifyClientCert   # NoClientCert (default), VerifyClientCertIfGiven
   client_ca_file: ca.crt         # required when client certificates are verified
   min_version: TLS12             # TLS10, TLS11, TLS12 (default), TLS13
+  max_version: TLS13
+  prefer_server_cipher_suites: true
+http_server_config:
+  headers: {Strict-Transport-Security: max-age=31536000}
 basic_auth_users:
   prometheus: $2y$10$...         # bcrypt hashes (htpasswd -nBC 10 "" | tr -d ':\\n')
 ```
 
-Basic auth applies to every endpoint but ``/healthz`` (liveness probes carry no credentials). Passwords are
-checked with bcrypt off the event loop; a successful check is remembered (by a SHA-256 of the password) so a
-scrape every 15 s does not cost a bcrypt round each time. Unknown users are checked against a dummy hash, so
-timing does not tell which user names exist.
+Every exporter-toolkit key is implemented or refused at start (exit 2, naming it): none is silently ignored.
+Refused, with the reason in the message: ``cipher_suites`` and ``curve_preferences`` (Go names with no faithful
+OpenSSL mapping here), ``client_allowed_sans``, inline ``cert``/``key``/``client_ca``, ``http2: true`` (aiohttp
+serves HTTP/1.1), and ``client_auth_type`` ``RequestClientCert``/``RequireAnyClientCert`` (in Go they accept any
+client certificate without verifying it; Python's ssl module can only verify against a CA, so rather than
+silently verify, they are refused: use ``RequireAndVerifyClientCert`` with ``client_ca_file``).
+
+The file is re-read when it changes (checked on every request, as exporter-toolkit re-reads it), on SIGHUP and on
+``POST /-/reload``: a rotated or removed password stops working at once; a rotated certificate and key are
+loaded for new connections. A file that becomes invalid fails closed (500) until it is fixed, logged once.
+
+Basic auth applies to every endpoint but ``/healthz`` (liveness probes carry no credentials). bcrypt runs on its
+own two threads, never the event loop's default pool, and each answer (success or failure) is remembered by a
+SHA-256 of the password, so a flood of wrong passwords cannot slow authenticated scrapes. Unknown users are
+checked against a dummy hash, so timing does not tell which user names exist. A password over bcrypt's 72 bytes
+is simply wrong (401).
 """
 
 from __future__ import annotations
@@ -24,26 +39,42 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import os
+import re
 import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import bcrypt
+import structlog
 import yaml
 from aiohttp import web
 
 from exporter.errors import ConfigError
 
+log = structlog.get_logger(__name__)
+
 _CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
+_UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert")
+_REFUSED_TLS_KEYS = {
+    "cipher_suites": "Go cipher suite names have no faithful OpenSSL equivalent here; remove it (OpenSSL's "
+                     "defaults for the TLS versions allowed apply)",
+    "curve_preferences": "Go curve names are not applied by Python's ssl module; remove it",
+    "client_allowed_sans": "not supported; verify clients with client_ca_file instead",
+    "cert": "inline certificates are not supported; use cert_file",
+    "key": "inline keys are not supported; use key_file",
+    "client_ca": "an inline CA is not supported; use client_ca_file",
+}
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+BCRYPT_MAX_BYTES = 72
 _VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2,
              "TLS13": ssl.TLSVersion.TLSv1_3}
 _DUMMY_HASH = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
@@ -52,10 +83,13 @@ UNPROTECTED = frozenset({"/healthz"})
 
 @dataclass(frozen=True, kw_only=True)
 class WebConfig:
-    """What the web server needs: a TLS context (or None for plain HTTP) and the basic-auth users."""
+    """What the web server needs: a TLS context (or None for plain HTTP), the basic-auth users, extra response
+    headers, and the certificate files (to load them again when they change)."""
 
     ssl_context: ssl.SSLContext | None = None
     users: Mapping[str, bytes] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    cert_files: tuple[Path, Path] | None = None
 
 
 def load_web_config(path: Path, where: str = "server.web_config_file") -> WebConfig:
@@ -65,7 +99,7 @@ def load_web_config(path: Path, where: str = "server.web_config_file") -> WebCon
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError([f"{where}: cannot read {path}: {exc.strerror}"]) from exc
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{where}: {path} is not valid YAML"]) from exc
     if not isinstance(raw, dict):
         raise ConfigError([f"{where}: {path} must be a mapping"])
@@ -73,10 +107,36 @@ def load_web_config(path: Path, where: str = "server.web_config_file") -> WebCon
         if key not in ("tls_server_config", "basic_auth_users", "http_server_config"):
             problems.append(f"{where}.{key}: unknown key")
     users = _users(raw.get("basic_auth_users"), f"{where}.basic_auth_users", problems)
-    context = _tls(raw.get("tls_server_config"), path.parent, f"{where}.tls_server_config", problems)
+    headers = _http(raw.get("http_server_config"), f"{where}.http_server_config", problems)
+    context, cert_files = _tls(raw.get("tls_server_config"), path.parent, f"{where}.tls_server_config", problems)
     if problems:
         raise ConfigError(problems)
-    return WebConfig(ssl_context=context, users=users)
+    return WebConfig(ssl_context=context, users=users, headers=headers, cert_files=cert_files)
+
+
+def _http(raw: object, where: str, problems: list[str]) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping")
+        return {}
+    headers: dict[str, str] = {}
+    for key, value in raw.items():
+        if key == "http2":
+            if value is not False:
+                problems.append(f"{where}.http2: HTTP/2 is not served (aiohttp speaks HTTP/1.1); set false or remove")
+        elif key == "headers":
+            if not isinstance(value, dict):
+                problems.append(f"{where}.headers: expected a mapping of header names to values")
+                continue
+            for name, text in value.items():
+                if not _HEADER_NAME.match(str(name)) or not isinstance(text, str) or "\n" in text or "\r" in text:
+                    problems.append(f"{where}.headers.{name}: not a valid header name and one-line value")
+                else:
+                    headers[str(name)] = text
+        else:
+            problems.append(f"{where}.{key}: unknown key")
+    return headers
 
 
 def _users(raw: object, where: str, problems: list[str]) -> dict[str, bytes]:
@@ -95,16 +155,19 @@ def _users(raw: object, where: str, problems: list[str]) -> dict[str, bytes]:
     return users
 
 
-def _tls(raw: object, base: Path, where: str, problems: list[str]) -> ssl.SSLContext | None:
+def _tls(raw: object, base: Path, where: str,
+         problems: list[str]) -> tuple[ssl.SSLContext | None, tuple[Path, Path] | None]:
     if raw is None:
-        return None
+        return None, None
     if not isinstance(raw, dict):
         problems.append(f"{where}: expected a mapping")
-        return None
+        return None, None
     known = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version",
-             "cipher_suites", "curve_preferences", "prefer_server_cipher_suites"}
+             "prefer_server_cipher_suites"}
     for key in raw:
-        if key not in known:
+        if key in _REFUSED_TLS_KEYS:
+            problems.append(f"{where}.{key}: {_REFUSED_TLS_KEYS[key]}")
+        elif key not in known:
             problems.append(f"{where}.{key}: unknown key")
     files: dict[str, Path] = {}
     for key in ("cert_file", "key_file", "client_ca_file"):
@@ -118,66 +181,147 @@ def _tls(raw: object, base: Path, where: str, problems: list[str]) -> ssl.SSLCon
         if key not in files:
             problems.append(f"{where}.{key}: required for TLS")
     auth = str(raw.get("client_auth_type", "NoClientCert"))
-    if auth not in _CLIENT_AUTH:
+    if auth in _UNVERIFIED_CLIENT_AUTH:
+        problems.append(f"{where}.client_auth_type: {auth} means 'accept any client certificate without verifying "
+                        "it' (as in Go), which Python's ssl cannot do; use RequireAndVerifyClientCert with "
+                        "client_ca_file")
+    elif auth not in _CLIENT_AUTH:
         problems.append(f"{where}.client_auth_type: {auth!r} is not one of {', '.join(_CLIENT_AUTH)}")
     if auth in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven") and "client_ca_file" not in files:
         problems.append(f"{where}.client_ca_file: required with client_auth_type {auth}")
-    version = str(raw.get("min_version", "TLS12"))
-    if version not in _VERSIONS:
-        problems.append(f"{where}.min_version: {version!r} is not one of {', '.join(_VERSIONS)}")
+    versions = {}
+    for key, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        version = str(raw.get(key, default))
+        if version not in _VERSIONS:
+            problems.append(f"{where}.{key}: {version!r} is not one of {', '.join(_VERSIONS)}")
+        versions[key] = version
+    prefer = raw.get("prefer_server_cipher_suites", True)
+    if not isinstance(prefer, bool):
+        problems.append(f"{where}.prefer_server_cipher_suites: expected true or false")
     if problems:
-        return None
+        return None, None
+    if _VERSIONS[versions["min_version"]] > _VERSIONS[versions["max_version"]]:
+        problems.append(f"{where}.max_version: below min_version")
+        return None, None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _VERSIONS[version]
+    context.minimum_version = _VERSIONS[versions["min_version"]]
+    context.maximum_version = _VERSIONS[versions["max_version"]]
+    if prefer:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         context.load_cert_chain(files["cert_file"], files["key_file"])
         if "client_ca_file" in files:
             context.load_verify_locations(cafile=str(files["client_ca_file"]))
     except (ssl.SSLError, OSError) as exc:
         problems.append(f"{where}: cannot load the certificate, key or CA: {exc}")
-        return None
+        return None, None
     context.verify_mode = _CLIENT_AUTH[auth]
-    if auth in ("RequestClientCert", "RequireAnyClientCert") and "client_ca_file" not in files:
-        context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
-    return context
+    return context, (files["cert_file"], files["key_file"])
+
+
+class WebSecurity:
+    """The live web config: re-read when the file changes (checked per request), or on ``reload()``."""
+
+    def __init__(self, path: Path | None, config: WebConfig) -> None:
+        self.path = path
+        self.config = config
+        self.broken: str | None = None
+        self.generation = 0  # bumped at each change of users: auth caches key on it
+        self._signature = self._stat()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return (-1, -1, -1)
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read the file if it changed (or ``force``); an invalid file fails closed until fixed."""
+        if self.path is None:
+            return
+        signature = self._stat()
+        if not force and signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            new = load_web_config(self.path)
+        except ConfigError as exc:
+            self.broken = "; ".join(exc.problems)
+            self.generation += 1
+            log.error("web_config_invalid", path=str(self.path), problems=list(exc.problems),  # noqa: TRY400 -- the problems are the message
+                      hint="requests get 500 until the file is fixed")
+            return
+        self.broken = None
+        self.generation += 1
+        if self.config.ssl_context is not None and new.cert_files is not None:
+            try:  # new connections present the new certificate
+                self.config.ssl_context.load_cert_chain(*new.cert_files)
+            except (ssl.SSLError, OSError) as exc:
+                log.error("web_certificate_reload_failed", error=str(exc))  # noqa: TRY400 -- one line, no traceback
+        if (new.ssl_context is None) != (self.config.ssl_context is None):
+            log.warning("web_tls_change_needs_restart", path=str(self.path))
+        self.config = WebConfig(ssl_context=self.config.ssl_context, users=new.users, headers=new.headers,
+                                cert_files=new.cert_files)
+        log.info("web_config_reloaded", path=str(self.path), users=len(new.users))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def basic_auth_middleware(users: Mapping[str, bytes], *, cache_size: int = 1024) -> Any:
-    """An aiohttp middleware that asks for HTTP basic auth on every path but /healthz."""
-    verified: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+def security_middleware(security: WebSecurity, *, cache_size: int = 4096) -> Any:
+    """An aiohttp middleware: the web config re-read on change, its headers added, and HTTP basic auth on every
+    path but /healthz when the file has users."""
+    answers: OrderedDict[tuple[int, str, bytes], bool] = OrderedDict()
+    bcrypt_pool = ThreadPoolExecutor(2, thread_name_prefix="bcrypt")
 
-    def check(user: str, password: bytes) -> bool:
+    def check(users: Mapping[str, bytes], user: str, password: bytes) -> bool:
+        if len(password) > BCRYPT_MAX_BYTES:
+            return False  # bcrypt refuses longer ones: a wrong password, not a server error
         hashed = users.get(user)
         ok = bcrypt.checkpw(password, hashed if hashed is not None else _DUMMY_HASH)
         return ok and hashed is not None
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in UNPROTECTED:
-            return await handler(request)
+    async def authorized(request: web.Request) -> bool:
+        users = security.config.users
         header = request.headers.get("Authorization", "")
         scheme, _, encoded = header.partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                sep = ""
-            if sep:
-                key = (user, hashlib.sha256(password.encode()).digest())
-                if key in verified:
-                    verified.move_to_end(key)
-                    return await handler(request)
-                loop = asyncio.get_running_loop()
-                if await loop.run_in_executor(None, check, user, password.encode()):
-                    verified[key] = None
-                    if len(verified) > cache_size:
-                        verified.popitem(last=False)
-                    return await handler(request)
-        return web.Response(status=401, text="Unauthorized\n",
-                            headers={"WWW-Authenticate": 'Basic realm="aep-flow-exporter", charset="UTF-8"'})
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return False
+        if not sep:
+            return False
+        key = (security.generation, user, hashlib.sha256(password.encode()).digest())
+        if key in answers:
+            answers.move_to_end(key)
+            return answers[key]
+        ok = await asyncio.get_running_loop().run_in_executor(bcrypt_pool, check, users, user, password.encode())
+        answers[key] = ok
+        if len(answers) > cache_size:
+            answers.popitem(last=False)
+        return ok
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        security.refresh()
+        if security.broken is not None and request.path not in UNPROTECTED:
+            return web.Response(status=500, text="web config file is invalid: see the exporter's log\n")
+        if security.config.users and request.path not in UNPROTECTED and not await authorized(request):
+            return web.Response(status=401, text="Unauthorized\n",
+                                headers={"WWW-Authenticate": 'Basic realm="aep-flow-exporter", charset="UTF-8"'})
+        return await handler(request)
 
     return middleware
 
+
+async def add_headers(security: WebSecurity, response: web.StreamResponse) -> None:
+    """``http_server_config.headers`` on every response (an ``on_response_prepare`` hook: streamed ones too)."""
+    for name, text in security.config.headers.items():
+        response.headers[name] = text

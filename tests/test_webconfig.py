@@ -65,7 +65,8 @@ async def serve_with(sim: Sim) -> AsyncIterator[object]:
 
     async def start(web_config: Path) -> str:
         config = make_config(sim.url)
-        config = replace(config, server=replace(config.server, web=load_web_config(web_config)))
+        config = replace(config, server=replace(config.server, web=load_web_config(web_config),
+                                                web_config_path=web_config))
         exporter = make_exporter(config)
         runner = web.AppRunner(exporter.web_app(poll=False))
         await runner.setup()
