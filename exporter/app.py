@@ -27,7 +27,8 @@ from exporter.errors import ConfigError
 from exporter.poller import OnceLog, PollSettings, SandboxPoller
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import Store, open_store
-from exporter.tracker import Snapshot, Tracker
+from exporter.tracker import Tracker
+from exporter.values import Snapshot
 from exporter.web import SELF_TTL, MetricsRenderer, create_web_app
 from exporter.webconfig import WebSecurity
 

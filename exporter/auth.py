@@ -19,10 +19,10 @@ import structlog
 
 from exporter.backoff import full_jitter
 from exporter.bodies import decode, read_capped
-from exporter.config import Secret
 from exporter.errors import AuthError, PayloadError
 from exporter.model import clean_text
 from exporter.selfmetrics import SelfMetrics
+from exporter.values import Secret
 
 log = structlog.get_logger(__name__)
 

@@ -26,7 +26,6 @@ from exporter.config import (
     LogConfig,
     PollConfig,
     SandboxConfig,
-    Secret,
     ServerConfig,
     ShardConfig,
     StateConfig,
@@ -38,6 +37,7 @@ from exporter.config import (
 from exporter.errors import ConfigError, StateError
 from exporter.simulator import Credentials, Faults, SimClock, Simulator, World
 from exporter.simulator.server import API_PREFIX, IMS_PATH, RUNS_FILTER_MODES
+from exporter.values import Secret
 
 log = structlog.get_logger("exporter")
 

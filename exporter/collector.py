@@ -23,8 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.model import STATUSES, TERMINAL_STATUSES, Counts
-from exporter.state import COUNT_KEYS, FlowState
-from exporter.tracker import Snapshot
+from exporter.values import COUNT_KEYS, FlowState, Snapshot
 
 # name, type, help: every family the collector can produce, in exposition order
 FAMILIES: tuple[tuple[str, str, str], ...] = (

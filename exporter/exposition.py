@@ -20,8 +20,7 @@ from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_format
 
 from exporter.collector import FAMILIES, CollectorOptions, flow_families
-from exporter.state import FlowState
-from exporter.tracker import Snapshot
+from exporter.values import FlowState, Snapshot
 
 log = structlog.get_logger(__name__)
 

@@ -22,12 +22,13 @@ import structlog
 
 from exporter.client import FlowServiceClient
 from exporter.config import SandboxConfig
+from exporter.counting import apply_runs, mark_down, new_flow_state, refresh_flow
 from exporter.errors import ExporterError, NotFoundError, StateError
 from exporter.model import Flow, clean_text, parse_flow
 from exporter.runsquery import RunsReader, Strategy
 from exporter.selfmetrics import SelfMetrics
-from exporter.state import FlowState, apply_runs, mark_down, new_flow_state, refresh_flow
 from exporter.tracker import Tracker
+from exporter.values import FlowState
 
 log = structlog.get_logger(__name__)
 

@@ -38,7 +38,7 @@ import structlog
 from exporter.client import MAX_PAGES, FlowServiceClient
 from exporter.errors import ApiError, ExporterError
 from exporter.model import Flow, Run, parse_run
-from exporter.state import EVERYTHING, NOTHING, FlowState, Window
+from exporter.values import EVERYTHING, NOTHING, FlowState, Window
 
 log = structlog.get_logger(__name__)
 

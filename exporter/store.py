@@ -9,20 +9,172 @@ refuses to start and changes nothing. A directory the exporter cannot write is r
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
+import math
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from exporter.errors import StateError
-from exporter.state import FlowState, state_from_json, state_to_json
+from exporter.model import (
+    STATUSES,
+    Activity,
+    Counts,
+    Flow,
+    LastRunDetails,
+    clean_text,
+    plausible_ms,
+    snake_case,
+    valid_count,
+)
+from exporter.values import RETENTION_MS, CompletedRun, FlowState, Histogram, LastRun
 
 APPLICATION_ID = 0x41455046  # "AEPF": marks the file as ours (PRAGMA application_id)
 SCHEMA_VERSION = 1
+
+
+# --- the state codec: FlowState <-> JSON, validated like a fresh answer on the way in ----------------------
+
+def state_to_json(state: FlowState) -> dict[str, Any]:
+    """A JSON-ready dict of a flow's state (labels and ``up`` are not persisted: config and polls set them)."""
+    data = dataclasses.asdict(state)
+    del data["labels"], data["up"]
+    return data
+
+
+class _Loaded:
+    """The validation of model.py, applied to a state read back from disk: a file written by an older version,
+    or by hand, cannot bring a lone surrogate, a 1e400 count or a timestamp from the year 33658 back in."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def text(self, value: object, limit: int = 256) -> str:
+        return clean_text(value, limit) if isinstance(value, str) else ""
+
+    def ms(self, value: object) -> int | None:
+        return plausible_ms(value, self.now_ms)
+
+    def watermark(self, value: object, fallback: int) -> int | None:
+        """None stays None (no runs read yet); an implausible watermark falls back to the counting start."""
+        if value is None:
+            return None
+        checked = self.ms(value)
+        return fallback if checked is None else checked
+
+    def counts(self, data: Mapping[str, Any]) -> Counts:
+        return Counts(**{group: {self.text(k, 64): valid_count(v) for k, v in data[group].items()}
+                         for group in ("records", "bytes", "files")})
+
+    def tally(self, data: Mapping[str, Any], limit: int = 64) -> dict[str, int]:
+        """A counter map with only valid keys and counts (an invalid one is dropped: unknown, not 0)."""
+        out = {}
+        for key, val in data.items():
+            count = valid_count(val)
+            if count is not None:
+                out[self.text(key, limit)] = count
+        return out
+
+    def flow(self, data: Mapping[str, Any] | None) -> Flow | None:
+        if data is None:
+            return None
+        last = data.get("last_run")
+        interval = _finite(data.get("schedule_interval_seconds"), 366 * 86400.0)
+        return Flow(
+            id=self.text(data["id"], 128), name=self.text(data.get("name")),
+            flow_spec_id=self.text(data.get("flow_spec_id"), 128),
+            source_connection_spec_id=self.text(data.get("source_connection_spec_id"), 128),
+            target_connection_spec_id=self.text(data.get("target_connection_spec_id"), 128),
+            kind=self.text(data.get("kind"), 32) or "unknown", state=self.text(data.get("state"), 64) or "unknown",
+            schedule_interval_seconds=interval if interval else None,
+            last_run=LastRunDetails(id=self.text(last["id"], 128), state=self.text(last.get("state"), 64) or None,
+                                    started_at_ms=self.ms(last.get("started_at_ms")),
+                                    completed_at_ms=self.ms(last.get("completed_at_ms"))) if last else None,
+        )
+
+    def activity(self, a: Mapping[str, Any]) -> Activity:
+        return Activity(name=snake_case(self.text(a["name"], 128)), status=_status_of(a.get("status")),
+                        duration_seconds=_finite(a.get("duration_seconds"), 2.0**53), counts=self.counts(a["counts"]))
+
+    def histogram(self, hist: Mapping[str, Any], buckets: tuple[float, ...]) -> tuple[Histogram, bool]:
+        bounds = tuple(float(b) for b in hist["bounds"])
+        counts = tuple(valid_count(c) for c in hist["counts"])
+        total = float(hist["sum"])
+        if bounds != tuple(buckets) or None in counts or len(counts) != len(bounds) + 1 \
+                or not math.isfinite(total):
+            return Histogram.empty(tuple(buckets)), True
+        return Histogram(bounds=bounds, counts=tuple(c or 0 for c in counts), sum=total), False
+
+
+def _finite(value: object, limit: float) -> float | None:
+    """A number in 0..limit, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and 0 <= number <= limit else None
+
+
+def _status_of(value: object) -> str | None:
+    return value if isinstance(value, str) and value in STATUSES else None
+
+
+def _counted_from(data: Mapping[str, Any]) -> dict[str, int]:
+    """The counted-id set; a file from before the count floor stored each id's ``createdAt``, kept here for
+    Adobe's retention past it, so no id it held can be counted again."""
+    counted = {str(k): int(v) for k, v in data["counted"].items()}
+    if "count_floor_ms" not in data:
+        counted = {k: v + RETENTION_MS for k, v in counted.items()}
+    return counted
+
+
+def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...],
+                    now_ms: int | None = None) -> tuple[FlowState, bool]:
+    """Rebuild a flow's state, validated like a fresh answer (``now_ms`` bounds timestamps; default: the wall
+    clock); the bool says the histogram was reset (the buckets changed, or it was not valid).
+
+    Raises KeyError, TypeError or ValueError on a malformed document; the store turns that into StateError.
+    """
+    load = _Loaded(int(time.time() * 1000) if now_ms is None else now_ms)
+    completed = data.get("last_completed")
+    last_run = data.get("last_run")
+    histogram, reset = load.histogram(data["durations"], buckets)
+    seen_key = data.get("seen_key")
+    last_status = _status_of(last_run.get("status")) if last_run else None
+    state = FlowState(
+        sandbox=str(data["sandbox"]),
+        flow_id=str(data["flow_id"]),
+        counting_start_ms=int(data["counting_start_ms"]),
+        flow=load.flow(data.get("flow")),
+        seen_key=(seen_key[0], seen_key[1]) if seen_key else None,
+        newest_created_ms=load.watermark(data.get("newest_created_ms"), int(data["counting_start_ms"])),
+        newest_started_ms=load.watermark(data.get("newest_started_ms", data.get("newest_created_ms")),
+                                         int(data["counting_start_ms"])),
+        count_floor_ms=int(data.get("count_floor_ms", data["counting_start_ms"])),
+        in_progress={load.text(k, 128): (load.ms(v[0]), load.ms(v[1])) for k, v in data["in_progress"].items()},
+        counted=_counted_from(data),
+        last_run=LastRun(id=load.text(last_run["id"], 128), status=last_status or "other",
+                         started_ms=load.ms(last_run.get("started_ms")),
+                         ended_ms=load.ms(last_run.get("ended_ms"))) if last_run else None,
+        last_completed=CompletedRun(
+            id=load.text(completed["id"], 128),
+            ended_ms=int(completed["ended_ms"]),
+            counts=load.counts(completed["counts"]),
+            activities=tuple(load.activity(a) for a in completed["activities"]),
+        ) if completed else None,
+        last_success_ms=load.ms(data.get("last_success_ms")),
+        last_failure_ms=load.ms(data.get("last_failure_ms")),
+        runs_total=load.tally(data["runs_total"]),
+        totals=load.tally(data["totals"]),
+        durations=histogram,
+        error_codes=load.tally(data["error_codes"]),
+    )
+    return state, reset
 
 
 class Store(Protocol):

@@ -11,33 +11,9 @@ import asyncio
 import dataclasses
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-from exporter.state import FlowState
 from exporter.store import MemoryStore, Store
-
-
-@dataclass(frozen=True, kw_only=True)
-class SandboxStatus:
-    """The last poll of one sandbox, for the landing page and readiness."""
-
-    name: str
-    flows: int = 0
-    dropped: int = 0
-    polls: int = 0
-    last_ok: bool | None = None
-    last_success_s: float | None = None
-    last_error: str | None = None
-    runs_strategy: str = "created_at"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Snapshot:
-    """An immutable view of every tracked flow and sandbox; ``version`` changes whenever a flow's state does."""
-
-    version: int
-    flows: tuple[FlowState, ...]
-    sandboxes: tuple[SandboxStatus, ...]
+from exporter.values import FlowState, SandboxStatus, Snapshot
 
 
 class Tracker:

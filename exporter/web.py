@@ -25,7 +25,7 @@ from prometheus_client.openmetrics import exposition as openmetrics_format
 from exporter import __version__
 from exporter.collector import CollectorOptions
 from exporter.exposition import FlowExposition
-from exporter.tracker import Snapshot
+from exporter.values import Snapshot
 from exporter.webconfig import WebSecurity, add_headers, security_middleware
 
 TEXT_TYPE = text_format.CONTENT_TYPE_PLAIN_0_0_4  # our names are legacy-valid: same bytes, widest support

@@ -23,11 +23,11 @@ from exporter.config import (
     MetricsConfig,
     PollConfig,
     SandboxConfig,
-    Secret,
     StateConfig,
 )
 from exporter.simulator import Credentials, SimClock, Simulator, World
 from exporter.simulator.server import API_PREFIX, IMS_PATH
+from exporter.values import Secret
 from tests.helpers import free_port, wait_http
 
 DATA = Path(__file__).parent / "data"

@@ -23,8 +23,8 @@ from exporter.errors import ConfigError
 from exporter.poller import PollSettings, SandboxPoller
 from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import Credentials
-from exporter.state import FlowState
 from exporter.tracker import Tracker
+from exporter.values import FlowState
 from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import parse_samples, pick, scrape, serve, value
 

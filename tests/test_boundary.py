@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from exporter.collector import CollectorOptions
+from exporter.counting import apply_runs, new_flow_state
 from exporter.exposition import FlowExposition
 from exporter.model import Flow, parse_flow, parse_run
-from exporter.state import apply_runs, new_flow_state
-from exporter.tracker import Snapshot
+from exporter.values import Snapshot
 from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import assert_matches_truth, parse_samples, pick, scrape, serve, value
 

@@ -16,7 +16,6 @@ from structlog.testing import capture_logs
 from exporter.auth import TokenProvider
 from exporter.backoff import retry_after_seconds
 from exporter.client import FlowServiceClient
-from exporter.config import Secret
 from exporter.errors import (
     ApiError,
     AuthError,
@@ -29,6 +28,7 @@ from exporter.errors import (
 from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import Credentials
 from exporter.simulator.server import API_PREFIX, IMS_PATH
+from exporter.values import Secret
 from tests.conftest import Sim, make_world, start_sim
 
 

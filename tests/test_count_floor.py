@@ -6,17 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from exporter.counting import apply_runs, new_flow_state
 from exporter.model import parse_flow, parse_run
-from exporter.state import (
-    EVERYTHING,
-    OVERLAP_MS,
-    RETENTION_MS,
-    Window,
-    apply_runs,
-    new_flow_state,
-    state_from_json,
-    state_to_json,
-)
+from exporter.store import state_from_json, state_to_json
+from exporter.values import EVERYTHING, OVERLAP_MS, RETENTION_MS, Window
 
 FLOW = "f0000000-0000-4000-8000-000000000001"
 T0 = 1_790_000_000_000  # a fixed "now" in epoch ms

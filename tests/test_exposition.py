@@ -11,7 +11,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from exporter.collector import CollectorOptions, FlowCollector
 from exporter.exposition import OPENMETRICS_EOF, FlowExposition
-from exporter.tracker import Snapshot
+from exporter.values import Snapshot
 from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import parse_samples, pick
 
@@ -70,8 +70,8 @@ async def test_only_flows_whose_state_changed_are_rendered_again(sim: Sim) -> No
 def test_hostile_label_values_render_and_parse_back(sim: Sim, promtool: str) -> None:
     """Quotes, backslashes, newlines and non-ASCII in names and labels are escaped, parse back intact,
     and pass `promtool check metrics`."""
+    from exporter.counting import new_flow_state
     from exporter.model import parse_flow
-    from exporter.state import new_flow_state
 
     name = 'Ünïcødé "quoted" back\\slash\nnew line 数据流'
     flow = parse_flow({"id": "f-1", "name": name, "state": "enabled"})

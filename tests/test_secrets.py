@@ -72,7 +72,7 @@ def test_config_errors_do_not_echo_the_secret(tmp_path: Path) -> None:
 
 def test_secret_object_never_prints_itself() -> None:
     """The config's Secret has no repr, str or format that shows the value."""
-    from exporter.config import Secret
+    from exporter.values import Secret
 
     secret = Secret(SECRET)
     rendered: list[Any] = [repr(secret), str(secret), f"{secret}", f"{secret!r}", [secret], {"s": secret}]

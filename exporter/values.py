@@ -1,0 +1,228 @@
+"""Pure data: what the exporter knows of each flow and sandbox, and the secret. No behaviour beyond small
+derived properties; every module above the leaves passes these values around.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from exporter.model import Activity, Counts, Flow
+
+OVERLAP_MS = 10 * 60 * 1000
+"""How far below the newest seen ``createdAt`` each runs query reaches, for runs that show up late."""
+RETENTION_MS = 91 * 86_400_000
+"""Adobe keeps dataflow runs for 90 days: a run older than this cannot come back."""
+ALWAYS_PRESENT_RUN_STATUSES = ("success", "partial_success", "failed")
+
+
+class CountKey(StrEnum):
+    """A count a run reports, as ``group.field`` (the key of a flow's totals and of the state file)."""
+
+    RECORDS_INPUT = "records.input"
+    RECORDS_OUTPUT = "records.output"
+    RECORDS_FAILED = "records.failed"
+    RECORDS_SKIPPED = "records.skipped"
+    RECORDS_WARNING = "records.warning"
+    BYTES_INPUT = "bytes.input"
+    BYTES_OUTPUT = "bytes.output"
+    FILES_INPUT = "files.input"
+    FILES_OUTPUT = "files.output"
+    FILES_FAILED = "files.failed"
+
+    @property
+    def group(self) -> str:
+        """``records``, ``bytes`` or ``files``: the ``Counts`` attribute it lives in."""
+        return self.value.split(".")[0]
+
+    @property
+    def field(self) -> str:
+        """``input``, ``output``, ...: its name within the group."""
+        return self.value.split(".")[1]
+
+    def of(self, counts: Counts) -> int | None:
+        """This count in ``counts`` (None when unknown)."""
+        group: dict[str, int | None] = getattr(counts, self.group)
+        return group.get(self.field)
+
+
+COUNT_KEYS = tuple(CountKey)
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (so never in logs or tracebacks)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that sends it (the IMS token request)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which runs a runs answer is known to hold: every run whose ``field`` time (``created`` or ``started``) is
+    at least ``bound``; every run of the flow when ``field`` is None; none at all when ``empty`` (an answer cut
+    short by the page limit proves nothing)."""
+
+    field: str | None = None
+    bound: int = 0
+    empty: bool = False
+
+    def covers(self, created_ms: int | None, started_ms: int | None) -> bool:
+        """Whether a run with these times would be in the answer, were it still listed."""
+        if self.empty:
+            return False
+        if self.field is None:
+            return True
+        value = created_ms if self.field == "created" else started_ms
+        return value is not None and value >= self.bound
+
+
+EVERYTHING = Window()
+NOTHING = Window(empty=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LastRun:
+    """The newest run of a flow, whatever its state."""
+
+    id: str
+    status: str
+    started_ms: int | None
+    ended_ms: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletedRun:
+    """The newest completed run: what the ``aep_flow_last_run_*`` count gauges show."""
+
+    id: str
+    ended_ms: int
+    counts: Counts
+    activities: tuple[Activity, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Histogram:
+    """Non-cumulative bucket counts (the last one is +Inf), sum and count of run durations."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float = 0.0
+
+    @classmethod
+    def empty(cls, bounds: tuple[float, ...]) -> Histogram:
+        return cls(bounds=bounds, counts=(0,) * (len(bounds) + 1))
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def observe(self, value: float) -> Histogram:
+        index = next((i for i, b in enumerate(self.bounds) if value <= b), len(self.bounds))
+        counts = list(self.counts)
+        counts[index] += 1
+        return dataclasses.replace(self, counts=tuple(counts), sum=self.sum + value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowState:
+    """Everything the exporter knows of one flow. Replaced, never mutated."""
+
+    sandbox: str
+    flow_id: str
+    counting_start_ms: int
+    flow: Flow | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    up: bool = True
+    seen_key: tuple[str, str | None] | None = None
+    newest_created_ms: int | None = None
+    newest_started_ms: int | None = None
+    count_floor_ms: int = 0
+    in_progress: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    counted: Mapping[str, int] = field(default_factory=dict)
+    last_run: LastRun | None = None
+    last_completed: CompletedRun | None = None
+    last_success_ms: int | None = None
+    last_failure_ms: int | None = None
+    runs_total: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(ALWAYS_PRESENT_RUN_STATUSES, 0))
+    totals: Mapping[str, int] = field(default_factory=dict)
+    durations: Histogram = field(default_factory=lambda: Histogram.empty(()))
+    error_codes: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.sandbox, self.flow_id)
+
+    def needs_runs(self, flow: Flow) -> bool:
+        """Whether ``/runs`` must be read: something changed, or runs are still going."""
+        return self.newest_created_ms is None or self.seen_key != flow.change_key or bool(self.in_progress)
+
+    @property
+    def first_sight(self) -> bool:
+        """No runs answer has been read for this flow yet."""
+        return self.newest_created_ms is None
+
+    def runs_lower_bound_ms(self) -> int:
+        """How far back (in ``createdAt``) the next runs query must reach: the first-sight floor, or
+        ``OVERLAP_MS`` below the newest ``createdAt`` seen and below every run still in progress."""
+        return self._lower_bound(self.newest_created_ms, 0)
+
+    def started_lower_bound_ms(self) -> int:
+        """The same in ``startedAtUTC``, for the documented run time filter."""
+        return self._lower_bound(self.newest_started_ms, 1)
+
+    def _lower_bound(self, newest: int | None, index: int) -> int:
+        if newest is None:
+            return max(self.first_sight_floor_ms, 0)
+        bound = newest - OVERLAP_MS
+        for times in self.in_progress.values():
+            value = times[index]
+            if value is not None:
+                bound = min(bound, value)
+        return max(bound, 0)
+
+    @property
+    def first_sight_floor_ms(self) -> int:
+        """On first sight, paging stops once runs are older than this."""
+        return self.counting_start_ms - OVERLAP_MS
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxStatus:
+    """The last poll of one sandbox, for the landing page and readiness."""
+
+    name: str
+    flows: int = 0
+    dropped: int = 0
+    polls: int = 0
+    last_ok: bool | None = None
+    last_success_s: float | None = None
+    last_error: str | None = None
+    runs_strategy: str = "created_at"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Snapshot:
+    """An immutable view of every tracked flow and sandbox; ``version`` changes whenever a flow's state does."""
+
+    version: int
+    flows: tuple[FlowState, ...]
+    sandboxes: tuple[SandboxStatus, ...]
