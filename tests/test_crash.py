@@ -31,11 +31,14 @@ def config(path: Path, sim_url: str, port: int, state: Path) -> Path:
     return path
 
 
-async def ready(url: str, timeout: float = 30.0) -> str:
-    """Wait (bounded) until /readyz is 200, then return /metrics."""
+async def ready(url: str, proc: subprocess.Popen[str] | None = None, timeout: float = 30.0) -> str:
+    """Wait (bounded) until /readyz is 200, then return /metrics; fail at once, with its stderr, if the
+    exporter exits."""
     deadline = asyncio.get_running_loop().time() + timeout
     async with aiohttp.ClientSession() as session:
         while asyncio.get_running_loop().time() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"exporter exited with {proc.returncode}: {proc.communicate()[1][-2000:]}")
             try:
                 async with session.get(f"{url}/readyz") as resp:
                     if resp.status == 200:
@@ -64,7 +67,7 @@ async def crash_loop(sim: Sim, tmp_path: Path, kills: int, seed: int) -> int:
     proc = subprocess.Popen([*PY, "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        text = await ready(f"http://127.0.0.1:{port}")
+        text = await ready(f"http://127.0.0.1:{port}", proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
