@@ -29,8 +29,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.store import Store, open_store
 from exporter.tracker import Tracker
 from exporter.values import Snapshot
-from exporter.web import SELF_TTL, MetricsRenderer, create_web_app
-from exporter.webconfig import WebSecurity
+from exporter.web import SELF_TTL, MetricsRenderer, WebSecurity, create_web_app
 
 log = structlog.get_logger(__name__)
 

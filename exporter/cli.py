@@ -33,6 +33,7 @@ from exporter.config import (
     load_config,
     parse_duration,
     parse_listen,
+    shard_problem,
 )
 from exporter.errors import ConfigError, StateError
 from exporter.simulator import Credentials, Faults, SimClock, Simulator, World
@@ -182,8 +183,9 @@ def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
     if args.shard_index is not None or args.total_shards is not None:
         index = config.shard.index if args.shard_index is None else args.shard_index
         total = config.shard.total if args.total_shards is None else args.total_shards
-        if total < 1 or not 0 <= index < total:
-            problems.append(f"--shard-index/--total-shards: need 0 <= index < total, got {index}/{total}")
+        problem = shard_problem(index, total)
+        if problem:
+            problems.append(f"--shard-index/--total-shards: {problem}")
         config = dataclasses.replace(config, shard=ShardConfig(index=index, total=total))
     if args.listen:
         try:

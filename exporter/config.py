@@ -7,6 +7,7 @@ so that no repr, log line or exception can show it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -186,6 +187,20 @@ def read_secret_file(path: Path) -> str:
     if not secret:
         raise ValueError("is empty")
     return secret
+
+
+def _keys(cls: type, *, add: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> set[str]:
+    """The keys a config section accepts: its dataclass's fields (so they are never listed twice)."""
+    return {f.name for f in dataclasses.fields(cls) if f.name not in drop} | set(add)
+
+
+def shard_problem(index: int, total: int) -> str | None:
+    """What is wrong with a shard index and count (from the file or the command line), or None."""
+    if total < 1:
+        return f"shard.total must be at least 1, got {total}"
+    if not 0 <= index < total:
+        return f"must be below shard.total ({total}) and not negative, got {index}"
+    return None
 
 
 def parse_duration(value: object) -> float:
@@ -383,8 +398,7 @@ class _ConfigParser(_Reader):
         return tuple(out)
 
     def adobe(self, raw: object) -> AdobeConfig:
-        known = {"client_id", "client_secret", "client_secret_file", "org_id", "scopes", "ims_token_url",
-                 "flow_service_url"}
+        known = _keys(AdobeConfig, add=("client_secret_file",))
         sec = self.section(raw, "adobe", known)
         if raw is None:
             self.problem("adobe", "missing (client_id, client_secret and org_id are required)")
@@ -418,8 +432,7 @@ class _ConfigParser(_Reader):
         )
 
     def poll(self, raw: object) -> PollConfig:
-        known = {"interval", "jitter", "timeout", "max_concurrency", "requests_per_second", "initial_lookback",
-                 "retries", "max_response_bytes"}
+        known = _keys(PollConfig)
         sec = self.section(raw, "poll", known)
         d = PollConfig()
         return PollConfig(
@@ -444,7 +457,7 @@ class _ConfigParser(_Reader):
         for i, item in enumerate(raw):
             where = f"{path}[{i}]"
             if isinstance(item, dict):
-                sec = self.section(item, where, {"id", "labels"})
+                sec = self.section(item, where, _keys(FlowRef))
                 ident = self.get(sec, "id", where, _string, "")
                 labels = self.labels(sec.get("labels"), f"{where}.labels")
             elif isinstance(item, str):
@@ -463,13 +476,13 @@ class _ConfigParser(_Reader):
         return tuple(refs)
 
     def sandbox(self, raw: object, path: str, poll: PollConfig) -> SandboxConfig | None:
-        sec = self.section(raw, path, {"name", "labels", "flows", "discover", "poll"})
+        sec = self.section(raw, path, _keys(SandboxConfig, add=("poll",), drop=("interval", "jitter")))
         name = self.get(sec, "name", path, _string, "").strip()
         if not name:
             self.problem(f"{path}.name", "required")
         elif name != name.lower() or not re.match(r"^[a-z0-9][a-z0-9_-]*$", name):
             self.problem(f"{path}.name", f"{name!r} is not a sandbox name (lowercase letters, digits, - and _)")
-        dsec = self.section(sec.get("discover"), f"{path}.discover", {"enabled", "kinds", "include", "exclude"})
+        dsec = self.section(sec.get("discover"), f"{path}.discover", _keys(DiscoverConfig))
         dpath = f"{path}.discover"
         kinds_raw = dsec.get("kinds", ["source", "destination"])
         kinds: tuple[str, ...] = ()
@@ -489,7 +502,7 @@ class _ConfigParser(_Reader):
         flows = self.flow_refs(sec.get("flows"), f"{path}.flows")
         if not flows and not discover.enabled and name:
             self.problem(path, "lists no flows and has discover.enabled false: nothing to monitor")
-        psec = self.section(sec.get("poll"), f"{path}.poll", {"interval", "jitter"})
+        psec = self.section(sec.get("poll"), f"{path}.poll", {"interval", "jitter"})  # a sandbox overrides only these
         return SandboxConfig(
             name=name,
             labels=self.labels(sec.get("labels"), f"{path}.labels"),
@@ -516,8 +529,7 @@ class _ConfigParser(_Reader):
         return tuple(out)
 
     def metrics(self, raw: object) -> MetricsConfig:
-        known = {"activities", "sparse_status", "duration_buckets", "max_error_codes_per_flow",
-                 "max_activities_per_flow", "max_flows_per_sandbox"}
+        known = _keys(MetricsConfig)
         sec = self.section(raw, "metrics", known)
         d = MetricsConfig()
         buckets = d.duration_buckets
@@ -545,15 +557,17 @@ class _ConfigParser(_Reader):
         )
 
     def shard(self, raw: object) -> ShardConfig:
-        sec = self.section(raw, "shard", {"index", "total"})
+        sec = self.section(raw, "shard", _keys(ShardConfig))
         index = self.get(sec, "index", "shard", _int_at_least(0), 0)
         total = self.get(sec, "total", "shard", _int_at_least(1), 1)
-        if index >= total:
-            self.problem("shard.index", f"must be below shard.total ({total}), got {index}")
+        problem = shard_problem(index, total)
+        if problem:
+            self.problem("shard.index", problem)
         return ShardConfig(index=index, total=total)
 
     def server(self, raw: object) -> ServerConfig:
-        sec = self.section(raw, "server", {"listen", "web_config_file", "enable_lifecycle", "read_header_timeout"})
+        sec = self.section(raw, "server", _keys(ServerConfig, add=("listen",),
+                                                drop=("host", "port", "web_config_path", "web")))
         host, port = self.get(sec, "listen", "server", parse_listen, ("0.0.0.0", 9847))  # noqa: S104 -- see ServerConfig
         web_config = self.get(sec, "web_config_file", "server", _string, "") or None
         web = WebConfig()
@@ -569,7 +583,7 @@ class _ConfigParser(_Reader):
                                                          ServerConfig.read_header_timeout))
 
     def log(self, raw: object) -> LogConfig:
-        sec = self.section(raw, "log", {"level", "format"})
+        sec = self.section(raw, "log", _keys(LogConfig))
         level = self.get(sec, "level", "log", _string, "info").lower()
         if level not in ("debug", "info", "warning", "error"):
             self.problem("log.level", f"{level!r} is not debug, info, warning or error")

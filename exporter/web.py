@@ -11,12 +11,24 @@ are, never concatenated into a second copy of a large body.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import functools
+import hashlib
 import html
+import os
+import ssl
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import bcrypt
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
@@ -24,9 +36,12 @@ from prometheus_client.openmetrics import exposition as openmetrics_format
 
 from exporter import __version__
 from exporter.collector import CollectorOptions
+from exporter.errors import ConfigError
 from exporter.exposition import FlowExposition
 from exporter.values import Snapshot
-from exporter.webconfig import WebSecurity, add_headers, security_middleware
+from exporter.webconfig import WebConfig, load_web_config
+
+log = structlog.get_logger(__name__)
 
 TEXT_TYPE = text_format.CONTENT_TYPE_PLAIN_0_0_4  # our names are legacy-valid: same bytes, widest support
 OPENMETRICS_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
@@ -263,3 +278,126 @@ def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+# --- the web config file, live: re-read on change, basic auth, headers -----------------------------------------
+# Re-read when it changes (checked on every request, as exporter-toolkit re-reads it), on SIGHUP and on
+# POST /-/reload: a rotated or removed password stops working at once; a rotated certificate and key are loaded
+# for new connections. A file that becomes invalid fails closed (500) until it is fixed, logged once.
+# Basic auth applies to every endpoint but /healthz (liveness probes carry no credentials). bcrypt runs on its
+# own two threads, never the event loop's default pool, and each answer (success or failure) is remembered by a
+# SHA-256 of the password, so a flood of wrong passwords cannot slow authenticated scrapes. Unknown users are
+# checked against a dummy hash (made on first use), so timing does not tell which user names exist. A password
+# over bcrypt's 72 bytes is simply wrong (401).
+
+UNPROTECTED = frozenset({"/healthz"})
+BCRYPT_MAX_BYTES = 72
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
+
+
+class WebSecurity:
+    """The live web config: re-read when the file changes (checked per request), or on ``reload()``."""
+
+    def __init__(self, path: Path | None, config: WebConfig) -> None:
+        self.path = path
+        self.config = config
+        self.broken: str | None = None
+        self.generation = 0  # bumped at each change of users: auth caches key on it
+        self._signature = self._stat()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return (-1, -1, -1)
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read the file if it changed (or ``force``); an invalid file fails closed until fixed."""
+        if self.path is None:
+            return
+        signature = self._stat()
+        if not force and signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            new = load_web_config(self.path)
+        except ConfigError as exc:
+            self.broken = "; ".join(exc.problems)
+            self.generation += 1
+            log.error("web_config_invalid", path=str(self.path), problems=list(exc.problems),  # noqa: TRY400 -- the problems are the message
+                      hint="requests get 500 until the file is fixed")
+            return
+        self.broken = None
+        self.generation += 1
+        if self.config.ssl_context is not None and new.cert_files is not None:
+            try:  # new connections present the new certificate
+                self.config.ssl_context.load_cert_chain(*new.cert_files)
+            except (ssl.SSLError, OSError) as exc:
+                log.error("web_certificate_reload_failed", error=str(exc))  # noqa: TRY400 -- one line, no traceback
+        if (new.ssl_context is None) != (self.config.ssl_context is None):
+            log.warning("web_tls_change_needs_restart", path=str(self.path))
+        self.config = WebConfig(ssl_context=self.config.ssl_context, users=new.users, headers=new.headers,
+                                cert_files=new.cert_files)
+        log.info("web_config_reloaded", path=str(self.path), users=len(new.users))
+
+
+def security_middleware(security: WebSecurity, *, cache_size: int = 4096) -> Any:
+    """An aiohttp middleware: the web config re-read on change, its headers added, and HTTP basic auth on every
+    path but /healthz when the file has users."""
+    answers: OrderedDict[tuple[int, str, bytes], bool] = OrderedDict()
+    bcrypt_pool = ThreadPoolExecutor(2, thread_name_prefix="bcrypt")
+
+    def check(users: Mapping[str, bytes], user: str, password: bytes) -> bool:
+        if len(password) > BCRYPT_MAX_BYTES:
+            return False  # bcrypt refuses longer ones: a wrong password, not a server error
+        hashed = users.get(user)
+        ok = bcrypt.checkpw(password, hashed if hashed is not None else _dummy_hash())
+        return ok and hashed is not None
+
+    async def authorized(request: web.Request) -> bool:
+        users = security.config.users
+        header = request.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return False
+        if not sep:
+            return False
+        key = (security.generation, user, hashlib.sha256(password.encode()).digest())
+        if key in answers:
+            answers.move_to_end(key)
+            return answers[key]
+        ok = await asyncio.get_running_loop().run_in_executor(bcrypt_pool, check, users, user, password.encode())
+        answers[key] = ok
+        if len(answers) > cache_size:
+            answers.popitem(last=False)
+        return ok
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        security.refresh()
+        if security.broken is not None and request.path not in UNPROTECTED:
+            return web.Response(status=500, text="web config file is invalid: see the exporter's log\n")
+        if security.config.users and request.path not in UNPROTECTED and not await authorized(request):
+            return web.Response(status=401, text="Unauthorized\n",
+                                headers={"WWW-Authenticate": 'Basic realm="aep-flow-exporter", charset="UTF-8"'})
+        return await handler(request)
+
+    return middleware
+
+
+async def add_headers(security: WebSecurity, response: web.StreamResponse) -> None:
+    """``http_server_config.headers`` on every response (an ``on_response_prepare`` hook: streamed ones too)."""
+    for name, text in security.config.headers.items():
+        response.headers[name] = text
