@@ -11,7 +11,7 @@ import argparse
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import CollectorOptions, FlowCollector
+from exporter.metrics import CollectorOptions, FlowCollector
 from exporter.config import DEFAULT_BUCKETS
 from exporter.store import SqliteStore
 from exporter.tracker import Tracker

@@ -21,9 +21,9 @@ from exporter import __version__
 from exporter.auth import TokenProvider
 from exporter.bodies import ACCEPT_ENCODING
 from exporter.client import FlowServiceClient
-from exporter.collector import CollectorOptions
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError
+from exporter.metrics import CollectorOptions
 from exporter.poller import OnceLog, PollSettings, SandboxPoller
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import Store, open_store

@@ -103,6 +103,28 @@ class TokenProvider:
         raise last_error
 
     async def _request(self) -> str:
+        status, location, body = await self._post()
+        if 300 <= status < 400:
+            self._metrics.token_failures.inc()
+            host = urlsplit(location).hostname if location else None
+            where = clean_text(host, 128) if host else "(no Location)"
+            log.error("token_request_failed", status=status, redirect_to=where)
+            raise AuthError(f"IMS token request answered HTTP {status}, a redirect to {where}: refused, the "
+                            "client secret is never sent anywhere but adobe.ims_token_url (check that URL)")
+        if status >= 500:
+            self._metrics.token_failures.inc()
+            log.warning("token_request_failed", status=status)
+            raise _TransientError(f"IMS token request failed: HTTP {status}")
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            self._metrics.token_failures.inc()
+            error = body.get("error") if isinstance(body, dict) else None
+            error = self.redact(clean_text(str(error), 64)) if error else "no access_token in answer"
+            log.error("token_request_failed", status=status, error=error)
+            raise AuthError(f"IMS refused the token request: HTTP {status} ({error})")
+        return self._take(body["access_token"], body.get("expires_in"))
+
+    async def _post(self) -> tuple[int, str, object]:
+        """The token request: its status, a redirect's Location, and the JSON body (None for 3xx and 5xx)."""
         form = {
             "grant_type": "client_credentials",
             "client_id": self._client_id,
@@ -112,17 +134,16 @@ class TokenProvider:
         self._metrics.token_requests.inc()
         started = time.perf_counter()
         code = "error"
-        location = ""
         try:
             # Never follow a redirect: this request carries the client secret.
             async with self._session.post(self._url, data=form, allow_redirects=False,
                                           timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
                 code = str(resp.status)
-                location = resp.headers.get("Location", "")
                 raw = await read_capped(resp, IMS_MAX_BYTES, "token")
                 body = None
                 if resp.status < 300 or 400 <= resp.status < 500:
                     body = await decode(raw, resp.headers.get("Content-Encoding", ""), IMS_MAX_BYTES, "token")
+                return resp.status, resp.headers.get("Location", ""), body
         except (TimeoutError, aiohttp.ClientError, PayloadError) as exc:
             self._metrics.token_failures.inc()
             reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
@@ -133,36 +154,22 @@ class TokenProvider:
         finally:
             self._metrics.api_requests.labels("", "token", code).inc()
             self._metrics.api_latency.labels("token").observe(time.perf_counter() - started)
-        if 300 <= resp.status < 400:
-            self._metrics.token_failures.inc()
-            host = urlsplit(location).hostname if location else None
-            where = clean_text(host, 128) if host else "(no Location)"
-            log.error("token_request_failed", status=resp.status, redirect_to=where)
-            raise AuthError(f"IMS token request answered HTTP {resp.status}, a redirect to {where}: refused, the "
-                            "client secret is never sent anywhere but adobe.ims_token_url (check that URL)")
-        if resp.status >= 500:
-            self._metrics.token_failures.inc()
-            log.warning("token_request_failed", status=resp.status)
-            raise _TransientError(f"IMS token request failed: HTTP {resp.status}")
-        if resp.status != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
-            self._metrics.token_failures.inc()
-            error = body.get("error") if isinstance(body, dict) else None
-            error = self.redact(clean_text(str(error), 64)) if error else "no access_token in answer"
-            log.error("token_request_failed", status=resp.status, error=error)
-            raise AuthError(f"IMS refused the token request: HTTP {resp.status} ({error})")
-        lifetime = body.get("expires_in")
-        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
-            lifetime = 3600.0
-        if lifetime > 10_000_000:  # some IMS versions answered in milliseconds
-            lifetime = lifetime / 1000.0
+
+    def _take(self, token: str, lifetime: object) -> str:
+        """Keep a new token, renewed at 90 % of its lifetime (seconds; some IMS versions said milliseconds)."""
+        seconds = float(lifetime) if isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool) else 0.0
+        if not 0 < seconds < float("inf"):
+            seconds = 3600.0
+        if seconds > 10_000_000:
+            seconds = seconds / 1000.0
         now = self._clock()
-        self._token = body["access_token"]
-        self._issued = [*self._issued[-3:], self._token]
-        self._renew_at = now + RENEW_AT_FRACTION * float(lifetime)
-        self._expires_at = now + float(lifetime)
+        self._token = token
+        self._issued = [*self._issued[-3:], token]
+        self._renew_at = now + RENEW_AT_FRACTION * seconds
+        self._expires_at = now + seconds
         self._metrics.token_expiry.set(self._expires_at)
-        log.info("token_renewed", expires_in=round(float(lifetime)))
-        return self._token
+        log.info("token_renewed", expires_in=round(seconds))
+        return token
 
 
 class _TransientError(Exception):

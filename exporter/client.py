@@ -89,16 +89,9 @@ class FlowServiceClient:
         attempt = 0
         while True:
             token = await self._auth.token()
-            headers = {
-                "Authorization": f"Bearer {token}",
-                "x-api-key": self._client_id,
-                "x-gw-ims-org-id": self._org_id,
-                "x-sandbox-name": sandbox,
-                "Accept": "application/json",
-            }
             try:
-                status, resp_headers, raw = await self._send(sandbox, endpoint, url, params, headers)
-                retry_after = resp_headers.get("Retry-After")
+                status, resp_headers, raw = await self._send(sandbox, endpoint, url, params,
+                                                             self._headers(sandbox, token))
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
                 if attempt >= self._retries:
@@ -106,32 +99,46 @@ class FlowServiceClient:
                 await self._backoff(endpoint, reason, attempt, None)
                 attempt += 1
                 continue
-            encoding = resp_headers.get("Content-Encoding", "")
-            if status == 200:
-                data = await decode(raw, encoding, self._max_bytes, endpoint)
-                if not isinstance(data, dict):
-                    raise PayloadError(f"{endpoint}: answer is not a JSON object")
-                return data
-            if 300 <= status < 400:
-                raise RedirectError(endpoint, status, _host_of(resp_headers.get("Location", "")))
             if status == 401 and not renewed:
                 renewed = True
                 self._metrics.api_retries.labels(endpoint, "unauthorized").inc()
                 await self._auth.renew(token)
                 continue
-            code, detail = _error_code(await decode_text(raw, encoding, self._max_bytes, endpoint))
-            detail = self._auth.redact(detail)
-            if status == 429 or status >= 500:
-                reason = "throttled" if status == 429 else "server_error"
-                if attempt >= self._retries:
-                    cls = ThrottledError if status == 429 else ServerError
-                    raise cls(endpoint, status, code, detail)
-                await self._backoff(endpoint, reason, attempt, retry_after)
+            if (status == 429 or status >= 500) and attempt < self._retries:
+                await self._backoff(endpoint, "throttled" if status == 429 else "server_error", attempt,
+                                    resp_headers.get("Retry-After"))
                 attempt += 1
                 continue
-            if status == 404:
-                raise NotFoundError(endpoint, status, code, detail)
-            raise ApiError(endpoint, status, code, detail)
+            return await self._answer(endpoint, status, resp_headers, raw)
+
+    def _headers(self, sandbox: str, token: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {token}",
+            "x-api-key": self._client_id,
+            "x-gw-ims-org-id": self._org_id,
+            "x-sandbox-name": sandbox,
+            "Accept": "application/json",
+        }
+
+    async def _answer(self, endpoint: str, status: int, headers: Mapping[str, str], raw: bytes) -> dict[str, Any]:
+        """A final answer: the JSON object of a 200, else the error it stands for (never a redirect followed)."""
+        encoding = headers.get("Content-Encoding", "")
+        if status == 200:
+            data = await decode(raw, encoding, self._max_bytes, endpoint)
+            if not isinstance(data, dict):
+                raise PayloadError(f"{endpoint}: answer is not a JSON object")
+            return data
+        if 300 <= status < 400:
+            raise RedirectError(endpoint, status, _host_of(headers.get("Location", "")))
+        code, detail = _error_code(await decode_text(raw, encoding, self._max_bytes, endpoint))
+        detail = self._auth.redact(detail)
+        if status == 429:
+            raise ThrottledError(endpoint, status, code, detail)
+        if status >= 500:
+            raise ServerError(endpoint, status, code, detail)
+        if status == 404:
+            raise NotFoundError(endpoint, status, code, detail)
+        raise ApiError(endpoint, status, code, detail)
 
     async def _send(self, sandbox: str, endpoint: str, url: str, params: Params,
                     headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:

@@ -19,7 +19,7 @@ from prometheus_client import exposition as text_format
 from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_format
 
-from exporter.collector import FAMILIES, CollectorOptions, flow_families
+from exporter.metrics import FAMILIES, CollectorOptions, flow_families
 from exporter.values import FlowState, Snapshot
 
 log = structlog.get_logger(__name__)
@@ -27,8 +27,8 @@ log = structlog.get_logger(__name__)
 OPENMETRICS_EOF = b"# EOF\n"
 
 # A family's HELP line names it as the format writes it: counters as name_total in text, name in OpenMetrics.
-_ORDER = {name: i for i, (name, _typ, _help) in enumerate(FAMILIES)}
-_ORDER.update({f"{name}_total": i for i, (name, typ, _help) in enumerate(FAMILIES) if typ == "counter"})
+_ORDER = {family.name: i for i, family in enumerate(FAMILIES)}
+_ORDER.update({f"{family.name}_total": i for i, family in enumerate(FAMILIES) if family.type == "counter"})
 
 Parts = dict[int, bytes]  # family index -> that flow's sample lines of the family
 

@@ -22,7 +22,7 @@ import structlog
 
 from exporter.client import FlowServiceClient
 from exporter.config import SandboxConfig
-from exporter.counting import apply_runs, mark_down, new_flow_state, refresh_flow
+from exporter.counting import Update, apply_runs, mark_down, new_flow_state, refresh_flow
 from exporter.errors import ExporterError, NotFoundError, StateError
 from exporter.model import Flow, clean_text, parse_flow
 from exporter.runsquery import RunsReader, Strategy
@@ -176,30 +176,33 @@ class SandboxPoller:
     async def _list_flows(self) -> tuple[list[Flow], list[str]]:
         """Every flow to track (discovered and configured), and configured ids the API does not know."""
         sandbox = self.sandbox
-        found: dict[str, Flow] = {}
-        if sandbox.discover.enabled:
-            params: list[tuple[str, str]] = []
-            kinds = set(sandbox.discover.kinds)
-            if kinds == {"source"}:
-                params.append(("property", "inheritedAttributes.properties.isSourceFlow==true"))
-            elif kinds == {"destination"}:
-                params.append(("property", "inheritedAttributes.properties.isDestinationFlow==true"))
-            async for items in self._client.pages(sandbox.name, "flows", "/flows", params):
-                for flow in self._parse_flows(items):
-                    kind_ok = flow.kind in kinds or (flow.kind == "unknown" and len(kinds) == 2)
-                    if kind_ok and sandbox.discover.accepts(flow.name):
-                        found[flow.id] = flow
+        found = await self._discover() if sandbox.discover.enabled else {}
         explicit = [ref.id for ref in sandbox.flows if ref.id not in found]
         for i in range(0, len(explicit), ID_BATCH):
             batch = explicit[i:i + ID_BATCH]
             wanted = set(batch)
             params = [("property", "id==" + ",".join(batch))]
             async for items in self._client.pages(sandbox.name, "flows", "/flows", params):
-                for flow in self._parse_flows(items):
-                    if flow.id in wanted:
-                        found[flow.id] = flow
+                found.update((flow.id, flow) for flow in self._parse_flows(items) if flow.id in wanted)
         missing = [ref.id for ref in sandbox.flows if ref.id not in found]
         return list(found.values()), missing
+
+    async def _discover(self) -> dict[str, Flow]:
+        """The sandbox's flows that discovery's kinds and name patterns accept."""
+        discover = self.sandbox.discover
+        kinds = set(discover.kinds)
+        params: list[tuple[str, str]] = []
+        if kinds == {"source"}:
+            params.append(("property", "inheritedAttributes.properties.isSourceFlow==true"))
+        elif kinds == {"destination"}:
+            params.append(("property", "inheritedAttributes.properties.isDestinationFlow==true"))
+        found: dict[str, Flow] = {}
+        async for items in self._client.pages(self.name, "flows", "/flows", params):
+            for flow in self._parse_flows(items):
+                kind_ok = flow.kind in kinds or (flow.kind == "unknown" and len(kinds) == 2)
+                if kind_ok and discover.accepts(flow.name):
+                    found[flow.id] = flow
+        return found
 
     def _parse_flows(self, items: Iterable[object]) -> list[Flow]:
         flows = []
@@ -271,19 +274,23 @@ class SandboxPoller:
         update = apply_runs(state, flow, answer.runs, now_ms=int(self._clock() * 1000),
                             max_error_codes=self.settings.max_error_codes, window=answer.window,
                             max_activities=self.settings.max_activities)
-        if update.activities_dropped and self._once.first(self.name, flow.id, "activities_dropped"):
-            log.warning("activities_dropped", sandbox=self.name, flow_id=flow.id, dropped=update.activities_dropped,
-                        limit=self.settings.max_activities, hint="raise metrics.max_activities_per_flow")
-        for raw in update.unknown_statuses:
-            if self._once.first(self.name, flow.id, "status", raw):
-                log.warning("run_status_unknown", sandbox=self.name, flow_id=flow.id, status=raw[:64])
-        for run in update.counted:
-            if run.unknown_fields and self._once.first(self.name, flow.id, "run_fields", *run.unknown_fields):
-                log.info("run_values_unknown", sandbox=self.name, flow_id=flow.id, run_id=run.id,
-                         fields=list(run.unknown_fields))
+        self._log_once(flow.id, update)
         await self._tracker.save(update.state)
         if update.counted:
             log.debug("runs_counted", sandbox=self.name, flow_id=flow.id, runs=len(update.counted))
+
+    def _log_once(self, flow_id: str, update: Update) -> None:
+        """What an answer showed that the operator should know, each once per flow."""
+        if update.activities_dropped and self._once.first(self.name, flow_id, "activities_dropped"):
+            log.warning("activities_dropped", sandbox=self.name, flow_id=flow_id, dropped=update.activities_dropped,
+                        limit=self.settings.max_activities, hint="raise metrics.max_activities_per_flow")
+        for raw in update.unknown_statuses:
+            if self._once.first(self.name, flow_id, "status", raw):
+                log.warning("run_status_unknown", sandbox=self.name, flow_id=flow_id, status=raw[:64])
+        for run in update.counted:
+            if run.unknown_fields and self._once.first(self.name, flow_id, "run_fields", *run.unknown_fields):
+                log.info("run_values_unknown", sandbox=self.name, flow_id=flow_id, run_id=run.id,
+                         fields=list(run.unknown_fields))
 
     def _strategy_changed(self, strategy: Strategy) -> None:
         self._metrics.set_runs_strategy(self.name, strategy.value)

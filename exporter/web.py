@@ -35,9 +35,9 @@ from prometheus_client import exposition as text_format
 from prometheus_client.openmetrics import exposition as openmetrics_format
 
 from exporter import __version__
-from exporter.collector import CollectorOptions
 from exporter.errors import ConfigError
 from exporter.exposition import FlowExposition
+from exporter.metrics import CollectorOptions
 from exporter.values import Snapshot
 from exporter.webconfig import WebConfig, load_web_config
 

@@ -141,6 +141,25 @@ def _tls(raw: object, base: Path, where: str,
     if not isinstance(raw, dict):
         problems.append(f"{where}: expected a mapping")
         return None, None
+    before = len(problems)
+    _tls_keys(raw, where, problems)
+    files = _tls_files(raw, base, where, problems)
+    auth = _client_auth(raw, files, where, problems)
+    versions = _tls_versions(raw, where, problems)
+    prefer = raw.get("prefer_server_cipher_suites", True)
+    if not isinstance(prefer, bool):
+        problems.append(f"{where}.prefer_server_cipher_suites: expected true or false")
+    if len(problems) > before:
+        return None, None
+    try:
+        context = _context(files, auth, versions, prefer=bool(prefer))
+    except (ssl.SSLError, OSError) as exc:
+        problems.append(f"{where}: cannot load the certificate, key or CA: {exc}")
+        return None, None
+    return context, (files["cert_file"], files["key_file"])
+
+
+def _tls_keys(raw: dict[str, object], where: str, problems: list[str]) -> None:
     known = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version",
              "prefer_server_cipher_suites"}
     for key in raw:
@@ -148,6 +167,9 @@ def _tls(raw: object, base: Path, where: str,
             problems.append(f"{where}.{key}: {_REFUSED_TLS_KEYS[key]}")
         elif key not in known:
             problems.append(f"{where}.{key}: unknown key")
+
+
+def _tls_files(raw: dict[str, object], base: Path, where: str, problems: list[str]) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for key in ("cert_file", "key_file", "client_ca_file"):
         value = raw.get(key)
@@ -159,6 +181,10 @@ def _tls(raw: object, base: Path, where: str,
     for key in ("cert_file", "key_file"):
         if key not in files:
             problems.append(f"{where}.{key}: required for TLS")
+    return files
+
+
+def _client_auth(raw: dict[str, object], files: dict[str, Path], where: str, problems: list[str]) -> str:
     auth = str(raw.get("client_auth_type", "NoClientCert"))
     if auth in _UNVERIFIED_CLIENT_AUTH:
         problems.append(f"{where}.client_auth_type: {auth} means 'accept any client certificate without verifying "
@@ -168,33 +194,31 @@ def _tls(raw: object, base: Path, where: str,
         problems.append(f"{where}.client_auth_type: {auth!r} is not one of {', '.join(_CLIENT_AUTH)}")
     if auth in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven") and "client_ca_file" not in files:
         problems.append(f"{where}.client_ca_file: required with client_auth_type {auth}")
-    versions = {}
+    return auth
+
+
+def _tls_versions(raw: dict[str, object], where: str, problems: list[str]) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
+    found = []
     for key, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         version = str(raw.get(key, default))
         if version not in _VERSIONS:
             problems.append(f"{where}.{key}: {version!r} is not one of {', '.join(_VERSIONS)}")
-        versions[key] = version
-    prefer = raw.get("prefer_server_cipher_suites", True)
-    if not isinstance(prefer, bool):
-        problems.append(f"{where}.prefer_server_cipher_suites: expected true or false")
-    if problems:
-        return None, None
-    if _VERSIONS[versions["min_version"]] > _VERSIONS[versions["max_version"]]:
+        found.append(_VERSIONS.get(version, ssl.TLSVersion.TLSv1_2))
+    if found[0] > found[1]:
         problems.append(f"{where}.max_version: below min_version")
-        return None, None
+    return found[0], found[1]
+
+
+def _context(files: dict[str, Path], auth: str, versions: tuple[ssl.TLSVersion, ssl.TLSVersion], *,
+             prefer: bool) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _VERSIONS[versions["min_version"]]
-    context.maximum_version = _VERSIONS[versions["max_version"]]
+    context.minimum_version, context.maximum_version = versions
     if prefer:
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    try:
-        context.load_cert_chain(files["cert_file"], files["key_file"])
-        if "client_ca_file" in files:
-            context.load_verify_locations(cafile=str(files["client_ca_file"]))
-    except (ssl.SSLError, OSError) as exc:
-        problems.append(f"{where}: cannot load the certificate, key or CA: {exc}")
-        return None, None
+    context.load_cert_chain(files["cert_file"], files["key_file"])
+    if "client_ca_file" in files:
+        context.load_verify_locations(cafile=str(files["client_ca_file"]))
     context.verify_mode = _CLIENT_AUTH[auth]
-    return context, (files["cert_file"], files["key_file"])
+    return context

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from exporter.collector import CollectorOptions
 from exporter.counting import apply_runs, new_flow_state
 from exporter.exposition import FlowExposition
+from exporter.metrics import CollectorOptions
 from exporter.model import Flow, parse_flow, parse_run
 from exporter.values import Snapshot
 from tests.conftest import Sim, make_config, make_exporter

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from exporter.collector import CollectorOptions, FlowCollector
 from exporter.exposition import OPENMETRICS_EOF, FlowExposition
+from exporter.metrics import CollectorOptions, FlowCollector
 from exporter.values import Snapshot
 from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import parse_samples, pick

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.cli import main
-from exporter.collector import CollectorOptions
 from exporter.counting import apply_runs, new_flow_state
 from exporter.errors import PayloadError
 from exporter.exposition import FlowExposition
+from exporter.metrics import CollectorOptions
 from exporter.model import Run, parse_flow, parse_run
 from exporter.values import Snapshot
 from tests.helpers import parse_samples

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from exporter.collector import CollectorOptions, build_families
 from exporter.counting import apply_runs, new_flow_state
 from exporter.errors import PayloadError
 from exporter.exposition import generate
+from exporter.metrics import CollectorOptions, build_families
 from exporter.model import normalize_status, parse_flow, parse_run, snake_case
 from exporter.store import MemoryStore
 from exporter.tracker import Tracker

@@ -9,7 +9,7 @@ import subprocess
 import aiohttp
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
-from exporter.collector import FAMILIES
+from exporter.metrics import FAMILIES
 from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import parse_samples, scrape, serve, value
 
@@ -29,7 +29,7 @@ async def test_metrics_parse_and_pass_promtool_check_metrics(sim: Sim, promtool:
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
     samples = parse_samples(text)
     names = {name for name, _labels in samples}
-    for family, typ, _help in FAMILIES:  # every family of the contract is produced by the simulator's data
+    for family, typ, *_rest in FAMILIES:  # every family of the contract is produced by the simulator's data
         wanted = {"counter": f"{family}_total", "histogram": f"{family}_count"}.get(typ, family)
         assert wanted in names, wanted
     for self_metric in ("aep_exporter_build_info", "aep_exporter_api_requests_total", "aep_exporter_polls_total",

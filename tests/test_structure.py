@@ -1,0 +1,120 @@
+"""The shape the code keeps: every metric defined once and documented, config free of the web stack, no import
+cycle, and small functions (radon's measures), so adding a metric or changing the counting rule touches one place."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from radon.complexity import cc_visit
+
+from exporter import metrics
+
+ROOT = Path(__file__).parent.parent
+PACKAGE = ROOT / "exporter"
+MAX_LINES = 60
+MAX_COMPLEXITY = 15
+
+
+def expand(pattern: str) -> list[str]:
+    """``aep_flow_{input,output}_bytes`` -> both names."""
+    parts = re.split(r"\{([^}]*)\}", pattern)
+    choices = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
+    return ["".join(c) for c in itertools.product(*choices)]
+
+
+def readme_reference() -> dict[str, tuple[str, set[str]]]:
+    """Every metric row of README's reference: exposed name -> (type, extra labels)."""
+    rows: dict[str, tuple[str, set[str]]] = {}
+    text = (ROOT / "README.md").read_text()
+    reference = text[text.index("## Metric reference"):]
+    for line in reference.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`aep_"):
+            continue
+        labels = {x.strip() for x in cells[2].strip("`").split(",") if x.strip()}
+        for name in re.findall(r"`(aep_[^`]+)`", cells[0]):
+            for full in expand(name):
+                rows[full] = (cells[1].split(",")[0].split(" ")[0], labels)
+    return rows
+
+
+def exposed(family: metrics.Family) -> str:
+    return f"{family.name}_total" if family.type == "counter" else family.name
+
+
+def test_readme_metric_reference_matches_the_definitions() -> None:
+    """Every family defined in metrics.py is in README's reference with its type and labels, and nothing else is."""
+    reference = readme_reference()
+    defined = {exposed(f): f for f in (*metrics.FAMILIES, *metrics.SELF_FAMILIES)}
+    assert set(reference) == set(defined), (set(reference) ^ set(defined))
+    for name, family in defined.items():
+        typ, labels = reference[name]
+        assert typ == family.type, (name, typ, family.type)
+        implicit = {"sandbox", "flow_id"} if family in metrics.FAMILIES else set()
+        assert labels - implicit == set(family.labels), (name, labels, family.labels)
+
+
+def test_metric_names_are_written_in_one_module_only() -> None:
+    """Only metrics.py spells a metric name; everything else takes it from there."""
+    spelled = {path.relative_to(ROOT).as_posix() for path in PACKAGE.rglob("*.py")
+               if re.search(r"""["']aep_(flow|exporter)_""", path.read_text())}
+    assert spelled == {"exporter/metrics.py"}
+
+
+def test_importing_the_config_loads_neither_aiohttp_nor_bcrypt() -> None:
+    """check-config needs no web stack: exporter.config imports neither aiohttp nor bcrypt."""
+    code = "import sys, exporter.config; print(sorted({'aiohttp', 'bcrypt'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def imports_of(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("exporter"):
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("exporter"))
+    return names
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    """Dependencies flow one way: the module import graph of the package is acyclic."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in PACKAGE.rglob("*.py")}
+    graph = {name: {m for m in imports_of(path) if m in modules and m != name} for name, path in modules.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            assert state.get(nxt) != 1, "import cycle: " + " -> ".join([*trail, node, nxt])
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [])
+
+
+def test_no_function_is_long_or_complex_outside_the_simulator() -> None:
+    """In exporter/ (the simulator aside) no function is over 60 lines or of cyclomatic complexity over 15."""
+    offenders: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        if "simulator" in path.parts:
+            continue
+        for block in cc_visit(path.read_text()):
+            for item in [block, *getattr(block, "methods", [])]:
+                if type(item).__name__ == "Class":
+                    continue
+                length = item.endline - item.lineno + 1
+                if length > MAX_LINES or item.complexity > MAX_COMPLEXITY:
+                    offenders.add(f"{path.name}:{item.name} {length} lines, complexity {item.complexity}")
+    assert not offenders, sorted(offenders)
