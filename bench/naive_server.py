@@ -11,8 +11,8 @@ import argparse
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.metrics import CollectorOptions, FlowCollector
 from exporter.config import DEFAULT_BUCKETS
+from exporter.metrics import CollectorOptions, FlowCollector
 from exporter.store import SqliteStore
 from exporter.tracker import Tracker
 

@@ -23,13 +23,14 @@ from exporter.bodies import ACCEPT_ENCODING
 from exporter.client import FlowServiceClient
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError
+from exporter.exposition import SELF_TTL, MetricsRenderer
 from exporter.metrics import CollectorOptions
 from exporter.poller import OnceLog, PollSettings, SandboxPoller
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import Store, open_store
 from exporter.tracker import Tracker
 from exporter.values import Snapshot
-from exporter.web import SELF_TTL, MetricsRenderer, WebSecurity, create_web_app
+from exporter.web import WebSecurity, create_web_app
 
 log = structlog.get_logger(__name__)
 

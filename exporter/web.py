@@ -1,11 +1,8 @@
-"""HTTP face of the exporter: ``/metrics``, ``/``, ``/healthz``, ``/readyz``.
+"""HTTP face of the exporter: thin handlers for ``/metrics``, ``/``, ``/healthz``, ``/readyz`` and
+``/-/reload``, the landing page, and the web config file kept live (basic auth, headers).
 
-``/metrics`` = the flow block + the self-metrics block. The flow block comes from the per-flow render cache
-(exposition.py), assembled off the event loop once per published snapshot and format, and served from
-memory, so a scrape costs about the same with 10 flows or 5,000; only the small self-metrics block is
-rendered per scrape. Gzip reuses a compressor that has already eaten the cached block: a copy of it
-compresses just the per-scrape tail, and the result is one ordinary gzip stream. Parts are written as they
-are, never concatenated into a second copy of a large body.
+``/metrics`` writes the parts exposition.py's renderer hands it, in slices, never concatenated into a second
+copy of a large body.
 """
 
 from __future__ import annotations
@@ -19,146 +16,28 @@ import html
 import os
 import ssl
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
-from prometheus_client.openmetrics import exposition as openmetrics_format
 
 from exporter import __version__
 from exporter.errors import ConfigError
-from exporter.exposition import FlowExposition
-from exporter.metrics import CollectorOptions
+from exporter.exposition import Format, MetricsRenderer
 from exporter.values import Snapshot
 from exporter.webconfig import WebConfig, load_web_config
 
 log = structlog.get_logger(__name__)
 
-TEXT_TYPE = text_format.CONTENT_TYPE_PLAIN_0_0_4  # our names are legacy-valid: same bytes, widest support
-OPENMETRICS_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
 LANDING_FLOW_ROWS = 1000
 WRITE_CHUNK = 256 * 1024
 """/metrics is written in slices of this size, so a slow reader never makes the transport copy a 40 MB body."""
-
-
-SELF_TTL = 0.25
-"""Seconds a rendered self-metrics block is reused: a scrape storm renders it 4 times a second, not per scrape."""
-
-
-@dataclass
-class _Rendered:
-    version: int
-    body: bytes
-    gzip_prefix: bytes | None = None
-    gzip_state: zlib._Compress | None = None  # a zlib compressor that has consumed ``body``; copied per scrape
-    gzip_tail: tuple[bytes, bytes] | None = None  # (self block, its compressed tail after this body)
-
-
-class MetricsRenderer:
-    """Caches the flow block per snapshot version and format; see the module docstring."""
-
-    def __init__(self, source: Callable[[], Snapshot], options: CollectorOptions,
-                 self_registry: CollectorRegistry, *, self_ttl: float = SELF_TTL) -> None:
-        self._source = source
-        self._self_registry = self_registry
-        self._self_ttl = self_ttl
-        self._self_cache: dict[bool, tuple[float, bytes]] = {}
-        self._expositions = {om: FlowExposition(options, openmetrics=om) for om in (False, True)}
-        self._cache: dict[bool, _Rendered] = {}
-        self._locks = {False: asyncio.Lock(), True: asyncio.Lock()}
-        self._gzip_lock = asyncio.Lock()
-        self._gzip_wanted = False  # once a client asked for gzip, each new block is compressed as it is rendered
-        self.renders = 0
-
-    @property
-    def flows_rendered(self) -> int:
-        """How many per-flow renders happened (a flow is re-rendered only when its state changed)."""
-        return sum(e.flows_rendered for e in self._expositions.values())
-
-    def set_options(self, options: CollectorOptions) -> None:
-        """New cardinality controls (config reload): every cached render is dropped."""
-        self._expositions = {om: FlowExposition(options, openmetrics=om) for om in (False, True)}
-        self._cache.clear()
-
-    async def _flow_block(self, openmetrics: bool) -> _Rendered:
-        cached = self._cache.get(openmetrics)
-        if cached is not None and cached.version == self._source().version:
-            return cached
-        async with self._locks[openmetrics]:
-            snapshot = self._source()
-            cached = self._cache.get(openmetrics)
-            if cached is not None and cached.version == snapshot.version:
-                return cached
-            exposition = self._expositions[openmetrics]
-            self._cache.pop(openmetrics, None)  # let the old block go before the new one is built (peak memory)
-            rendered = await asyncio.get_running_loop().run_in_executor(
-                None, _render_block, exposition, snapshot, self._gzip_wanted)
-            self.renders += 1
-            self._cache[openmetrics] = rendered
-            return rendered
-
-    def self_block(self, openmetrics: bool) -> bytes:
-        """The exporter's own metrics (OpenMetrics ends with its ``# EOF``), at most ``self_ttl`` old."""
-        now = time.monotonic()
-        cached = self._self_cache.get(openmetrics)
-        if cached is not None and now - cached[0] < self._self_ttl:
-            return cached[1]
-        if openmetrics:
-            body: bytes = openmetrics_format.generate_latest(self._self_registry)  # type: ignore[no-untyped-call]
-        else:
-            body = text_format.generate_latest(self._self_registry)
-        self._self_cache[openmetrics] = (now, body)
-        return body
-
-    async def _gzip_state(self, block: _Rendered) -> tuple[bytes, zlib._Compress]:
-        self._gzip_wanted = True
-        if block.gzip_state is None or block.gzip_prefix is None:
-            async with self._gzip_lock:
-                if block.gzip_state is None or block.gzip_prefix is None:
-                    await asyncio.get_running_loop().run_in_executor(None, _compress, block)
-        assert block.gzip_prefix is not None  # noqa: S101 -- _compress sets both
-        assert block.gzip_state is not None  # noqa: S101
-        return block.gzip_prefix, block.gzip_state
-
-    async def render_parts(self, *, openmetrics: bool, gzip: bool) -> list[bytes]:
-        """The ``/metrics`` body as parts to write in order (their concatenation is the body)."""
-        block = await self._flow_block(openmetrics)
-        tail = self.self_block(openmetrics)
-        if not gzip:
-            return [block.body, tail]
-        prefix, state = await self._gzip_state(block)
-        if block.gzip_tail is None or block.gzip_tail[0] is not tail:
-            compressor = state.copy()
-            block.gzip_tail = (tail, compressor.compress(tail) + compressor.flush())
-        return [prefix, block.gzip_tail[1]]
-
-    async def render(self, *, openmetrics: bool, gzip: bool) -> bytes:
-        """The whole ``/metrics`` body as one bytes object (for ``once`` and tests)."""
-        return b"".join(await self.render_parts(openmetrics=openmetrics, gzip=gzip))
-
-
-def _compress(block: _Rendered) -> None:
-    """Feed the block to a gzip compressor once; per scrape only a copy of it compresses the small tail."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-    block.gzip_prefix = compressor.compress(block.body)
-    block.gzip_state = compressor
-
-
-def _render_block(exposition: FlowExposition, snapshot: Snapshot, gzip: bool) -> _Rendered:
-    """Off the event loop: assemble the flow block and, when clients use gzip, compress it right away."""
-    block = _Rendered(version=snapshot.version, body=exposition.render(snapshot))
-    if gzip:
-        _compress(block)
-    return block
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -232,7 +111,7 @@ def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
         gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
         parts = await renderer.render_parts(openmetrics=openmetrics, gzip=gzip)
-        content_type = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
+        content_type = Format.of(openmetrics=openmetrics).content_type
         headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
         if gzip:
             headers["Content-Encoding"] = "gzip"
