@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
@@ -27,7 +28,7 @@ from exporter.exposition import SELF_TTL, MetricsRenderer
 from exporter.metrics import CollectorOptions
 from exporter.poller import OnceLog, PollSettings, SandboxPoller
 from exporter.selfmetrics import SelfMetrics
-from exporter.store import Store, open_store
+from exporter.store import MemoryStore, open_store
 from exporter.tracker import Tracker
 from exporter.values import Snapshot
 from exporter.web import WebSecurity, create_web_app
@@ -58,7 +59,8 @@ def _settings(config: Config) -> PollSettings:
 
 
 class Exporter:
-    """The daemon: state, pollers and web app for one config."""
+    """The daemon: state, pollers and web app for one config. ``start()`` opens what it needs (the state file, the
+    HTTP session) and, when asked, starts polling; ``close()`` stops and releases everything it started."""
 
     def __init__(self, config: Config, *, registry: CollectorRegistry | None = None,
                  tuning: Tuning | None = None, clock: Callable[[], float] = time.time,
@@ -69,21 +71,7 @@ class Exporter:
         self.clock = clock
         self.registry = registry or CollectorRegistry()
         self.metrics = SelfMetrics(self.registry)
-        self.store: Store = open_store(config.state.path)
-        self.tracker = Tracker(self.store, [s.name for s in config.sandboxes])
-        states, resets = self.store.load(config.metrics.duration_buckets, int(clock() * 1000))
-        by_name = {s.name: s for s in config.sandboxes}
-        self.tracker.restore(
-            dataclasses.replace(s, labels=by_name[s.sandbox].labels_for(s.flow_id), up=True)
-            for s in states if s.sandbox in by_name
-        )
-        self.store.delete([s.key for s in states if s.sandbox not in by_name])  # sandboxes no longer configured
-        for sandbox, flow_id in resets:
-            log.warning("histogram_reset", sandbox=sandbox, flow_id=flow_id,
-                        reason="metrics.duration_buckets changed since the state file was written, "
-                               "or the stored histogram was not valid")
-        if states:
-            log.info("state_loaded", path=config.state.path, flows=len(states))
+        self.tracker = Tracker(MemoryStore(), [s.name for s in config.sandboxes])  # the state file opens in start()
         self.renderer = MetricsRenderer(self.tracker.snapshot, _options(config), self.registry,
                                         self_ttl=self.tuning.self_metrics_ttl)
         self.web_security = WebSecurity(config.server.web_config_path, config.server.web)
@@ -91,7 +79,9 @@ class Exporter:
         self.pollers: list[SandboxPoller] = []
         self._session: aiohttp.ClientSession | None = None
         self._auth: TokenProvider | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._auth_for: tuple[str, ...] = ()
+        self._loops: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[object]] = set()  # reloads asked for by SIGHUP
         self.metrics.shard_index.set(config.shard.index)
         self.metrics.shard_total.set(config.shard.total)
         self.metrics.reload_ok.set(1)
@@ -100,24 +90,52 @@ class Exporter:
     def snapshot(self) -> Snapshot:
         return self.tracker.snapshot()
 
-    async def start(self) -> None:
-        """Open the HTTP session and build the pollers (no request is made yet)."""
+    async def start(self, *, poll: bool = False) -> None:
+        """Open the state file (serving what it holds at once) and the HTTP session, and build the pollers; with
+        ``poll``, start one polling loop per sandbox. Calling it again only starts the loops if asked."""
         if self._session is None:
+            await self._open_state()
             # The session does not decompress: bodies.py does, with a cap on the inflated size (gzip bombs).
             self._session = aiohttp.ClientSession(
                 auto_decompress=False,
                 headers={"User-Agent": f"aep-flow-exporter/{__version__}", "Accept-Encoding": ACCEPT_ENCODING})
-        self._build_pollers()
+            self._build_pollers()
+        if poll and not self._loops:
+            self._start_loops()
+
+    async def _open_state(self) -> None:
+        config = self.config
+        path = config.state.path
+        states, resets = await self.tracker.attach(lambda: open_store(path), config.metrics.duration_buckets,
+                                                   int(self.clock() * 1000))
+        by_name = {s.name: s for s in config.sandboxes}
+        self.tracker.restore(
+            dataclasses.replace(s, labels=by_name[s.sandbox].labels_for(s.flow_id), up=True)
+            for s in states if s.sandbox in by_name
+        )
+        await self.tracker.purge(s.key for s in states if s.sandbox not in by_name)  # sandboxes no longer configured
+        for sandbox, flow_id in resets:
+            log.warning("histogram_reset", sandbox=sandbox, flow_id=flow_id,
+                        reason="metrics.duration_buckets changed since the state file was written, "
+                               "or the stored histogram was not valid")
+        if states:
+            log.info("state_loaded", path=path, flows=len(states))
 
     def _build_pollers(self) -> None:
         assert self._session is not None  # noqa: S101 -- start() opened it
         config = self.config
         rng = random.Random(self.tuning.seed)  # noqa: S311 -- jitter, not cryptography
-        self._auth = TokenProvider(session=self._session, url=config.adobe.ims_token_url,
-                                   client_id=config.adobe.client_id, client_secret=config.adobe.client_secret,
-                                   scopes=config.adobe.scopes, metrics=self.metrics, timeout=config.poll.timeout,
-                                   retries=min(config.poll.retries, 2), backoff_base=self.tuning.backoff_base,
-                                   clock=self.clock, rng=rng)
+        credentials = (config.adobe.ims_token_url, config.adobe.client_id, config.adobe.client_secret.reveal(),
+                       config.adobe.scopes)
+        if self._auth is None or credentials != self._auth_for:
+            if self._auth is not None:
+                self._auth.invalidate()  # a token of the old credentials is never used again
+            self._auth = TokenProvider(session=self._session, url=config.adobe.ims_token_url,
+                                       client_id=config.adobe.client_id, client_secret=config.adobe.client_secret,
+                                       scopes=config.adobe.scopes, metrics=self.metrics, timeout=config.poll.timeout,
+                                       retries=min(config.poll.retries, 2), backoff_base=self.tuning.backoff_base,
+                                       clock=self.clock, rng=rng)
+            self._auth_for = credentials
         client = FlowServiceClient(session=self._session, base_url=config.adobe.flow_service_url, auth=self._auth,
                                    client_id=config.adobe.client_id, org_id=config.adobe.org_id,
                                    metrics=self.metrics, timeout=config.poll.timeout, retries=config.poll.retries,
@@ -135,22 +153,25 @@ class Exporter:
         results = await asyncio.gather(*(p.cycle() for p in self.pollers))
         return all(results)
 
-    def start_polling(self) -> None:
-        """Start one background loop per sandbox."""
+    def _start_loops(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(p.run(), name=f"poll-{p.name}") for p in self.pollers]
+        self._loops = [loop.create_task(p.run(), name=f"poll-{p.name}") for p in self.pollers]
 
-    async def stop_polling(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+    async def _stop_loops(self) -> None:
+        await _cancel(self._loops)
+        self._loops = []
+
+    def reload_soon(self) -> None:
+        """Reload in the background (SIGHUP); the task is owned, and cancelled by ``close()``."""
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Stop the loops, close the session and the state file."""
-        await self.stop_polling()
+        """Stop any reload under way (first: it could start loops again), the loops, then close the session and
+        the state file."""
+        await _cancel(list(self._tasks))
+        await self._stop_loops()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -169,16 +190,12 @@ class Exporter:
             log.error("config_reload_failed", problems=list(exc.problems))  # noqa: TRY400 -- the problems list is the useful part, not a traceback
             return False
         self.web_security.refresh(force=True)  # the web config file is re-read on every reload, even unchanged
-        old = self.config.server
-        if (new.server.host, new.server.port, new.server.web_config_file, new.server.enable_lifecycle) != (
-                old.host, old.port, old.web_config_file, old.enable_lifecycle):
-            log.warning("server_settings_not_reloaded", hint="listen, web_config_file and enable_lifecycle "
-                        "take effect at the next restart")
-        running = bool(self._tasks)
-        await self.stop_polling()
+        self._warn_unreloadable(new)
+        running = bool(self._loops)
+        await self._stop_loops()
         removed = {s.name for s in self.config.sandboxes} - {s.name for s in new.sandboxes}
         self.config = new
-        self.tracker.set_sandboxes([s.name for s in new.sandboxes])
+        await self.tracker.set_sandboxes([s.name for s in new.sandboxes])
         for name in removed:
             self.metrics.forget_sandbox(name)
         self.renderer.set_options(_options(new))
@@ -187,26 +204,31 @@ class Exporter:
         if self._session is not None:
             self._build_pollers()
         if running:
-            self.start_polling()
+            self._start_loops()
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(self.clock())
         log.info("config_reloaded", sandboxes=[s.name for s in new.sandboxes])
         return True
 
+    def _warn_unreloadable(self, new: Config) -> None:
+        old = self.config.server
+        if (new.server.host, new.server.port, new.server.web_config_file, new.server.enable_lifecycle) != (
+                old.host, old.port, old.web_config_file, old.enable_lifecycle):
+            log.warning("server_settings_not_reloaded", hint="listen, web_config_file and enable_lifecycle "
+                        "take effect at the next restart")
+
     def web_app(self, *, poll: bool = True) -> web.Application:
-        """The aiohttp app; its cleanup context starts and stops the pollers with the server."""
+        """The aiohttp app; its cleanup context starts the exporter (and its polling loops) and closes it."""
         server = self.config.server
         app = create_web_app(renderer=self.renderer, snapshot=self.snapshot,
                              security=self.web_security,
                              reload=self.reload if server.enable_lifecycle else None)
 
         async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-            await self.start()
-            if poll:
-                self.start_polling()
+            await self.start(poll=poll)
             loop = asyncio.get_running_loop()
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+                loop.add_signal_handler(signal.SIGHUP, self.reload_soon)
             yield
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
@@ -215,3 +237,11 @@ class Exporter:
 
         app.cleanup_ctx.append(lifecycle)
         return app
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

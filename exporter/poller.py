@@ -141,7 +141,7 @@ class SandboxPoller:
             return False
         selected, dropped = self._select(flows)
         wanted = {f.id for f in selected} | set(missing)
-        self._tracker.remove([k for k in self._tracker.keys(name) if k[1] not in wanted])
+        await self._tracker.remove([k for k in self._tracker.keys(name) if k[1] not in wanted])
         for flow_id in missing:
             self._flow_down(flow_id, None, "not found")
         try:

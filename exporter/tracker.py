@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from exporter.store import MemoryStore, Store
+from exporter.store import Store
 from exporter.values import FlowState, SandboxStatus, Snapshot
 
 
@@ -21,13 +21,38 @@ class Tracker:
 
     def __init__(self, store: Store, sandboxes: Iterable[str] = ()) -> None:
         self._store = store
-        # SQLite commits (and WAL checkpoints, which fsync) run on one writer thread, off the event loop.
-        self._writer = None if isinstance(store, MemoryStore) else ThreadPoolExecutor(1, "state-writer")
+        # Every store call (SQLite commits and WAL checkpoints fsync) runs on this one thread, off the event loop,
+        # in the order the calls were made: the store is only ever used by one thread.
+        self._writer = ThreadPoolExecutor(1, "state-writer")
         self._flows: dict[tuple[str, str], FlowState] = {}
         self._sandboxes: dict[str, SandboxStatus] = {name: SandboxStatus(name=name) for name in sandboxes}
         self._version = 0  # of the flows only: what the rendered exposition depends on
         self._dirty = True
         self._snapshot = Snapshot(version=0, flows=(), sandboxes=tuple(self._sandboxes.values()))
+
+    async def attach(self, opener: Callable[[], Store], buckets: tuple[float, ...],
+                     now_ms: int) -> tuple[list[FlowState], list[tuple[str, str]]]:
+        """Open the real store and load what it holds, both on the writer thread; it replaces the in-memory
+        store the tracker was made with. Returns the stored states and the keys whose histogram was reset."""
+
+        def open_and_load() -> tuple[Store, tuple[list[FlowState], list[tuple[str, str]]]]:
+            store = opener()
+            try:
+                return store, store.load(buckets, now_ms)
+            except BaseException:
+                store.close()
+                raise
+
+        store, loaded = await asyncio.get_running_loop().run_in_executor(self._writer, open_and_load)
+        self._store.close()
+        self._store = store
+        return loaded
+
+    async def purge(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Delete stored states that are not tracked (sandboxes no longer configured), on the writer thread."""
+        doomed = list(keys)
+        if doomed:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._store.delete, doomed)
 
     def restore(self, states: Iterable[FlowState]) -> None:
         """Take states loaded from the store (without writing them back), and publish them."""
@@ -43,7 +68,8 @@ class Tracker:
         return [k for k in self._flows if k[0] == sandbox]
 
     def put(self, state: FlowState) -> None:
-        """Replace one flow's state in memory only (what is not persisted: labels, up, a new description)."""
+        """Replace one flow's state in memory only: for what the store does not keep (labels, ``up``) or what the
+        next save will carry (a flow whose description is unchanged)."""
         if self._flows.get(state.key) == state:
             return
         self._flows[state.key] = state
@@ -54,31 +80,28 @@ class Tracker:
         Prometheus has seen can never go back after a crash (which it would take for a reset)."""
         if self._flows.get(state.key) == state:
             return
-        if self._writer is None:
-            self._store.save(state)
-        else:
-            await asyncio.get_running_loop().run_in_executor(self._writer, self._store.save, state)
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._store.save, state)
         self.put(state)
 
     def close(self) -> None:
         """Finish pending writes and release the store."""
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
         self._store.close()
 
-    def remove(self, keys: Iterable[tuple[str, str]]) -> None:
+    async def remove(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Forget flows no longer tracked: deleted from the store (on the writer thread), then from view."""
         doomed = [k for k in keys if k in self._flows]
         if doomed:
-            self._store.delete(doomed)
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._store.delete, doomed)
             for key in doomed:
                 del self._flows[key]
             self._changed()
 
-    def set_sandboxes(self, names: Iterable[str]) -> None:
+    async def set_sandboxes(self, names: Iterable[str]) -> None:
         """Track exactly these sandboxes (a reload may add or drop some); flows of dropped ones go too."""
         wanted = list(names)
         self._sandboxes = {n: self._sandboxes.get(n, SandboxStatus(name=n)) for n in wanted}
-        self.remove([k for k in self._flows if k[0] not in self._sandboxes])
+        await self.remove([k for k in self._flows if k[0] not in self._sandboxes])
         self._dirty = True
         self.publish()
 

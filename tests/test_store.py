@@ -72,8 +72,10 @@ async def test_corrupt_entry_gives_a_clear_error(sim: Sim, tmp_path: Path) -> No
     db.execute("UPDATE flows SET state = ? WHERE sandbox = ? AND flow_id = ?", (json.dumps(data), sandbox, flow_id))
     db.commit()
     db.close()
+    again = make_exporter(make_config(sim.url, state_path=str(path)))
     with pytest.raises(StateError, match=flow_id):
-        make_exporter(make_config(sim.url, state_path=str(path)))
+        await again.start()  # the state file is opened and loaded at start, not in the constructor
+    await again.close()
 
 
 async def test_changed_buckets_reset_only_the_histogram(sim: Sim, tmp_path: Path) -> None:
@@ -88,11 +90,12 @@ async def test_changed_buckets_reset_only_the_histogram(sim: Sim, tmp_path: Path
     await exporter.close()
     again = make_exporter(make_config(sim.url, state_path=str(path),
                                       metrics=MetricsConfig(duration_buckets=(10.0, 100.0))))
+    await again.start()
     for state in again.snapshot().flows:
         assert state.durations.bounds == (10.0, 100.0)
         assert state.durations.count == 0
         assert dict(state.runs_total) == totals[state.key]
-    again.tracker.close()
+    await again.close()
 
 
 async def test_counted_run_ids_stay_bounded_over_many_cycles(sim: Sim, tmp_path: Path) -> None:
