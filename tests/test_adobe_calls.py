@@ -25,8 +25,8 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import Credentials
 from exporter.tracker import Tracker
 from exporter.values import FlowState
-from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import parse_samples, pick, scrape, serve, value
+from tests.simulation import Sim, make_config, make_exporter
 
 
 def bomb(inflated: int, *, gzip: bool) -> bytes:

@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import make_config, make_exporter, make_world, start_sim
 from tests.servers import RULES, WebhookSink, alertmanager, binary, prometheus
+from tests.simulation import make_config, make_exporter, make_world, start_sim
 
 ROOT = Path(__file__).parent.parent
 AM_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"

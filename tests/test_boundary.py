@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
+from exporter.app import Exporter
 from exporter.counting import apply_runs, new_flow_state
 from exporter.exposition import FlowExposition
 from exporter.metrics import CollectorOptions
 from exporter.model import Flow, parse_flow, parse_run
 from exporter.values import Snapshot
-from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import assert_matches_truth, parse_samples, pick, scrape, serve, value
+from tests.simulation import Sim, make_config, make_exporter
 
 NOW = 1_790_000_000_000
 FLOW = "f0000000-0000-4000-8000-000000000002"
@@ -114,23 +116,19 @@ def test_a_flow_that_still_fails_to_render_is_left_out_alone(promtool: str) -> N
     assert proc.returncode == 0, proc.stderr
 
 
-async def test_hostile_payloads_in_one_flow_blind_nothing_and_change_no_counter(sim: Sim, promtool: str) -> None:
+async def test_hostile_payloads_in_one_flow_blind_nothing_and_change_no_counter(
+        sim: Sim, served: tuple[Exporter, TestServer], promtool: str) -> None:
     """A flow whose payloads carry a lone surrogate, 10^400 and 1e400 counts, an end in the year 33658 and 3,000
     activities: /metrics and / answer 200, every counter equals ground truth, that flow's name shows U+FFFD."""
+    exporter, server = served
     victim = next(iter(sim.world.flows["prod"]))
     sim.simulator.faults.hostile_flows = [victim]
-    exporter = make_exporter(make_config(sim.url), world=sim.world)
-    server = await serve(exporter)
-    try:
-        for _ in range(3):
-            assert await exporter.poll_once()
-            sim.world.clock.advance(20 * 60)
+    for _ in range(3):
         assert await exporter.poll_once()
-        status, text, _h = await scrape(server)
-        page_status, page, _h = await scrape(server, "/")
-    finally:
-        await server.close()
-        await exporter.close()
+        sim.world.clock.advance(20 * 60)
+    assert await exporter.poll_once()
+    status, text, _h = await scrape(server)
+    page_status, page, _h = await scrape(server, "/")
     assert (status, page_status) == (200, 200)
     assert "\ufffd" in page  # the victim's cleaned name is on the landing page
     samples = parse_samples(text)

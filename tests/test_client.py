@@ -29,7 +29,7 @@ from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import Credentials
 from exporter.simulator.server import API_PREFIX, IMS_PATH
 from exporter.values import Secret
-from tests.conftest import Sim, make_world, start_sim
+from tests.simulation import Sim, make_world, start_sim
 
 
 @dataclass

@@ -17,8 +17,8 @@ from exporter.app import Exporter, Tuning
 from exporter.config import load_config
 from exporter.errors import StateError
 from exporter.store import SqliteStore
-from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import parse_samples, scrape, serve, sim_config_yaml, value
+from tests.simulation import Sim, make_config, make_exporter
 
 PY = [sys.executable, "-m", "exporter"]
 

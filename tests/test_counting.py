@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import assert_matches_truth, parse_samples, poll_and_scrape, scrape, serve, value
+from tests.simulation import Sim, make_config, make_exporter
 
 
 async def test_counters_equal_ground_truth_after_runs_appear_complete_and_fail(sim: Sim) -> None:

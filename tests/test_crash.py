@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from exporter.simulator import Faults
-from tests.conftest import Sim, make_world, start_sim
 from tests.helpers import assert_matches_truth, free_port, parse_samples, sim_config_yaml
+from tests.simulation import Sim, make_world, start_sim
 from tests.test_query_modes import MODES
 
 PY = [sys.executable, "-m", "exporter"]

@@ -14,9 +14,9 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from exporter.simulator import SimClock
-from tests.conftest import make_config, make_exporter, make_world, start_sim
 from tests.helpers import parse_samples, scrape
 from tests.servers import RULES, prometheus, query
+from tests.simulation import make_config, make_exporter, make_world, start_sim
 
 DASHBOARDS = sorted((Path(__file__).parent.parent / "grafana" / "dashboards").glob("*.json"))
 METRIC = re.compile(r"\b(aep:[a-z0-9_:]+|aep_[a-z0-9_]+)")

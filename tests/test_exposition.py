@@ -12,8 +12,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from exporter.exposition import OPENMETRICS_EOF, FlowExposition
 from exporter.metrics import CollectorOptions, FlowCollector
 from exporter.values import Snapshot
-from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import parse_samples, pick
+from tests.simulation import Sim, make_config, make_exporter
 
 
 def reference(snapshot: Snapshot, options: CollectorOptions, openmetrics: bool) -> bytes:

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.simulator import Faults
-from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import (
     assert_matches_truth,
     assert_monotone,
@@ -17,6 +16,7 @@ from tests.helpers import (
     serve,
     value,
 )
+from tests.simulation import Sim, make_config, make_exporter
 
 
 @dataclass

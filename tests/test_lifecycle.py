@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter, Tuning
 from exporter.config import load_config
-from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import sim_config_yaml
+from tests.simulation import Sim, make_config, make_exporter
 
 
 def test_constructing_an_exporter_touches_nothing(sim: Sim, tmp_path: Path) -> None:

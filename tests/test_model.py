@@ -14,8 +14,8 @@ from exporter.metrics import CollectorOptions, build_families
 from exporter.model import normalize_status, parse_flow, parse_run, snake_case
 from exporter.store import MemoryStore
 from exporter.tracker import Tracker
-from tests.conftest import DATA
 from tests.helpers import Samples, parse_samples, value
+from tests.simulation import DATA
 
 FLOW_ID = "c9cef9cb-c934-4467-8ef9-cbc934546741"
 RUN_ID = "9830305a-985f-47d0-b030-5a985fd7d004"

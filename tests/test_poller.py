@@ -8,8 +8,8 @@ import pytest
 
 from exporter.config import MetricsConfig
 from exporter.poller import shard_of
-from tests.conftest import Sim, make_config, make_exporter, make_world, start_sim
 from tests.helpers import parse_samples, pick, poll_and_scrape, scrape, serve, value
+from tests.simulation import Sim, make_config, make_exporter, make_world, start_sim
 
 
 @pytest.mark.parametrize(("flows", "discover"), [(250, False), (250, True), (40, False)])

@@ -12,8 +12,8 @@ from urllib.parse import unquote_plus
 import pytest
 
 from exporter.simulator import Faults
-from tests.conftest import Sim, make_config, make_exporter, make_world, start_sim
 from tests.helpers import assert_matches_truth, parse_samples, pick, scrape, serve, value
+from tests.simulation import Sim, make_config, make_exporter, make_world, start_sim
 
 # mode name -> (simulator behaviour, the strategy the exporter must end up using)
 MODES: dict[str, tuple[dict[str, Any], str]] = {

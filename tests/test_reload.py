@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter, Tuning
 from exporter.config import load_config
-from tests.conftest import Sim
 from tests.helpers import parse_samples, pick, scrape, serve, sim_config_yaml, value
+from tests.simulation import Sim
 
 
 def _yaml(sim_url: str, flows: list[str], *, extra: str = "") -> str:

@@ -11,8 +11,8 @@ from structlog.testing import capture_logs
 
 from exporter.cli import main
 from exporter.simulator import Credentials, Faults
-from tests.conftest import make_config, make_exporter, make_world, start_sim
 from tests.helpers import scrape, serve
+from tests.simulation import make_config, make_exporter, make_world, start_sim
 
 SECRET = "S3cr3t-Value-7f1d0c9e"
 WRONG = "Wr0ng-Secret-44aa"

@@ -9,7 +9,7 @@ import pytest
 
 from exporter.simulator import Credentials, World
 from exporter.simulator.server import API_PREFIX, IMS_PATH
-from tests.conftest import Sim, make_world
+from tests.simulation import Sim, make_world
 
 
 async def _token(session: aiohttp.ClientSession, sim: Sim) -> str:

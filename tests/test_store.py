@@ -10,7 +10,7 @@ import pytest
 
 from exporter.errors import StateError
 from exporter.store import SqliteStore
-from tests.conftest import Sim, make_config, make_exporter
+from tests.simulation import Sim, make_config, make_exporter
 
 
 async def test_state_round_trips_through_the_file(sim: Sim, tmp_path: Path) -> None:

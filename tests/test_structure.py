@@ -118,3 +118,12 @@ def test_no_function_is_long_or_complex_outside_the_simulator() -> None:
                 if length > MAX_LINES or item.complexity > MAX_COMPLEXITY:
                     offenders.add(f"{path.name}:{item.name} {length} lines, complexity {item.complexity}")
     assert not offenders, sorted(offenders)
+
+
+def test_readme_drawing_names_every_module() -> None:
+    """README's "How it works" drawing shows every module of the package."""
+    text = (ROOT / "README.md").read_text()
+    drawing = text[text.index("## How it works"):text.index("- **Polling is in the background")]
+    modules = {p.name for p in PACKAGE.glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert {m for m in modules if m not in drawing} == set()
+    assert "simulator/" in drawing

@@ -10,8 +10,8 @@ import aiohttp
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from exporter.metrics import FAMILIES
-from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import parse_samples, scrape, serve, value
+from tests.simulation import Sim, make_config, make_exporter
 
 
 async def test_metrics_parse_and_pass_promtool_check_metrics(sim: Sim, promtool: str) -> None:

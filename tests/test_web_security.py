@@ -24,8 +24,8 @@ from exporter.app import Exporter, Tuning
 from exporter.config import load_config
 from exporter.errors import ConfigError
 from exporter.webconfig import load_web_config
-from tests.conftest import Sim
 from tests.helpers import free_port, sim_config_yaml, wait_http
+from tests.simulation import Sim
 from tests.test_webconfig import Certs, certs  # noqa: F401 -- the certificate fixture
 
 PY = [sys.executable, "-m", "exporter"]

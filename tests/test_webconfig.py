@@ -17,8 +17,8 @@ from aiohttp import web
 from exporter.cli import main
 from exporter.errors import ConfigError
 from exporter.webconfig import load_web_config
-from tests.conftest import Sim, make_config, make_exporter
 from tests.helpers import free_port
+from tests.simulation import Sim, make_config, make_exporter
 
 PASSWORD = "correct horse battery staple"
 
