@@ -97,6 +97,7 @@ class _Fold:
         self.runs_total = dict(state.runs_total)
         self.totals = dict(state.totals)
         self.codes = dict(state.error_codes)
+        self.record_codes = {outcome: dict(codes) for outcome, codes in state.record_codes.items()}
         self.durations = state.durations
         self.last_success, self.last_failure = state.last_success_ms, state.last_failure_ms
         self.last_completed = state.last_completed
@@ -150,9 +151,12 @@ class _Fold:
         if run.duration_seconds is not None:
             self.durations = self.durations.observe(run.duration_seconds)
         for code in sorted(run.error_codes):
-            known = code in self.codes or len([c for c in self.codes if c != "other"]) < self.max_error_codes
-            label = code if known else "other"
+            label = _capped(code, self.codes, self.max_error_codes)
             self.codes[label] = self.codes.get(label, 0) + 1
+        for outcome, code, count in run.record_codes:
+            codes = self.record_codes.setdefault(outcome, {})
+            label = _capped(code, codes, self.max_error_codes)
+            codes[label] = codes.get(label, 0) + count
 
     def drop_vanished(self, listed: Mapping[str, Run], window: Window) -> None:
         """Runs tracked in progress that the answer should hold but does not were deleted: stop tracking them."""
@@ -172,6 +176,14 @@ class _Fold:
         if window.field is not None:
             proven = min(proven, window.bound)
         return max(floor, proven)
+
+
+def _capped(code: str, seen: Mapping[str, int], limit: int) -> str:
+    """A code's label: itself while the flow has fewer than ``limit`` distinct codes (or already has it),
+    else ``other`` (labels from data stay bounded)."""
+    if code in seen or len([c for c in seen if c != "other"]) < limit:
+        return code
+    return "other"
 
 
 def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int, max_error_codes: int,
@@ -210,6 +222,7 @@ def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int
         totals=fold.totals,
         durations=fold.durations,
         error_codes=fold.codes,
+        record_codes=fold.record_codes,
     )
     return Update(state=new_state, counted=tuple(fold.newly_counted),
                   unknown_statuses=tuple(dict.fromkeys(fold.unknown_statuses)),

@@ -77,6 +77,9 @@ FAMILIES: tuple[Family, ...] = (
     Family.of("aep_flow_run_duration_seconds", "histogram", "Durations of completed runs."),
     Family.of("aep_flow_run_errors", "counter",
               "Completed runs that reported each error code (once per run and code).", ("code",)),
+    Family.of("aep_flow_record_codes", "counter",
+              "Records skipped, failed or warned about, by outcome and code (destination runs' recordSummary "
+              "skippedInfo, failedInfo, warningInfo), summed over counted runs.", ("outcome", "code")),
     Family.of("aep_exporter_flow_up", "gauge", "1 when the flow was read on the last poll, 0 when it could not be."),
 )
 """Every family the flow collector can produce, in exposition order."""
@@ -242,6 +245,10 @@ def _all_completed(fam: _Families, base: Mapping[str, str], state: FlowState) ->
     fam.add("aep_flow_run_duration_seconds", base, hist.sum, "aep_flow_run_duration_seconds_sum")
     for code in sorted(state.error_codes):
         fam.add("aep_flow_run_errors", {**base, "code": code}, state.error_codes[code], "aep_flow_run_errors_total")
+    for outcome in sorted(state.record_codes):
+        for code, count in sorted(state.record_codes[outcome].items()):
+            fam.add("aep_flow_record_codes", {**base, "outcome": outcome, "code": code}, count,
+                    "aep_flow_record_codes_total")
 
 
 class FlowCollector(Collector):

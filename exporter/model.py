@@ -59,9 +59,15 @@ RECORD_FIELDS = {
     "failed": "failedRecordCount",
     "skipped": "skippedRecordCount",
     "warning": "warningRecordCount",
+    "created": "createdRecordCount",  # destination (activation) runs: identities activated, updated, removed
+    "updated": "updatedRecordCount",
+    "deleted": "deletedRecordCount",
 }
-BYTE_FIELDS = {"input": "inputBytes", "output": "outputBytes"}
-FILE_FIELDS = {"input": "inputFileCount", "output": "outputFileCount", "failed": "failedFileCount"}
+BYTE_FIELDS = {"input": "inputBytes", "output": "outputBytes", "skipped": "skippedBytes", "failed": "failedBytes"}
+FILE_FIELDS = {"input": "inputFileCount", "output": "outputFileCount", "failed": "failedFileCount",
+               "skipped": "skippedFileCount"}
+RECORD_CODE_LISTS = {"skipped": "skippedInfo", "failed": "failedInfo", "warning": "warningInfo"}
+"""``recordSummary`` lists of ``{code, count}`` in destination runs, by outcome."""
 
 _SCHEDULE_UNITS = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 
@@ -150,6 +156,7 @@ class Run:
     raw_status: str | None
     counts: Counts
     error_codes: frozenset[str]
+    record_codes: tuple[tuple[str, str, int], ...] = ()  # (outcome, code, count) from skipped/failed/warningInfo
     activities: tuple[Activity, ...]
     unknown_fields: tuple[str, ...]
 
@@ -296,6 +303,29 @@ def _error_codes(status_summary: dict[str, Any]) -> set[str]:
     return codes
 
 
+def _record_codes(summary: dict[str, Any], check: _Checker) -> tuple[tuple[str, str, int], ...]:
+    """``skippedInfo``/``failedInfo``/``warningInfo`` as (outcome, code, count), counts summed per code; an
+    entry without a clean code or a valid count is noted and left out."""
+    totals: dict[tuple[str, str], int] = {}
+    for outcome, key in RECORD_CODE_LISTS.items():
+        entries = summary.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            check.invalid.append(f"recordSummary.{key}")
+            continue
+        for entry in entries:
+            raw_code, count = _obj(entry).get("code"), valid_count(_obj(entry).get("count"))
+            if isinstance(raw_code, int) and not isinstance(raw_code, bool) and 0 <= raw_code < 10**12:
+                raw_code = str(raw_code)
+            if not isinstance(raw_code, str) or not raw_code.strip() or count is None:
+                check.invalid.append(f"recordSummary.{key}")
+                continue
+            code = clean_text(raw_code.strip(), 64)
+            totals[(outcome, code)] = min(totals.get((outcome, code), 0) + count, MAX_COUNT)
+    return tuple((outcome, code, count) for (outcome, code), count in sorted(totals.items()))
+
+
 def _require_id(payload: object, what: str) -> tuple[dict[str, Any], str]:
     if not isinstance(payload, dict):
         raise PayloadError(f"{what} is not a JSON object")
@@ -351,6 +381,7 @@ def parse_run(payload: object, now_ms: int | None = None) -> Run:
         raw_status=clean_text(raw_status, 64) if isinstance(raw_status, str) else None,
         counts=counts,
         error_codes=frozenset(codes),
+        record_codes=_record_codes(_obj(metrics.get("recordSummary")), check),
         activities=tuple(sorted(_dedupe_activities(activities), key=lambda a: a.name)),
         unknown_fields=tuple(dict.fromkeys(check.invalid)),
     )

@@ -173,6 +173,9 @@ def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...],
         totals=load.tally(data["totals"]),
         durations=histogram,
         error_codes=load.tally(data["error_codes"]),
+        record_codes={load.text(outcome, 16): load.tally(codes)
+                      for outcome, codes in data.get("record_codes", {}).items()
+                      if outcome in ("skipped", "failed", "warning") and isinstance(codes, dict)},
     )
     return state, reset
 

@@ -26,11 +26,17 @@ class CountKey(StrEnum):
     RECORDS_FAILED = "records.failed"
     RECORDS_SKIPPED = "records.skipped"
     RECORDS_WARNING = "records.warning"
+    RECORDS_CREATED = "records.created"
+    RECORDS_UPDATED = "records.updated"
+    RECORDS_DELETED = "records.deleted"
     BYTES_INPUT = "bytes.input"
     BYTES_OUTPUT = "bytes.output"
+    BYTES_SKIPPED = "bytes.skipped"
+    BYTES_FAILED = "bytes.failed"
     FILES_INPUT = "files.input"
     FILES_OUTPUT = "files.output"
     FILES_FAILED = "files.failed"
+    FILES_SKIPPED = "files.skipped"
 
     @property
     def group(self) -> str:
@@ -166,6 +172,7 @@ class FlowState:
     totals: Mapping[str, int] = field(default_factory=dict)
     durations: Histogram = field(default_factory=lambda: Histogram.empty(()))
     error_codes: Mapping[str, int] = field(default_factory=dict)
+    record_codes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # outcome -> code -> count
 
     @property
     def key(self) -> tuple[str, str]:

@@ -20,8 +20,10 @@ from exporter.simulator.server import API_PREFIX, IMS_PATH
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
-COUNTER_FIELDS = [("records", k) for k in ("input", "output", "failed", "skipped", "warning")] + [
-    ("bytes", "input"), ("bytes", "output"), ("files", "input"), ("files", "output"), ("files", "failed")]
+COUNTER_FIELDS = [("records", k) for k in ("input", "output", "failed", "skipped", "warning", "created", "updated",
+                                           "deleted")] + [
+    ("bytes", "input"), ("bytes", "output"), ("bytes", "skipped"), ("bytes", "failed"), ("files", "input"),
+    ("files", "output"), ("files", "failed"), ("files", "skipped")]
 
 
 def parse_samples(text: str) -> Samples:
@@ -76,6 +78,8 @@ def expected_counters(truth: dict[str, Any], buckets: tuple[float, ...] = DEFAUL
             for run in flow["runs"]:
                 if not run["completed"]:
                     continue
+                for outcome, code, count in run.get("record_codes", []):
+                    put("aep_flow_record_codes_total", count, outcome=outcome, code=code)
                 put("aep_flow_runs_total", 1, status=run["status"])
                 for group, field in COUNTER_FIELDS:
                     if run[group].get(field) is not None:
@@ -95,7 +99,8 @@ def expected_counters(truth: dict[str, Any], buckets: tuple[float, ...] = DEFAUL
 def counter_samples(samples: Samples) -> Samples:
     """Only the run-derived counters and histogram, the part ground truth determines."""
     names = {"aep_flow_runs_total", "aep_flow_run_errors_total", "aep_flow_run_duration_seconds_bucket",
-             "aep_flow_run_duration_seconds_count", "aep_flow_run_duration_seconds_sum"}
+             "aep_flow_run_duration_seconds_count", "aep_flow_run_duration_seconds_sum",
+             "aep_flow_record_codes_total"}
     names |= {f"aep_flow_{field}_{group}_total" for group, field in COUNTER_FIELDS}
     return {k: v for k, v in samples.items() if k[0] in names}
 

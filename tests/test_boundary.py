@@ -179,3 +179,32 @@ async def test_a_state_file_holding_bad_values_loads_and_serves(sim: Sim, tmp_pa
     assert value(samples, "aep_flow_run_duration_seconds_count", sandbox=sandbox, flow_id=flow_id) == 0
     assert value(samples, "aep_flow_output_records_total", sandbox=sandbox, flow_id=flow_id) is not None
     assert "\ufffd" in dict(next(iter(pick(samples, "aep_flow_info", flow_id=flow_id))))["flow_name"]
+
+
+def test_an_activation_run_reports_identities_and_record_codes_and_a_failure_only_in_failed_info() -> None:
+    """A destination run's created/updated/deleted identities, skipped and failed bytes, skipped files and its
+    skippedInfo/failedInfo/warningInfo codes are read; a run whose failure is only in failedInfo (no
+    failedRecordCount, no sizeSummary) still shows it, by code; a bad entry is noted, never counted."""
+    payload = {"id": "r1", "flowId": FLOW, "createdAt": NOW - 60_000, "metrics": {
+        "durationSummary": {"startedAtUTC": NOW - 60_000, "completedAtUTC": NOW - 1000},
+        "statusSummary": {"status": "Failed"},
+        "recordSummary": {"createdRecordCount": 40, "updatedRecordCount": 5, "deletedRecordCount": 2,
+                          "failedInfo": [{"code": "DESTINATION-5001", "count": 7}, {"code": "DESTINATION-5001",
+                                                                                     "count": 3}],
+                          "skippedInfo": [{"code": "SKIP-1", "count": 4}, {"code": "", "count": 1},
+                                          {"code": "SKIP-2", "count": -1}]},
+        "sizeSummary": {"skippedBytes": 100, "failedBytes": 20}, "fileSummary": {"skippedFileCount": 1}}}
+    run = parse_run(payload, NOW)
+    assert (run.counts.records["created"], run.counts.records["updated"], run.counts.records["deleted"]) == (40, 5, 2)
+    assert (run.counts.bytes["skipped"], run.counts.bytes["failed"], run.counts.files["skipped"]) == (100, 20, 1)
+    assert run.record_codes == (("failed", "DESTINATION-5001", 10), ("skipped", "SKIP-1", 4))
+    assert "recordSummary.skippedInfo" in run.unknown_fields
+    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, lookback_s=3600, buckets=())
+    update = apply_runs(state, parse_flow({"id": FLOW}, NOW), [run], now_ms=NOW, max_error_codes=1)
+    assert update.state.record_codes == {"failed": {"DESTINATION-5001": 10}, "skipped": {"SKIP-1": 4}}
+    samples = parse_samples(FlowExposition(CollectorOptions(), openmetrics=False).render(
+        Snapshot(version=1, flows=(dataclasses.replace(update.state, flow=parse_flow({"id": FLOW}, NOW)),),
+                 sandboxes=())).decode())
+    assert value(samples, "aep_flow_record_codes_total", outcome="failed", code="DESTINATION-5001") == 10
+    assert value(samples, "aep_flow_created_records_total") == 40
+    assert value(samples, "aep_flow_failed_records_total") is None  # unknown, not 0: the codes say it

@@ -73,6 +73,7 @@ class SimRun:
     activity_errors: tuple[str, ...]
     destination: bool
     activity_style: str
+    record_codes: tuple[tuple[str, str, int], ...] = ()  # (outcome, code, count): skipped/failed/warningInfo
 
     def completed(self, now_ms: int) -> bool:
         return now_ms >= self.end_ms
@@ -89,6 +90,7 @@ class SimRun:
             "status": self.status if done else "in_progress",
             "records": self.records, "bytes": self.bytes, "files": self.files,
             "error_codes": self.error_codes if done else [],
+            "record_codes": [list(c) for c in self.record_codes] if done else [],
             "duration_seconds": (self.end_ms - self.started_ms) / 1000.0 if done else None,
         }
 
@@ -103,12 +105,21 @@ class SimRun:
             metrics["durationSummary"] = duration
         summary: dict[str, Any] = {"status": status}
         if done:
-            metrics["sizeSummary"] = _json_counts(self.bytes, {"input": "inputBytes", "output": "outputBytes"})
+            if self.bytes:  # a failed activation run may have no sizeSummary at all
+                metrics["sizeSummary"] = _json_counts(self.bytes, {
+                    "input": "inputBytes", "output": "outputBytes", "skipped": "skippedBytes", "failed": "failedBytes"})
             metrics["recordSummary"] = _json_counts(self.records, {
                 "input": "inputRecordCount", "output": "outputRecordCount", "failed": "failedRecordCount",
-                "skipped": "skippedRecordCount", "warning": "warningRecordCount"})
-            metrics["fileSummary"] = _json_counts(self.files, {
-                "input": "inputFileCount", "output": "outputFileCount", "failed": "failedFileCount"})
+                "skipped": "skippedRecordCount", "warning": "warningRecordCount", "created": "createdRecordCount",
+                "updated": "updatedRecordCount", "deleted": "deletedRecordCount"})
+            for outcome, key in (("skipped", "skippedInfo"), ("failed", "failedInfo"), ("warning", "warningInfo")):
+                infos = [{"code": code, "count": count} for o, code, count in self.record_codes if o == outcome]
+                if infos:
+                    metrics["recordSummary"][key] = infos
+            if self.files:
+                metrics["fileSummary"] = _json_counts(self.files, {
+                    "input": "inputFileCount", "output": "outputFileCount", "failed": "failedFileCount",
+                    "skipped": "skippedFileCount"})
             if self.run_errors:
                 summary["errors"] = [{"code": c, "message": f"Simulated error {c}."} for c in self.run_errors]
         metrics["statusSummary"] = summary
@@ -152,6 +163,33 @@ class SimRun:
                         for c in self.activity_errors]}
             out.append(act)
         return out
+
+
+ACTIVATION_CODES = {"skipped": ("ACTIVATION_BATCH-0001-SKIP", "IDENTITY-1101-NOT-FOUND"),
+                    "failed": ("DESTINATION-5001-REJECTED", "DESTINATION-4290-THROTTLED"),
+                    "warning": ("MAPPING-2001-TRUNCATED",)}
+
+
+def _activation(run: SimRun, rng: random.Random) -> None:
+    """What a destination (activation) run reports besides a source run's counts, as Adobe documents it:
+    identities created, updated and deleted, skipped and failed bytes, skipped files, and skippedInfo /
+    failedInfo / warningInfo codes; half the failed runs report their failures only in failedInfo and carry
+    no sizeSummary or fileSummary. Drawn from its own generator, so no other simulated value changes."""
+    output = run.records.get("output") or 0
+    created = rng.randint(0, output)
+    updated = rng.randint(0, output - created)
+    run.records.update({"created": created, "updated": updated, "deleted": rng.randint(0, 50)})
+    codes: list[tuple[str, str, int]] = []
+    for outcome, choices in ACTIVATION_CODES.items():
+        if rng.random() < (0.9 if outcome == "failed" and run.status == "failed" else 0.3):
+            codes.append((outcome, rng.choice(choices), rng.randint(1, 500)))
+    run.record_codes = tuple(sorted(codes))
+    if run.status == "failed" and rng.random() < 0.5:
+        run.records.pop("failed", None)  # the failure shows only in failedInfo
+        run.bytes, run.files = {}, {}
+        return
+    run.bytes.update({"skipped": rng.randint(0, 10_000), "failed": rng.randint(0, 10_000)})
+    run.files["skipped"] = rng.randint(0, 3)
 
 
 def _json_counts(values: dict[str, int | None], keys: dict[str, str]) -> dict[str, int]:
@@ -257,10 +295,13 @@ class SimFlow:
         if destination and status == "failed" and rng.random() < 0.5:
             run_errors = ("ACTIVATION_BATCH-0000-SKIP",)
         run_id = str(uuid.UUID(int=rng.getrandbits(128)))
-        return SimRun(id=run_id, flow_id=self.id, sandbox=self.sandbox, index=k, created_ms=created,
-                      started_ms=start, end_ms=start + duration_ms, status=status, records=records,
-                      bytes={"input": in_bytes, "output": out_bytes}, files=files, run_errors=run_errors,
-                      activity_errors=act_errors, destination=destination, activity_style=self.activity_style)
+        run = SimRun(id=run_id, flow_id=self.id, sandbox=self.sandbox, index=k, created_ms=created,
+                     started_ms=start, end_ms=start + duration_ms, status=status, records=records,
+                     bytes={"input": in_bytes, "output": out_bytes}, files=files, run_errors=run_errors,
+                     activity_errors=act_errors, destination=destination, activity_style=self.activity_style)
+        if destination:
+            _activation(run, random.Random(f"{self.seed}:{self.id}:{created}:activation"))
+        return run
 
     def visible_runs(self, now_ms: int) -> list[SimRun]:
         return [r for r in self.runs if r.created_ms <= now_ms]
