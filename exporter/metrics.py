@@ -52,7 +52,11 @@ FAMILIES: tuple[Family, ...] = (
               ("flow_name", "flow_spec_id", "source_connection_spec_id", "target_connection_spec_id", "kind",
                "state")),
     Family.of("aep_flow_enabled", "gauge", "1 when the flow's state is enabled, else 0."),
-    Family.of("aep_flow_schedule_interval_seconds", "gauge", "Expected time between runs, from scheduleParams."),
+    Family.of("aep_flow_schedule_interval_seconds", "gauge",
+              "Expected time between runs: from scheduleParams, or for a segment export the shortest fixed "
+              "interval among its audiences' schedules still in effect."),
+    Family.of("aep_flow_schedule_end_timestamp_seconds", "gauge",
+              "When a segment export's last audience schedule ends (when every scheduled audience has an end)."),
     Family.of("aep_flow_last_run_status", "gauge", "Status of the newest run (one-hot).", ("status",)),
     Family.of("aep_flow_last_run_start_timestamp_seconds", "gauge", "Start of the newest run."),
     Family.of("aep_flow_last_run_end_timestamp_seconds", "gauge", "End of the newest run; absent while it runs."),
@@ -193,6 +197,7 @@ def _flow(fam: _Families, state: FlowState, options: CollectorOptions) -> None:
                               "kind": flow.kind, "state": flow.state}, 1)
     fam.add("aep_flow_enabled", base, 1 if flow.state == "enabled" else 0)
     fam.add("aep_flow_schedule_interval_seconds", base, flow.schedule_interval_seconds)
+    fam.add("aep_flow_schedule_end_timestamp_seconds", base, _seconds(flow.schedule_end_ms))
     _newest_run(fam, base, state, options)
     if state.last_completed is not None:
         _newest_completed(fam, base, state.last_completed, options)

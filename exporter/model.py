@@ -18,9 +18,11 @@ them once with the flow id.
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +227,7 @@ class Flow:
     schedule_interval_seconds: float | None
     last_run: LastRunDetails | None
     invalid_fields: tuple[str, ...] = ()
+    schedule_end_ms: int | None = None  # segment exports: when the last audience's schedule ends
 
     @property
     def change_key(self) -> tuple[str, str | None] | None:
@@ -414,6 +417,64 @@ def _schedule_interval(params: object, check: _Checker) -> float | None:
     return interval * seconds
 
 
+SELECTOR_FREQUENCIES = {"DAILY": 86400.0, "EVERY_3_HOURS": 10800.0, "EVERY_6_HOURS": 21600.0,
+                        "EVERY_8_HOURS": 28800.0, "EVERY_12_HOURS": 43200.0, "ONCE": None}
+LATEST_DATE_MS = 7_258_118_400_000
+"""2200-01-01: an audience's endDate may be years ahead, but not centuries."""
+
+
+def _selector_schedule(transformations: object, check: _Checker) -> tuple[float | None, int | None]:
+    """A segment-export flow's schedule from its audiences' selectors
+    (``transformations[].params.segmentSelectors.selectors[].value.schedule``): the shortest fixed interval among
+    those still in effect (``ONCE`` has none), and the latest ``endDate`` (the end of that day, UTC) when every
+    scheduled selector has one."""
+    intervals: list[float] = []
+    ends: list[int | None] = []
+    for schedule in _schedules(transformations):
+        frequency = check.text(schedule.get("frequency"), "selectors.schedule.frequency", limit=32).upper()
+        end = _date_end_ms(schedule.get("endDate"), check)
+        if end is not None and end <= check.now_ms:
+            continue  # this audience's exports are over
+        if frequency not in SELECTOR_FREQUENCIES:
+            check.invalid.append("selectors.schedule.frequency")
+            continue
+        seconds = SELECTOR_FREQUENCIES[frequency]
+        if seconds is not None:
+            intervals.append(seconds)
+            ends.append(end)
+    end_ms = max(e for e in ends if e is not None) if ends and all(e is not None for e in ends) else None
+    return (min(intervals) if intervals else None), end_ms
+
+
+def _schedules(transformations: object) -> Iterator[dict[str, Any]]:
+    """Each audience selector's ``schedule`` object, wherever the flow's transformations hold one."""
+    for transformation in transformations if isinstance(transformations, list) else []:
+        selectors = _obj(_obj(_obj(_obj(transformation).get("params")).get("segmentSelectors"))).get("selectors")
+        for selector in selectors if isinstance(selectors, list) else []:
+            schedule = _obj(_obj(_obj(selector).get("value")).get("schedule"))
+            if schedule:
+                yield schedule
+
+
+def _date_end_ms(value: object, check: _Checker) -> int | None:
+    """``YYYY-MM-DD`` -> the end of that day (UTC) in epoch ms; None when absent or not such a date."""
+    if value is None or value == "":
+        return None
+    try:
+        day = datetime.date.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        day = None
+    if day is None:
+        check.invalid.append("selectors.schedule.endDate")
+        return None
+    end = int(datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(),
+                                        tzinfo=datetime.UTC).timestamp() * 1000)
+    if not EARLIEST_MS <= end <= LATEST_DATE_MS:
+        check.invalid.append("selectors.schedule.endDate")
+        return None
+    return end
+
+
 def _connection_spec(attrs: dict[str, Any], key: str, check: _Checker) -> str:
     conns = attrs.get(key)
     if isinstance(conns, list) and conns:
@@ -447,6 +508,10 @@ def parse_flow(payload: object, now_ms: int | None = None) -> Flow:
         )
     elif last_id is not None:
         check.invalid.append("lastRunDetails.id")
+    interval = _schedule_interval(data.get("scheduleParams"), check)
+    end_ms = None
+    if data.get("scheduleParams") is None:
+        interval, end_ms = _selector_schedule(data.get("transformations"), check)
     return Flow(
         id=flow_id,
         name=check.text(data.get("name"), "name"),
@@ -455,7 +520,8 @@ def parse_flow(payload: object, now_ms: int | None = None) -> Flow:
         target_connection_spec_id=_connection_spec(attrs, "targetConnections", check),
         kind=kind,
         state=check.text(data.get("state"), "state", "unknown", limit=64) or "unknown",
-        schedule_interval_seconds=_schedule_interval(data.get("scheduleParams"), check),
+        schedule_interval_seconds=interval,
+        schedule_end_ms=end_ms,
         last_run=last_run,
         invalid_fields=tuple(dict.fromkeys(check.invalid)),
     )

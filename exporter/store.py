@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 from exporter.errors import StateError
 from exporter.model import (
+    EARLIEST_MS,
+    LATEST_DATE_MS,
     STATUSES,
     Activity,
     Counts,
@@ -93,6 +95,7 @@ class _Loaded:
             target_connection_spec_id=self.text(data.get("target_connection_spec_id"), 128),
             kind=self.text(data.get("kind"), 32) or "unknown", state=self.text(data.get("state"), 64) or "unknown",
             schedule_interval_seconds=interval if interval else None,
+            schedule_end_ms=_date_ms(data.get("schedule_end_ms")),
             last_run=LastRunDetails(id=self.text(last["id"], 128), state=self.text(last.get("state"), 64) or None,
                                     started_at_ms=self.ms(last.get("started_at_ms")),
                                     completed_at_ms=self.ms(last.get("completed_at_ms"))) if last else None,
@@ -118,6 +121,13 @@ def _finite(value: object, limit: float) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) and 0 <= number <= limit else None
+
+
+def _date_ms(value: object) -> int | None:
+    """A schedule's end (years ahead is fine, centuries are not), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not EARLIEST_MS <= value <= LATEST_DATE_MS:
+        return None
+    return value
 
 
 def _status_of(value: object) -> str | None:

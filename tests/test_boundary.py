@@ -208,3 +208,50 @@ def test_an_activation_run_reports_identities_and_record_codes_and_a_failure_onl
     assert value(samples, "aep_flow_record_codes_total", outcome="failed", code="DESTINATION-5001") == 10
     assert value(samples, "aep_flow_created_records_total") == 40
     assert value(samples, "aep_flow_failed_records_total") is None  # unknown, not 0: the codes say it
+
+
+def test_a_segment_exports_schedule_comes_from_its_audiences_selectors() -> None:
+    """No scheduleParams: the shortest fixed interval among audience schedules still in effect (ONCE has none,
+    an ended one no longer counts), and the latest endDate when every scheduled audience has one."""
+    def flow(*schedules: dict[str, str]) -> Flow:
+        selectors = [{"type": "PLATFORM_SEGMENT", "value": {"id": f"s{i}", "schedule": s}}
+                     for i, s in enumerate(schedules)]
+        return parse_flow({"id": FLOW, "transformations": [{"name": "GeneralTransform", "params": {
+            "segmentSelectors": {"selectors": selectors}}}]}, NOW)
+
+    today = "2026-09-21"  # NOW is 2026-09-21 (UTC)
+    both = flow({"frequency": "EVERY_3_HOURS", "endDate": "2026-10-01"},
+                {"frequency": "DAILY", "endDate": "2026-12-01"}, {"frequency": "ONCE"})
+    assert both.schedule_interval_seconds == 3 * 3600
+    assert both.schedule_end_ms == 1_796_169_600_000  # 2026-12-02T00:00Z: the end of the latest endDate
+    ended = flow({"frequency": "EVERY_3_HOURS", "endDate": "2026-09-01"}, {"frequency": "DAILY"})
+    assert ended.schedule_interval_seconds == 86400 and ended.schedule_end_ms is None  # DAILY has no end
+    assert flow({"frequency": "ONCE", "startDate": today}).schedule_interval_seconds is None
+    odd = flow({"frequency": "EVERY_MINUTE", "endDate": "not a date"})
+    assert odd.schedule_interval_seconds is None
+    assert {"selectors.schedule.frequency", "selectors.schedule.endDate"} <= set(odd.invalid_fields)
+
+
+async def test_every_scheduled_flow_shows_its_interval_segment_exports_included(
+        sim: Sim, served: tuple[Exporter, TestServer]) -> None:
+    """Against the simulator: every flow with a fixed schedule (source, dataset export, or segment export with
+    audience schedules) has aep_flow_schedule_interval_seconds equal to it; segment exports show their end."""
+    exporter, server = served
+    assert await exporter.poll_once()
+    samples = parse_samples((await scrape(server))[1])
+    segment_exports = 0
+    for sandbox, flows in sim.world.truth()["sandboxes"].items():
+        for flow_id, flow in flows.items():
+            shown = value(samples, "aep_flow_schedule_interval_seconds", sandbox=sandbox, flow_id=flow_id)
+            sim_flow = sim.world.flow(flow_id)
+            if sim_flow.frequency in ("once", None):
+                assert shown is None, flow_id
+                continue
+            assert shown == flow["schedule_seconds"], (flow_id, shown, flow["schedule_seconds"])
+            end = value(samples, "aep_flow_schedule_end_timestamp_seconds", sandbox=sandbox, flow_id=flow_id)
+            if sim_flow.kind == "destination" and sim_flow.index % 10 == 4:
+                segment_exports += 1
+                assert end is not None and end > sim.world.now_ms() / 1000 + 50 * 86400
+            else:
+                assert end is None
+    assert segment_exports == 2

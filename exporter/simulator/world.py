@@ -9,6 +9,7 @@ unknowns, runs too young to have a ``durationSummary``.
 
 from __future__ import annotations
 
+import datetime
 import random
 import time
 import uuid
@@ -174,7 +175,7 @@ def _activation(run: SimRun, rng: random.Random) -> None:
     """What a destination (activation) run reports besides a source run's counts, as Adobe documents it:
     identities created, updated and deleted, skipped and failed bytes, skipped files, and skippedInfo /
     failedInfo / warningInfo codes; half the failed runs report their failures only in failedInfo and carry
-    no sizeSummary or fileSummary. Drawn from its own generator, so no other simulated value changes."""
+    no sizeSummary. Drawn from its own generator, so no other simulated value changes."""
     output = run.records.get("output") or 0
     created = rng.randint(0, output)
     updated = rng.randint(0, output - created)
@@ -186,10 +187,32 @@ def _activation(run: SimRun, rng: random.Random) -> None:
     run.record_codes = tuple(sorted(codes))
     if run.status == "failed" and rng.random() < 0.5:
         run.records.pop("failed", None)  # the failure shows only in failedInfo
-        run.bytes, run.files = {}, {}
+        run.bytes = {}
+        run.files["skipped"] = 0
         return
     run.bytes.update({"skipped": rng.randint(0, 10_000), "failed": rng.randint(0, 10_000)})
     run.files["skipped"] = rng.randint(0, 3)
+
+
+def _segment_selectors(start_ms: int, seed: str, flow_id: str) -> list[dict[str, Any]]:
+    """A segment export's audiences as Adobe documents them: no scheduleParams, one schedule per audience
+    (every 3 hours until a month on, daily until two months on, and a one-time export)."""
+    start = datetime.datetime.fromtimestamp(start_ms / 1000, tz=datetime.UTC).date()
+    rng = random.Random(f"{seed}:{flow_id}:audiences")
+
+    def selector(frequency: str, days: int | None) -> dict[str, Any]:
+        schedule: dict[str, Any] = {"frequency": frequency, "triggerType": "SCHEDULED",
+                                    "startDate": start.isoformat(), "startTime": "00:00"}
+        if days is not None:
+            schedule["endDate"] = (start + datetime.timedelta(days=days)).isoformat()
+        return {"type": "PLATFORM_SEGMENT",
+                "value": {"id": str(uuid.UUID(int=rng.getrandbits(128))), "name": f"Audience {frequency.lower()}",
+                          "schedule": schedule}}
+
+    return [{"name": "GeneralTransform", "params": {
+        "exportMode": "FIRST_FULL_THEN_INCREMENTAL",
+        "segmentSelectors": {"selectors": [selector("EVERY_3_HOURS", 30), selector("DAILY", 60),
+                                           selector("ONCE", None)]}}}]
 
 
 def _json_counts(values: dict[str, int | None], keys: dict[str, str]) -> dict[str, int]:
@@ -331,7 +354,9 @@ class SimFlow:
             },
             "runs": f"/runs?property=flowId=={self.id}",
         }
-        if self.frequency == "timeUnit":
+        if self.frequency == "timeUnit" and self.index % 10 == 4:
+            flow["transformations"] = _segment_selectors(self.start_ms, self.seed, self.id)  # a segment export
+        elif self.frequency == "timeUnit":
             flow["scheduleParams"] = {"startTime": self.start_ms // 1000, "interval": self.interval,
                                       "timeUnit": "hour"}
         elif self.frequency is not None:
