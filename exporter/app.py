@@ -47,7 +47,8 @@ class Tuning:
 
 
 def _options(config: Config) -> CollectorOptions:
-    return CollectorOptions(activities=config.metrics.activities, sparse_status=config.metrics.sparse_status)
+    m = config.metrics
+    return CollectorOptions(activities=m.activities, sparse_status=m.sparse_status, histogram=m.duration_histogram)
 
 
 def _settings(config: Config) -> PollSettings:

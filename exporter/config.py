@@ -107,6 +107,7 @@ class MetricsConfig:
     activities: bool = True
     sparse_status: bool = False
     duration_buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    duration_histogram: bool = True  # false: no aep_flow_run_duration_seconds series at all
     max_error_codes_per_flow: int = 20
     max_activities_per_flow: int = 20
     max_flows_per_sandbox: int = 5000
@@ -548,6 +549,7 @@ class _ConfigParser(_Reader):
             activities=self.get(sec, "activities", "metrics", _bool, d.activities),
             sparse_status=self.get(sec, "sparse_status", "metrics", _bool, d.sparse_status),
             duration_buckets=buckets,
+            duration_histogram=self.get(sec, "duration_histogram", "metrics", _bool, d.duration_histogram),
             max_error_codes_per_flow=self.get(sec, "max_error_codes_per_flow", "metrics", _int_at_least(1),
                                               d.max_error_codes_per_flow),
             max_activities_per_flow=self.get(sec, "max_activities_per_flow", "metrics", _int_at_least(1),

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.model import STATUSES, TERMINAL_STATUSES, Counts
-from exporter.values import COUNT_KEYS, CompletedRun, CountKey, FlowState, Snapshot
+from exporter.values import COUNT_KEYS, CompletedRun, CountKey, FlowState, Histogram, Snapshot
 
 
 class Family(NamedTuple):
@@ -134,6 +134,7 @@ class CollectorOptions:
 
     activities: bool = True
     sparse_status: bool = False
+    histogram: bool = True
 
 
 def _le(bound: float) -> str:
@@ -202,6 +203,8 @@ def _flow(fam: _Families, state: FlowState, options: CollectorOptions) -> None:
     if state.last_completed is not None:
         _newest_completed(fam, base, state.last_completed, options)
     _all_completed(fam, base, state)
+    if options.histogram:
+        _histogram(fam, base, state.durations)
 
 
 def _newest_run(fam: _Families, base: Mapping[str, str], state: FlowState, options: CollectorOptions) -> None:
@@ -232,6 +235,16 @@ def _newest_completed(fam: _Families, base: Mapping[str, str], completed: Comple
         fam.counts("aep_flow_last_run_activity_", labels, act.counts, ACTIVITY_KEYS)
 
 
+def _histogram(fam: _Families, base: Mapping[str, str], hist: Histogram) -> None:
+    cumulative = 0
+    for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
+        cumulative += count
+        fam.add("aep_flow_run_duration_seconds", {**base, "le": _le(bound)}, cumulative,
+                "aep_flow_run_duration_seconds_bucket")
+    fam.add("aep_flow_run_duration_seconds", base, hist.count, "aep_flow_run_duration_seconds_count")
+    fam.add("aep_flow_run_duration_seconds", base, hist.sum, "aep_flow_run_duration_seconds_sum")
+
+
 def _all_completed(fam: _Families, base: Mapping[str, str], state: FlowState) -> None:
     for status in TERMINAL_STATUSES:
         if status in state.runs_total:
@@ -240,14 +253,6 @@ def _all_completed(fam: _Families, base: Mapping[str, str], state: FlowState) ->
         if key in state.totals:
             name = f"aep_flow_{key.field}_{key.group}"
             fam.add(name, base, state.totals[key], f"{name}_total")
-    hist = state.durations
-    cumulative = 0
-    for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
-        cumulative += count
-        fam.add("aep_flow_run_duration_seconds", {**base, "le": _le(bound)}, cumulative,
-                "aep_flow_run_duration_seconds_bucket")
-    fam.add("aep_flow_run_duration_seconds", base, hist.count, "aep_flow_run_duration_seconds_count")
-    fam.add("aep_flow_run_duration_seconds", base, hist.sum, "aep_flow_run_duration_seconds_sum")
     for code in sorted(state.error_codes):
         fam.add("aep_flow_run_errors", {**base, "code": code}, state.error_codes[code], "aep_flow_run_errors_total")
     for outcome in sorted(state.record_codes):

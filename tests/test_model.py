@@ -166,6 +166,16 @@ def test_activities_can_be_switched_off_and_status_made_sparse() -> None:
     assert statuses == ["success"]
 
 
+def test_the_duration_histogram_can_be_switched_off_and_counted_runs_stay() -> None:
+    """metrics.duration_histogram false drops every aep_flow_run_duration_seconds series, and nothing else."""
+    flow, run = tutorial()
+    with_histogram = render(flow, [run])
+    without = render(flow, [run], options=CollectorOptions(histogram=False))
+    dropped = {k for k in with_histogram if k not in without}
+    assert dropped and all(k[0].startswith("aep_flow_run_duration_seconds") for k in dropped)
+    assert value(without, "aep_flow_runs_total", status="success") == 1
+
+
 @pytest.mark.parametrize("payload", [None, [], "run", 5, {}, {"id": ""}, {"id": 7}])
 def test_payload_without_usable_id_raises_only_payload_error(payload: object) -> None:
     """Items that are not objects with an id raise the package's PayloadError and nothing else."""
