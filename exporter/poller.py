@@ -25,10 +25,10 @@ from exporter.config import SandboxConfig
 from exporter.counting import Update, apply_runs, mark_down, new_flow_state, refresh_flow
 from exporter.errors import ExporterError, NotFoundError, StateError
 from exporter.model import Flow, clean_text, parse_flow
-from exporter.runsquery import RunsReader, Strategy
+from exporter.runsquery import RunsReader
 from exporter.selfmetrics import SelfMetrics
 from exporter.tracker import Tracker
-from exporter.values import FlowState
+from exporter.values import FlowState, Strategy
 
 log = structlog.get_logger(__name__)
 

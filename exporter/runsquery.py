@@ -31,32 +31,17 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import structlog
 
 from exporter.client import MAX_PAGES, FlowServiceClient
 from exporter.errors import ApiError, ExporterError
 from exporter.model import Flow, Run, parse_run
-from exporter.values import EVERYTHING, NOTHING, FlowState, Window
+from exporter.values import EVERYTHING, NOTHING, FlowState, Strategy, Window
 
 log = structlog.get_logger(__name__)
 
 STARTED_AT_PATH = "metrics.durationSummary.startedAtUTC"
-
-
-class Strategy(StrEnum):
-    """How the runs of a flow are asked for (see the module docstring)."""
-
-    CREATED_AT = "created_at"
-    STARTED_AT = "started_at"
-    NEWEST_FIRST = "newest_first"
-    FULL = "full"
-
-    @property
-    def filters_time(self) -> bool:
-        """Whether the query carries a time filter that Adobe might refuse or ignore."""
-        return self in (Strategy.CREATED_AT, Strategy.STARTED_AT)
 
 
 STRATEGIES = tuple(Strategy)

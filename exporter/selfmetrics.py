@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from exporter import __version__
 from exporter import metrics as m
+from exporter.values import Strategy
 
 RETRY_REASONS = ("throttled", "server_error", "timeout", "connection", "unauthorized")
-RUNS_STRATEGIES = ("created_at", "started_at", "newest_first", "full")
-"""runsquery.Strategy's values (kept here as strings: self-metrics import nothing of the poller)."""
+RUNS_STRATEGIES = tuple(s.value for s in Strategy)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 

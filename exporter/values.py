@@ -18,6 +18,20 @@ RETENTION_MS = 91 * 86_400_000
 ALWAYS_PRESENT_RUN_STATUSES = ("success", "partial_success", "failed")
 
 
+class Strategy(StrEnum):
+    """How the runs of a flow are asked for (see the module docstring)."""
+
+    CREATED_AT = "created_at"
+    STARTED_AT = "started_at"
+    NEWEST_FIRST = "newest_first"
+    FULL = "full"
+
+    @property
+    def filters_time(self) -> bool:
+        """Whether the query carries a time filter that Adobe might refuse or ignore."""
+        return self in (Strategy.CREATED_AT, Strategy.STARTED_AT)
+
+
 class CountKey(StrEnum):
     """A count a run reports, as ``group.field`` (the key of a flow's totals and of the state file)."""
 
@@ -223,7 +237,7 @@ class SandboxStatus:
     last_ok: bool | None = None
     last_success_s: float | None = None
     last_error: str | None = None
-    runs_strategy: str = "created_at"
+    runs_strategy: str = Strategy.CREATED_AT.value
 
 
 @dataclass(frozen=True, kw_only=True)
