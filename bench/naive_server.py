@@ -11,7 +11,7 @@ import argparse
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.config import DEFAULT_BUCKETS
+from exporter.config import LEAN_BUCKETS
 from exporter.metrics import CollectorOptions, FlowCollector
 from exporter.store import SqliteStore
 from exporter.tracker import Tracker
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     store = SqliteStore(args.state)
-    states, _ = store.load(DEFAULT_BUCKETS)
+    states, _ = store.load(LEAN_BUCKETS)
     tracker = Tracker(store, sorted({s.sandbox for s in states}))
     tracker.restore(states)
     registry = CollectorRegistry()

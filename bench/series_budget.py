@@ -22,16 +22,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter, Tuning
 from exporter.cli import configure_logging, demo_config
-from exporter.config import MetricsConfig
+from exporter.config import PROFILES, MetricsConfig
 from exporter.simulator import SimClock, Simulator, World
 
+FULL = PROFILES["full"]
 SETTINGS: dict[str, MetricsConfig] = {
-    "defaults": MetricsConfig(),
-    "sparse_status": MetricsConfig(sparse_status=True),
-    "activities off": MetricsConfig(activities=False),
-    "histogram off": MetricsConfig(duration_histogram=False),
-    "5 buckets": MetricsConfig(duration_buckets=(60.0, 300.0, 900.0, 3600.0, 14400.0)),
-    "all three knobs": MetricsConfig(sparse_status=True, activities=False, duration_histogram=False),
+    "defaults (profile lean)": MetricsConfig(),
+    "lean, histogram off": MetricsConfig(duration_histogram=False),
+    "lean, activities off": MetricsConfig(activities=False),
+    "profile full": FULL,
+    "full, sparse_status": dataclasses.replace(FULL, sparse_status=True),
+    "full, activities off": dataclasses.replace(FULL, activities=False),
+    "full, histogram off": dataclasses.replace(FULL, duration_histogram=False),
 }
 
 
@@ -79,7 +81,7 @@ async def main() -> None:
     print("|---|---|")
     for name, (flows, families) in results.items():
         print(f"| {name} | {sum(families.values()) / flows:.1f} |")
-    flows, families = results["defaults"]
+    flows, families = results["defaults (profile lean)"]
     print("\nAt the defaults, by family (series per flow):\n")
     print("| family | series per flow |")
     print("|---|---|")

@@ -48,7 +48,8 @@ class Tuning:
 
 def _options(config: Config) -> CollectorOptions:
     m = config.metrics
-    return CollectorOptions(activities=m.activities, sparse_status=m.sparse_status, histogram=m.duration_histogram)
+    return CollectorOptions(lean=m.profile == "lean", activities=m.activities, sparse_status=m.sparse_status,
+                            histogram=m.duration_histogram, audiences=m.audiences)
 
 
 def _settings(config: Config) -> PollSettings:
@@ -56,6 +57,7 @@ def _settings(config: Config) -> PollSettings:
     return PollSettings(lookback_s=config.poll.initial_lookback, buckets=m.duration_buckets,
                         max_error_codes=m.max_error_codes_per_flow, max_flows=m.max_flows_per_sandbox,
                         max_activities=m.max_activities_per_flow,
+                        max_audiences=m.max_audiences_per_flow if m.audiences else 0,
                         shard_index=config.shard.index, shard_total=config.shard.total)
 
 

@@ -27,11 +27,14 @@ from exporter.webconfig import WebConfig, load_web_config
 
 T = TypeVar("T")
 
-DEFAULT_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0)
+FULL_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0)
+# A subset of FULL_BUCKETS, so a state file written under either profile is re-bucketed exactly.
+LEAN_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 14400.0)
 DEFAULT_SCOPES = "openid,AdobeID,read_organizations,additional_info.projectedProductContext,session"
 RESERVED_LABELS = frozenset(
     {"sandbox", "flow_id", "flow_name", "status", "code", "activity", "le", "quantile", "kind", "state",
-     "flow_spec_id", "source_connection_spec_id", "target_connection_spec_id", "job", "instance"}
+     "flow_spec_id", "source_connection_spec_id", "target_connection_spec_id", "job", "instance", "outcome",
+     "audience_id"}
 )
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -104,13 +107,22 @@ class StateConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
+    """Cardinality controls. The defaults are the lean profile; ``PROFILES["full"]`` gives every series."""
+
+    profile: str = "lean"  # lean: what alerts and dashboards use, plus every counter; full: every series
     activities: bool = True
-    sparse_status: bool = False
-    duration_buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    sparse_status: bool = True
+    duration_buckets: tuple[float, ...] = LEAN_BUCKETS
     duration_histogram: bool = True  # false: no aep_flow_run_duration_seconds series at all
+    audiences: bool = False  # per-audience counts of destination runs (aep_flow_audience_records_total)
+    max_audiences_per_flow: int = 50
     max_error_codes_per_flow: int = 20
     max_activities_per_flow: int = 20
     max_flows_per_sandbox: int = 5000
+
+
+PROFILES = {"lean": MetricsConfig(),
+            "full": MetricsConfig(profile="full", sparse_status=False, duration_buckets=FULL_BUCKETS)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -532,7 +544,10 @@ class _ConfigParser(_Reader):
     def metrics(self, raw: object) -> MetricsConfig:
         known = _keys(MetricsConfig)
         sec = self.section(raw, "metrics", known)
-        d = MetricsConfig()
+        profile = self.get(sec, "profile", "metrics", _string, "lean").lower()
+        if profile not in PROFILES:
+            self.problem("metrics.profile", f"{profile!r} is not lean or full")
+        d = PROFILES.get(profile, MetricsConfig())
         buckets = d.duration_buckets
         if sec.get("duration_buckets") is not None:
             raw_buckets = sec["duration_buckets"]
@@ -546,10 +561,14 @@ class _ConfigParser(_Reader):
             except (ValueError, TypeError) as exc:
                 self.problem("metrics.duration_buckets", str(exc))
         return MetricsConfig(
+            profile=d.profile,
             activities=self.get(sec, "activities", "metrics", _bool, d.activities),
             sparse_status=self.get(sec, "sparse_status", "metrics", _bool, d.sparse_status),
             duration_buckets=buckets,
             duration_histogram=self.get(sec, "duration_histogram", "metrics", _bool, d.duration_histogram),
+            audiences=self.get(sec, "audiences", "metrics", _bool, d.audiences),
+            max_audiences_per_flow=self.get(sec, "max_audiences_per_flow", "metrics", _int_at_least(1),
+                                            d.max_audiences_per_flow),
             max_error_codes_per_flow=self.get(sec, "max_error_codes_per_flow", "metrics", _int_at_least(1),
                                               d.max_error_codes_per_flow),
             max_activities_per_flow=self.get(sec, "max_activities_per_flow", "metrics", _int_at_least(1),

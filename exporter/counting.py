@@ -87,10 +87,11 @@ def keep_until_ms(run: Run, now_ms: int) -> int:
 class _Fold:
     """The mutable working copy of a flow's state while one runs answer is folded into it."""
 
-    def __init__(self, state: FlowState, max_error_codes: int, max_activities: int) -> None:
+    def __init__(self, state: FlowState, max_error_codes: int, max_activities: int, max_audiences: int) -> None:
         self.state = state
         self.max_error_codes = max_error_codes
         self.max_activities = max_activities
+        self.max_audiences = max_audiences
         self.activities_dropped = 0
         self.in_progress = dict(state.in_progress)
         self.counted = dict(state.counted)
@@ -98,6 +99,7 @@ class _Fold:
         self.totals = dict(state.totals)
         self.codes = dict(state.error_codes)
         self.record_codes = {outcome: dict(codes) for outcome, codes in state.record_codes.items()}
+        self.audiences = {audience: dict(counts) for audience, counts in state.audiences.items()}
         self.durations = state.durations
         self.last_success, self.last_failure = state.last_success_ms, state.last_failure_ms
         self.last_completed = state.last_completed
@@ -157,6 +159,10 @@ class _Fold:
             codes = self.record_codes.setdefault(outcome, {})
             label = _capped(code, codes, self.max_error_codes)
             codes[label] = codes.get(label, 0) + count
+        if self.max_audiences:  # metrics.audiences; audiences beyond the cap are summed as "other"
+            for audience, outcome, count in run.audience_counts:
+                counts = self.audiences.setdefault(_capped(audience, self.audiences, self.max_audiences), {})
+                counts[outcome] = counts.get(outcome, 0) + count
 
     def drop_vanished(self, listed: Mapping[str, Run], window: Window) -> None:
         """Runs tracked in progress that the answer should hold but does not were deleted: stop tracking them."""
@@ -178,7 +184,7 @@ class _Fold:
         return max(floor, proven)
 
 
-def _capped(code: str, seen: Mapping[str, int], limit: int) -> str:
+def _capped(code: str, seen: Mapping[str, object], limit: int) -> str:
     """A code's label: itself while the flow has fewer than ``limit`` distinct codes (or already has it),
     else ``other`` (labels from data stay bounded)."""
     if code in seen or len([c for c in seen if c != "other"]) < limit:
@@ -187,19 +193,19 @@ def _capped(code: str, seen: Mapping[str, int], limit: int) -> str:
 
 
 def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int, max_error_codes: int,
-               window: Window = EVERYTHING, max_activities: int = 20) -> Update:
+               window: Window = EVERYTHING, max_activities: int = 20, max_audiences: int = 0) -> Update:
     """Fold one runs answer into a flow's state, counting each newly completed run exactly once.
 
     ``window`` says which runs the answer is known to hold: tracked in-progress runs it should hold but does not
     have vanished, and the count floor rises to what it proves. Runs of another flow (a ``flowId`` filter the
-    server ignored) are never counted here.
+    server ignored) are never counted here. Per-audience counts are kept only when ``max_audiences`` > 0.
     """
     unique: dict[str, Run] = {}
     for run in runs:
         if run.flow_id is None or run.flow_id == flow.id:
             unique.setdefault(run.id, run)
     ordered = sorted(unique.values(), key=_order_key)
-    fold = _Fold(state, max_error_codes, max_activities)
+    fold = _Fold(state, max_error_codes, max_activities, max_audiences)
     for run in ordered:
         fold.see(run, now_ms)
     fold.drop_vanished(unique, window)
@@ -223,6 +229,7 @@ def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int
         durations=fold.durations,
         error_codes=fold.codes,
         record_codes=fold.record_codes,
+        audiences=fold.audiences,
     )
     return Update(state=new_state, counted=tuple(fold.newly_counted),
                   unknown_statuses=tuple(dict.fromkeys(fold.unknown_statuses)),

@@ -35,17 +35,25 @@ class Family(NamedTuple):
     help: str
     labels: tuple[str, ...] = ()  # beyond sandbox, flow_id and the static labels (for flow families)
     unit: str = ""
+    lean: bool = True  # served under metrics.profile lean (the default); False: only under full
 
     @classmethod
-    def of(cls, name: str, typ: str, help_text: str, labels: tuple[str, ...] = ()) -> Family:
+    def of(cls, name: str, typ: str, help_text: str, labels: tuple[str, ...] = (), *, lean: bool = True) -> Family:
         """A family whose unit is its name's base-unit suffix, as the naming conventions have it."""
         unit = next((u for u in ("seconds", "bytes", "records", "files") if name.removesuffix("_total")
                      .endswith(u) or f"_{u}_" in name), "")
-        return cls(name, typ, help_text, labels, unit)
+        return cls(name, typ, help_text, labels, unit, lean)
 
 
 ACTIVITY_KEYS = (CountKey.RECORDS_INPUT, CountKey.RECORDS_OUTPUT, CountKey.RECORDS_FAILED, CountKey.BYTES_INPUT,
                  CountKey.BYTES_OUTPUT)
+# The lean profile keeps what the shipped alerts and dashboards read, and every counter: of the newest completed
+# run's counts its records in, out and failed; of its activities their duration and output records. What it leaves
+# out is in the counters (the newest run's bytes and files are their increase, its newest failure is when
+# runs_total{status="failed"} rose, its duration is in the histogram) or in last_success_timestamp_seconds and
+# oldest_in_progress_run_start_timestamp_seconds (when a flow last succeeded, and how long a run has been going).
+LEAN_LAST_RUN_KEYS = frozenset({CountKey.RECORDS_INPUT, CountKey.RECORDS_OUTPUT, CountKey.RECORDS_FAILED})
+LEAN_ACTIVITY_KEYS = frozenset({CountKey.RECORDS_OUTPUT})
 
 FAMILIES: tuple[Family, ...] = (
     Family.of("aep_flow_info", "gauge", "Description of a dataflow (always 1); join on sandbox, flow_id for flow_name.",
@@ -58,23 +66,26 @@ FAMILIES: tuple[Family, ...] = (
     Family.of("aep_flow_schedule_end_timestamp_seconds", "gauge",
               "When a segment export's last audience schedule ends (when every scheduled audience has an end)."),
     Family.of("aep_flow_last_run_status", "gauge", "Status of the newest run (one-hot).", ("status",)),
-    Family.of("aep_flow_last_run_start_timestamp_seconds", "gauge", "Start of the newest run."),
-    Family.of("aep_flow_last_run_end_timestamp_seconds", "gauge", "End of the newest run; absent while it runs."),
-    Family.of("aep_flow_last_run_duration_seconds", "gauge", "Duration of the newest run; absent while it runs."),
+    Family.of("aep_flow_last_run_start_timestamp_seconds", "gauge", "Start of the newest run.", lean=False),
+    Family.of("aep_flow_last_run_end_timestamp_seconds", "gauge", "End of the newest run; absent while it runs.",
+              lean=False),
+    Family.of("aep_flow_last_run_duration_seconds", "gauge", "Duration of the newest run; absent while it runs.",
+              lean=False),
     Family.of("aep_flow_last_success_timestamp_seconds", "gauge", "End of the newest success or partial_success run."),
-    Family.of("aep_flow_last_failure_timestamp_seconds", "gauge", "End of the newest failed run."),
+    Family.of("aep_flow_last_failure_timestamp_seconds", "gauge", "End of the newest failed run.", lean=False),
     Family.of("aep_flow_runs_in_progress", "gauge", "Runs seen that have not completed yet."),
     Family.of("aep_flow_oldest_in_progress_run_start_timestamp_seconds", "gauge",
               "Start of the oldest run in progress."),
     *[Family.of(f"aep_flow_last_run_{k.field}_{k.group}", "gauge",
-                f"{k.field.capitalize()} {k.group} of the newest completed run.") for k in COUNT_KEYS],
+                f"{k.field.capitalize()} {k.group} of the newest completed run.", lean=k in LEAN_LAST_RUN_KEYS)
+      for k in COUNT_KEYS],
     Family.of("aep_flow_last_run_activity_duration_seconds", "gauge",
               "Duration of each activity of the newest completed run.", ("activity",)),
     Family.of("aep_flow_last_run_activity_status", "gauge",
-              "Status of each activity of the newest completed run (one-hot).", ("activity", "status")),
+              "Status of each activity of the newest completed run (one-hot).", ("activity", "status"), lean=False),
     *[Family.of(f"aep_flow_last_run_activity_{k.field}_{k.group}", "gauge",
-                f"{k.field.capitalize()} {k.group} of each activity of the newest completed run.", ("activity",))
-      for k in ACTIVITY_KEYS],
+                f"{k.field.capitalize()} {k.group} of each activity of the newest completed run.", ("activity",),
+                lean=k in LEAN_ACTIVITY_KEYS) for k in ACTIVITY_KEYS],
     Family.of("aep_flow_runs", "counter", "Completed runs by final status.", ("status",)),
     *[Family.of(f"aep_flow_{k.field}_{k.group}", "counter",
                 f"{k.field.capitalize()} {k.group}, summed over completed runs.") for k in COUNT_KEYS],
@@ -84,6 +95,9 @@ FAMILIES: tuple[Family, ...] = (
     Family.of("aep_flow_record_codes", "counter",
               "Records skipped, failed or warned about, by outcome and code (destination runs' recordSummary "
               "skippedInfo, failedInfo, warningInfo), summed over counted runs.", ("outcome", "code")),
+    Family.of("aep_flow_audience_records", "counter",
+              "Records of each audience (segment) by outcome, from destination runs' entitySummaries, summed over "
+              "counted runs; opt-in (metrics.audiences).", ("audience_id", "outcome")),
     Family.of("aep_exporter_flow_up", "gauge", "1 when the flow was read on the last poll, 0 when it could not be."),
 )
 """Every family the flow collector can produce, in exposition order."""
@@ -132,9 +146,11 @@ SELF_FAMILIES = (BUILD_INFO, API_REQUESTS, API_LATENCY, API_RETRIES, POLLS, POLL
 class CollectorOptions:
     """Cardinality controls (``metrics:`` in the config)."""
 
+    lean: bool = True  # metrics.profile lean: families marked lean=False are left out
     activities: bool = True
-    sparse_status: bool = False
+    sparse_status: bool = True
     histogram: bool = True
+    audiences: bool = False
 
 
 def _le(bound: float) -> str:
@@ -147,13 +163,13 @@ def _seconds(ms: int | None) -> float | None:
 
 
 class _Families:
-    def __init__(self) -> None:
-        self.by_name = {f.name: Metric(f.name, f.help, f.type) for f in FAMILIES}
+    def __init__(self, options: CollectorOptions) -> None:
+        self.by_name = {f.name: Metric(f.name, f.help, f.type) for f in FAMILIES if f.lean or not options.lean}
 
     def add(self, family: str, labels: Mapping[str, str], value: float | int | None, sample: str = "") -> None:
-        if value is None:
+        metric = self.by_name.get(family)
+        if value is None or metric is None:  # no value, or a family this profile leaves out
             return
-        metric = self.by_name[family]
         metric.add_sample(sample or metric.name, dict(labels), float(value))
 
     def one_hot(self, family: str, labels: Mapping[str, str], status: str | None, sparse: bool,
@@ -173,7 +189,7 @@ class _Families:
 
 def build_families(snapshot: Snapshot, options: CollectorOptions) -> list[Metric]:
     """Every upstream metric family of the snapshot, in a fixed order; empty families are left out."""
-    fam = _Families()
+    fam = _Families(options)
     for state in snapshot.flows:
         _flow(fam, state, options)
     return [m for m in fam.by_name.values() if m.samples]
@@ -181,7 +197,7 @@ def build_families(snapshot: Snapshot, options: CollectorOptions) -> list[Metric
 
 def flow_families(state: FlowState, options: CollectorOptions) -> list[Metric]:
     """The families of one flow alone (the unit the exposition cache renders)."""
-    fam = _Families()
+    fam = _Families(options)
     _flow(fam, state, options)
     return [m for m in fam.by_name.values() if m.samples]
 
@@ -205,6 +221,8 @@ def _flow(fam: _Families, state: FlowState, options: CollectorOptions) -> None:
     _all_completed(fam, base, state)
     if options.histogram:
         _histogram(fam, base, state.durations)
+    if options.audiences:
+        _audiences(fam, base, state)
 
 
 def _newest_run(fam: _Families, base: Mapping[str, str], state: FlowState, options: CollectorOptions) -> None:
@@ -259,6 +277,13 @@ def _all_completed(fam: _Families, base: Mapping[str, str], state: FlowState) ->
         for code, count in sorted(state.record_codes[outcome].items()):
             fam.add("aep_flow_record_codes", {**base, "outcome": outcome, "code": code}, count,
                     "aep_flow_record_codes_total")
+
+
+def _audiences(fam: _Families, base: Mapping[str, str], state: FlowState) -> None:
+    for audience in sorted(state.audiences):
+        for outcome, count in sorted(state.audiences[audience].items()):
+            fam.add("aep_flow_audience_records", {**base, "audience_id": audience, "outcome": outcome}, count,
+                    "aep_flow_audience_records_total")
 
 
 class FlowCollector(Collector):

@@ -159,6 +159,7 @@ class Run:
     counts: Counts
     error_codes: frozenset[str]
     record_codes: tuple[tuple[str, str, int], ...] = ()  # (outcome, code, count) from skipped/failed/warningInfo
+    audience_counts: tuple[tuple[str, str, int], ...] = ()  # (audience_id, outcome, count) from entitySummaries
     activities: tuple[Activity, ...]
     unknown_fields: tuple[str, ...]
 
@@ -329,6 +330,53 @@ def _record_codes(summary: dict[str, Any], check: _Checker) -> tuple[tuple[str, 
     return tuple((outcome, code, count) for (outcome, code), count in sorted(totals.items()))
 
 
+AUDIENCE_SUMMARY_LISTS = ("targetSummaries", "sourceSummaries")
+"""``recordSummary`` lists whose items carry ``entitySummaries[]`` (``id`` = ``segment:<uuid>``), target side first."""
+
+
+def _audience_counts(summary: dict[str, Any], check: _Checker) -> tuple[tuple[str, str, int], ...]:
+    """Per-audience record counts as (audience_id, outcome, count), ``outcome`` being a ``RECORD_FIELDS`` key.
+
+    ``targetSummaries`` (what reached the destination) are summed over their items; ``sourceSummaries`` only fill
+    in the (audience, outcome) pairs no target summary reports (a failed run may have only source summaries), so
+    an audience seen on both sides is never counted twice. ``audience_id`` is the id without its ``segment:``
+    prefix. An entity without a clean id, or a count that is not valid, is noted and left out.
+    """
+    sides: list[dict[tuple[str, str], int]] = []
+    for key in AUDIENCE_SUMMARY_LISTS:
+        totals: dict[tuple[str, str], int] = {}
+        for item in _list_of(summary, key, check):
+            for entity in _list_of(_obj(item), "entitySummaries", check, f"recordSummary.{key}"):
+                _audience_entity(_obj(entity), totals, check, key)
+        sides.append(totals)
+    target, source = sides
+    merged = {**{k: v for k, v in source.items() if k not in target}, **target}
+    return tuple((audience, outcome, count) for (audience, outcome), count in sorted(merged.items()))
+
+
+def _list_of(section: dict[str, Any], key: str, check: _Checker, where: str = "recordSummary") -> list[Any]:
+    value = section.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        check.invalid.append(f"{where}.{key}")
+        return []
+    return value
+
+
+def _audience_entity(entity: dict[str, Any], totals: dict[tuple[str, str], int], check: _Checker,
+                     key: str) -> None:
+    raw_id = entity.get("id")
+    if not isinstance(raw_id, str) or not raw_id.strip():
+        check.invalid.append(f"recordSummary.{key}.entitySummaries.id")
+        return
+    audience = clean_text(raw_id.strip().removeprefix("segment:"), 128)
+    for outcome, field_name in RECORD_FIELDS.items():
+        count = check.count(entity, field_name, f"recordSummary.{key}.entitySummaries.")
+        if count is not None:
+            totals[(audience, outcome)] = min(totals.get((audience, outcome), 0) + count, MAX_COUNT)
+
+
 def _require_id(payload: object, what: str) -> tuple[dict[str, Any], str]:
     if not isinstance(payload, dict):
         raise PayloadError(f"{what} is not a JSON object")
@@ -385,6 +433,7 @@ def parse_run(payload: object, now_ms: int | None = None) -> Run:
         counts=counts,
         error_codes=frozenset(codes),
         record_codes=_record_codes(_obj(metrics.get("recordSummary")), check),
+        audience_counts=_audience_counts(_obj(metrics.get("recordSummary")), check),
         activities=tuple(sorted(_dedupe_activities(activities), key=lambda a: a.name)),
         unknown_fields=tuple(dict.fromkeys(check.invalid)),
     )

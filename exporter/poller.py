@@ -57,6 +57,7 @@ class PollSettings:
     buckets: tuple[float, ...]
     max_error_codes: int
     max_activities: int = 20
+    max_audiences: int = 0  # 0: per-audience counts off (metrics.audiences false)
     max_flows: int
     shard_index: int = 0
     shard_total: int = 1
@@ -273,7 +274,8 @@ class SandboxPoller:
             return
         update = apply_runs(state, flow, answer.runs, now_ms=int(self._clock() * 1000),
                             max_error_codes=self.settings.max_error_codes, window=answer.window,
-                            max_activities=self.settings.max_activities)
+                            max_activities=self.settings.max_activities,
+                            max_audiences=self.settings.max_audiences)
         self._log_once(flow.id, update)
         await self._tracker.save(update.state)
         if update.counted:

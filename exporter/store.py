@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -25,6 +26,8 @@ from exporter.errors import StateError
 from exporter.model import (
     EARLIEST_MS,
     LATEST_DATE_MS,
+    RECORD_CODE_LISTS,
+    RECORD_FIELDS,
     STATUSES,
     Activity,
     Counts,
@@ -83,6 +86,16 @@ class _Loaded:
                 out[self.text(key, limit)] = count
         return out
 
+    def record_codes(self, data: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+        """outcome -> code -> count, for the outcomes there are."""
+        return {outcome: self.tally(codes) for outcome, codes in data.items()
+                if outcome in RECORD_CODE_LISTS and isinstance(codes, dict)}
+
+    def audiences(self, data: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+        """audience_id -> outcome -> count, for the outcomes there are."""
+        return {self.text(audience, 128): {o: c for o, c in self.tally(counts).items() if o in RECORD_FIELDS}
+                for audience, counts in data.items() if isinstance(counts, dict)}
+
     def flow(self, data: Mapping[str, Any] | None) -> Flow | None:
         if data is None:
             return None
@@ -109,10 +122,14 @@ class _Loaded:
         bounds = tuple(float(b) for b in hist["bounds"])
         counts = tuple(valid_count(c) for c in hist["counts"])
         total = float(hist["sum"])
-        if bounds != tuple(buckets) or None in counts or len(counts) != len(bounds) + 1 \
-                or not math.isfinite(total):
+        if None in counts or len(counts) != len(bounds) + 1 or not math.isfinite(total) \
+                or not all(map(math.isfinite, bounds)) or any(b <= a for a, b in itertools.pairwise(bounds)):
             return Histogram.empty(tuple(buckets)), True
-        return Histogram(bounds=bounds, counts=tuple(c or 0 for c in counts), sum=total), False
+        stored = Histogram(bounds=bounds, counts=tuple(c or 0 for c in counts), sum=total)
+        if bounds == tuple(buckets):
+            return stored, False
+        rebucketed = stored.rebucket(tuple(buckets))  # e.g. metrics.profile full -> lean: fewer, shared bounds
+        return (Histogram.empty(tuple(buckets)), True) if rebucketed is None else (rebucketed, False)
 
 
 def _finite(value: object, limit: float) -> float | None:
@@ -183,9 +200,8 @@ def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...],
         totals=load.tally(data["totals"]),
         durations=histogram,
         error_codes=load.tally(data["error_codes"]),
-        record_codes={load.text(outcome, 16): load.tally(codes)
-                      for outcome, codes in data.get("record_codes", {}).items()
-                      if outcome in ("skipped", "failed", "warning") and isinstance(codes, dict)},
+        record_codes=load.record_codes(data.get("record_codes", {})),
+        audiences=load.audiences(data.get("audiences", {})),
     )
     return state, reset
 

@@ -155,6 +155,16 @@ class Histogram:
     def count(self) -> int:
         return sum(self.counts)
 
+    def rebucket(self, bounds: tuple[float, ...]) -> Histogram | None:
+        """The same observations in other buckets, when every new bound is one of ours (exact: cumulative counts at
+        shared bounds are kept, so Prometheus sees no reset); None when it cannot be exact."""
+        if not set(bounds) <= set(self.bounds) or list(bounds) != sorted(bounds):
+            return None
+        counts = [0] * (len(bounds) + 1)
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            counts[next((i for i, b in enumerate(bounds) if bound <= b), len(bounds))] += count
+        return Histogram(bounds=bounds, counts=tuple(counts), sum=self.sum)
+
     def observe(self, value: float) -> Histogram:
         index = next((i for i, b in enumerate(self.bounds) if value <= b), len(self.bounds))
         counts = list(self.counts)
@@ -187,6 +197,7 @@ class FlowState:
     durations: Histogram = field(default_factory=lambda: Histogram.empty(()))
     error_codes: Mapping[str, int] = field(default_factory=dict)
     record_codes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # outcome -> code -> count
+    audiences: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # audience_id -> outcome -> count
 
     @property
     def key(self) -> tuple[str, str]:

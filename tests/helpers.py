@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
-from exporter.config import DEFAULT_BUCKETS
+from exporter.config import LEAN_BUCKETS
 from exporter.simulator import Credentials
 from exporter.simulator.server import API_PREFIX, IMS_PATH
 
@@ -60,8 +60,10 @@ async def scrape(server: TestServer, path: str = "/metrics", **headers: str) -> 
         return resp.status, await resp.text(), dict(resp.headers)
 
 
-def expected_counters(truth: dict[str, Any], buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> Samples:
-    """What every ``aep_flow_*_total`` counter and the duration histogram must show, from the simulator's runs."""
+def expected_counters(truth: dict[str, Any], buckets: tuple[float, ...] = LEAN_BUCKETS, *,
+                      audiences: bool = False) -> Samples:
+    """What every ``aep_flow_*_total`` counter and the duration histogram must show, from the simulator's runs
+    (with ``audiences``, the per-audience counters too)."""
     out: Samples = {}
     for sandbox, flows in truth["sandboxes"].items():
         for flow_id, flow in flows.items():
@@ -80,6 +82,8 @@ def expected_counters(truth: dict[str, Any], buckets: tuple[float, ...] = DEFAUL
                     continue
                 for outcome, code, count in run.get("record_codes", []):
                     put("aep_flow_record_codes_total", count, outcome=outcome, code=code)
+                for audience, outcome, count in run.get("audiences", []) if audiences else []:
+                    put("aep_flow_audience_records_total", count, audience_id=audience, outcome=outcome)
                 put("aep_flow_runs_total", 1, status=run["status"])
                 for group, field in COUNTER_FIELDS:
                     if run[group].get(field) is not None:
@@ -100,14 +104,14 @@ def counter_samples(samples: Samples) -> Samples:
     """Only the run-derived counters and histogram, the part ground truth determines."""
     names = {"aep_flow_runs_total", "aep_flow_run_errors_total", "aep_flow_run_duration_seconds_bucket",
              "aep_flow_run_duration_seconds_count", "aep_flow_run_duration_seconds_sum",
-             "aep_flow_record_codes_total"}
+             "aep_flow_record_codes_total", "aep_flow_audience_records_total"}
     names |= {f"aep_flow_{field}_{group}_total" for group, field in COUNTER_FIELDS}
     return {k: v for k, v in samples.items() if k[0] in names}
 
 
-def assert_matches_truth(samples: Samples, truth: dict[str, Any]) -> int:
+def assert_matches_truth(samples: Samples, truth: dict[str, Any], *, audiences: bool = False) -> int:
     """Every counter equals ground truth exactly (sums to 1e-6); returns how many completed runs that covers."""
-    expected = expected_counters(truth)
+    expected = expected_counters(truth, audiences=audiences)
     actual = counter_samples(samples)
     missing = sorted(set(expected) - set(actual), key=str)
     extra = sorted(set(actual) - set(expected), key=str)

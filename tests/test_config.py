@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from exporter.cli import main
-from exporter.config import load_config, parse_config, parse_duration
+from exporter.config import FULL_BUCKETS, MetricsConfig, PollConfig, load_config, parse_config, parse_duration
 from exporter.errors import ConfigError
 
 ROOT = Path(__file__).parent.parent
@@ -150,6 +150,30 @@ def test_check_config_exits_0_on_the_shipped_example(monkeypatch: pytest.MonkeyP
         monkeypatch.setenv(key, val)
     assert main(["check-config", "--config", str(ROOT / "config.example.yaml")]) == 0
     assert "config OK" in capsys.readouterr().out
+
+
+def test_the_shipped_example_shows_the_defaults_of_the_metrics_and_poll_sections() -> None:
+    """config.example.yaml's metrics: and poll: values are the code's defaults, so the docs cannot drift."""
+    raw = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    config = parse_config(raw, env={**ENV, "AEP_ORG_ID": "ABC@AdobeOrg"}, base_dir=ROOT)
+    assert config.metrics == MetricsConfig()
+    assert config.poll == PollConfig()
+
+
+def test_a_metrics_profile_sets_the_defaults_and_a_key_given_wins() -> None:
+    """metrics.profile full serves every series (no sparse status, the 12 full buckets); a key set beside it wins;
+    an unknown profile is a config error with its path."""
+    def metrics(section: dict[str, object]) -> MetricsConfig:
+        raw = yaml.safe_load(VALID)
+        raw["metrics"] = section
+        return parse_config(raw, env=ENV).metrics
+
+    full = metrics({"profile": "full"})
+    assert (full.profile, full.sparse_status, full.duration_buckets) == ("full", False, FULL_BUCKETS)
+    mixed = metrics({"profile": "full", "sparse_status": True})
+    assert (mixed.profile, mixed.sparse_status) == ("full", True)
+    with pytest.raises(ConfigError, match=r"metrics\.profile"):
+        metrics({"profile": "tiny"})
 
 
 def test_check_config_warns_when_the_lookback_exceeds_adobes_run_retention(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import assert_matches_truth, parse_samples, poll_and_scrape, scrape, serve, value
+from tests.helpers import assert_matches_truth, parse_samples, pick, poll_and_scrape, scrape, serve
 from tests.simulation import Sim, make_config, make_exporter
 
 
@@ -85,5 +85,4 @@ async def test_first_sight_counts_only_runs_that_ended_after_the_lookback_start(
                           if lbls[0] == "aep_flow_runs_total" and ("flow_id", flow_id) in lbls[1])
             assert counted == expected, (flow_id, counted, expected)
             if done:
-                assert value(samples, "aep_flow_last_run_start_timestamp_seconds", sandbox=sandbox,
-                             flow_id=flow_id) is not None
+                assert pick(samples, "aep_flow_last_run_status", sandbox=sandbox, flow_id=flow_id)

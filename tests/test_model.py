@@ -37,7 +37,7 @@ def render(flow_json: dict[str, Any], runs_json: list[dict[str, Any]], *, now_ms
     update = apply_runs(state, flow, [parse_run(r) for r in runs_json], now_ms=now_ms, max_error_codes=20)
     tracker = Tracker(MemoryStore(), ["prod"])
     tracker.put(update.state)
-    families = build_families(tracker.publish(), options or CollectorOptions())
+    families = build_families(tracker.publish(), options or CollectorOptions(lean=False, sparse_status=False))
     text = generate(families, openmetrics=False).decode()
     return parse_samples(text)
 
@@ -170,7 +170,7 @@ def test_the_duration_histogram_can_be_switched_off_and_counted_runs_stay() -> N
     """metrics.duration_histogram false drops every aep_flow_run_duration_seconds series, and nothing else."""
     flow, run = tutorial()
     with_histogram = render(flow, [run])
-    without = render(flow, [run], options=CollectorOptions(histogram=False))
+    without = render(flow, [run], options=CollectorOptions(lean=False, sparse_status=False, histogram=False))
     dropped = {k for k in with_histogram if k not in without}
     assert dropped and all(k[0].startswith("aep_flow_run_duration_seconds") for k in dropped)
     assert value(without, "aep_flow_runs_total", status="success") == 1

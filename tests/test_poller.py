@@ -75,8 +75,9 @@ async def test_flow_that_fails_keeps_its_values_and_others_go_on(sim: Sim) -> No
     ups = pick(samples, "aep_exporter_flow_up")
     down = [dict(k)["flow_id"] for k, v in ups.items() if v == 0]
     assert down == [flow_id] and sum(ups.values()) == len(ups) - 1
-    for name in ("aep_flow_runs_total", "aep_flow_last_run_start_timestamp_seconds"):
-        assert pick(samples, name, flow_id=flow_id) == pick(before, name, flow_id=flow_id)
+    for name in ("aep_flow_runs_total", "aep_flow_last_run_status", "aep_flow_last_success_timestamp_seconds"):
+        kept = pick(samples, name, flow_id=flow_id)
+        assert kept and kept == pick(before, name, flow_id=flow_id), name
     others_before = sum(v for k, v in pick(before, "aep_flow_runs_total").items() if ("flow_id", flow_id) not in k)
     others_after = sum(v for k, v in pick(samples, "aep_flow_runs_total").items() if ("flow_id", flow_id) not in k)
     assert others_after > others_before

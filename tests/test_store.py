@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.config import PROFILES, MetricsConfig
 from exporter.errors import StateError
 from exporter.store import SqliteStore
 from tests.simulation import Sim, make_config, make_exporter
@@ -24,8 +25,7 @@ async def test_state_round_trips_through_the_file(sim: Sim, tmp_path: Path) -> N
     states = {s.key: s for s in exporter.snapshot().flows}
     await exporter.close()
     store = SqliteStore(path)
-    loaded, resets = store.load((30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
-                                 28800.0, 86400.0))
+    loaded, resets = store.load(MetricsConfig().duration_buckets)
     store.close()
     assert resets == []
     assert len(loaded) == len(states) == 12
@@ -80,8 +80,6 @@ async def test_corrupt_entry_gives_a_clear_error(sim: Sim, tmp_path: Path) -> No
 
 async def test_changed_buckets_reset_only_the_histogram(sim: Sim, tmp_path: Path) -> None:
     """New duration buckets reset the stored histograms (reported), while run counters are kept."""
-    from exporter.config import MetricsConfig
-
     path = tmp_path / "s.db"
     exporter = make_exporter(make_config(sim.url, state_path=str(path)))
     await exporter.start()
@@ -96,6 +94,29 @@ async def test_changed_buckets_reset_only_the_histogram(sim: Sim, tmp_path: Path
         assert state.durations.count == 0
         assert dict(state.runs_total) == totals[state.key]
     await again.close()
+
+
+async def test_switching_profile_full_to_lean_rebuckets_the_histogram_exactly(sim: Sim, tmp_path: Path) -> None:
+    """A state written under metrics.profile full loads under lean with the same observations in the lean buckets
+    (each shared bound's cumulative count, the count and the sum kept: Prometheus sees no reset)."""
+    path = tmp_path / "s.db"
+    full = make_exporter(make_config(sim.url, state_path=str(path), metrics=PROFILES["full"]))
+    await full.start()
+    assert await full.poll_once()
+    before = {s.key: s.durations for s in full.snapshot().flows}
+    await full.close()
+    lean = make_exporter(make_config(sim.url, state_path=str(path), metrics=MetricsConfig()))
+    await lean.start()
+    after = {s.key: s.durations for s in lean.snapshot().flows}
+    await lean.close()
+    assert sum(h.count for h in after.values()) > 0
+    for key, hist in after.items():
+        old = before[key]
+        assert hist.bounds == MetricsConfig().duration_buckets
+        assert (hist.count, hist.sum) == (old.count, old.sum)
+        for i, bound in enumerate(hist.bounds):
+            assert sum(hist.counts[:i + 1]) == sum(c for b, c in zip(old.bounds, old.counts, strict=False)
+                                                   if b <= bound)
 
 
 async def test_counted_run_ids_stay_bounded_over_many_cycles(sim: Sim, tmp_path: Path) -> None:

@@ -27,9 +27,9 @@ def expand(pattern: str) -> list[str]:
     return ["".join(c) for c in itertools.product(*choices)]
 
 
-def readme_reference() -> dict[str, tuple[str, set[str]]]:
-    """Every metric row of README's reference: exposed name -> (type, extra labels)."""
-    rows: dict[str, tuple[str, set[str]]] = {}
+def readme_reference() -> dict[str, tuple[str, set[str], str]]:
+    """Every metric row of README's reference: exposed name -> (type, extra labels, profile or "")."""
+    rows: dict[str, tuple[str, set[str], str]] = {}
     text = (ROOT / "README.md").read_text()
     reference = text[text.index("## Metric reference"):]
     for line in reference.splitlines():
@@ -37,9 +37,10 @@ def readme_reference() -> dict[str, tuple[str, set[str]]]:
         if len(cells) < 3 or not cells[0].startswith("`aep_"):
             continue
         labels = {x.strip() for x in cells[2].strip("`").split(",") if x.strip()}
+        profile = cells[3] if len(cells) == 5 else ""
         for name in re.findall(r"`(aep_[^`]+)`", cells[0]):
             for full in expand(name):
-                rows[full] = (cells[1].split(",")[0].split(" ")[0], labels)
+                rows[full] = (cells[1].split(",")[0].split(" ")[0], labels, profile)
     return rows
 
 
@@ -48,15 +49,28 @@ def exposed(family: metrics.Family) -> str:
 
 
 def test_readme_metric_reference_matches_the_definitions() -> None:
-    """Every family defined in metrics.py is in README's reference with its type and labels, and nothing else is."""
+    """Every family defined in metrics.py is in README's reference with its type, labels and profile (lean, full or
+    opt-in), and nothing else is."""
     reference = readme_reference()
     defined = {exposed(f): f for f in (*metrics.FAMILIES, *metrics.SELF_FAMILIES)}
     assert set(reference) == set(defined), (set(reference) ^ set(defined))
+    opt_in = {"aep_flow_audience_records"}  # served only when metrics.audiences is on
     for name, family in defined.items():
-        typ, labels = reference[name]
+        typ, labels, profile = reference[name]
         assert typ == family.type, (name, typ, family.type)
+        assert profile or family not in metrics.FAMILIES or name == "aep_exporter_flow_up", name
+        if profile:
+            wanted = "opt-in" if family.name in opt_in else "lean" if family.lean else "full"
+            assert profile == wanted, (name, profile, wanted)
         implicit = {"sandbox", "flow_id"} if family in metrics.FAMILIES else set()
         assert labels - implicit == set(family.labels), (name, labels, family.labels)
+
+
+def test_static_labels_cannot_take_a_label_the_exporter_sets() -> None:
+    """Every label a flow family carries is reserved: a configured static label can never collide with it."""
+    from exporter.config import RESERVED_LABELS
+    carried = {label for family in metrics.FAMILIES for label in family.labels}
+    assert carried - RESERVED_LABELS == set()
 
 
 def test_metric_names_are_written_in_one_module_only() -> None:

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import subprocess
 
 import aiohttp
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.config import PROFILES
 from exporter.metrics import FAMILIES
-from tests.helpers import parse_samples, scrape, serve, value
+from tests.helpers import parse_samples, pick, scrape, serve, value
 from tests.simulation import Sim, make_config, make_exporter
 
 
 async def test_metrics_parse_and_pass_promtool_check_metrics(sim: Sim, promtool: str) -> None:
-    """The exposition after a few cycles parses with prometheus-client and passes `promtool check metrics`."""
-    exporter = make_exporter(make_config(sim.url))
+    """Under metrics.profile full with audiences on, the exposition after a few cycles holds every family of the
+    contract, parses with prometheus-client and passes `promtool check metrics`."""
+    exporter = make_exporter(make_config(sim.url, metrics=dataclasses.replace(PROFILES["full"], audiences=True)))
     server = await serve(exporter)
     try:
         for _ in range(3):
@@ -41,6 +45,26 @@ async def test_metrics_parse_and_pass_promtool_check_metrics(sim: Sim, promtool:
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+async def test_the_default_lean_profile_serves_exactly_the_lean_families(sim: Sim) -> None:
+    """At the defaults every family marked lean is served (sparse statuses: only value-1 status series), and no
+    family kept for metrics.profile full, nor the opt-in per-audience counters."""
+    exporter = make_exporter(make_config(sim.url))
+    server = await serve(exporter)
+    try:
+        for _ in range(3):
+            assert await exporter.poll_once()
+            sim.world.clock.advance(15 * 60)
+        status, text, _headers = await scrape(server)
+    finally:
+        await server.close()
+    assert status == 200
+    families = {f.name for f in text_string_to_metric_families(text) if f.samples}
+    flow_families = {f.name for f in FAMILIES}
+    assert families & flow_families == {f.name for f in FAMILIES if f.lean} - {"aep_flow_audience_records"}
+    samples = parse_samples(text)
+    assert set(pick(samples, "aep_flow_last_run_status").values()) == {1.0}
 
 
 async def test_openmetrics_is_served_when_asked_and_ends_with_one_eof(sim: Sim) -> None:

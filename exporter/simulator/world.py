@@ -75,6 +75,10 @@ class SimRun:
     destination: bool
     activity_style: str
     record_codes: tuple[tuple[str, str, int], ...] = ()  # (outcome, code, count): skipped/failed/warningInfo
+    # Per-audience counts: what each side's entitySummaries report, and the truth (an outcome both sides report
+    # once, from the target side).
+    source_entities: tuple[tuple[str, str, int], ...] = ()  # (audience_id, outcome, count)
+    target_entities: tuple[tuple[str, str, int], ...] = ()
 
     def completed(self, now_ms: int) -> bool:
         return now_ms >= self.end_ms
@@ -92,8 +96,25 @@ class SimRun:
             "records": self.records, "bytes": self.bytes, "files": self.files,
             "error_codes": self.error_codes if done else [],
             "record_codes": [list(c) for c in self.record_codes] if done else [],
+            "audiences": [list(c) for c in self.audience_truth] if done else [],
             "duration_seconds": (self.end_ms - self.started_ms) / 1000.0 if done else None,
         }
+
+    @property
+    def audience_truth(self) -> list[tuple[str, str, int]]:
+        merged = {(a, o): c for a, o, c in self.source_entities}
+        merged.update({(a, o): c for a, o, c in self.target_entities})
+        return [(a, o, c) for (a, o), c in sorted(merged.items())]
+
+    def _summaries(self) -> dict[str, Any]:
+        out = {}
+        for key, entities in (("sourceSummaries", self.source_entities), ("targetSummaries", self.target_entities)):
+            if entities:
+                by_id: dict[str, dict[str, Any]] = {}
+                for audience, outcome, count in entities:
+                    by_id.setdefault(audience, {"id": f"segment:{audience}"})[RECORD_JSON[outcome]] = count
+                out[key] = [{"id": self.flow_id, "entitySummaries": list(by_id.values())}]
+        return out
 
     def to_json(self, now_ms: int) -> dict[str, Any]:
         done = self.completed(now_ms)
@@ -109,10 +130,7 @@ class SimRun:
             if self.bytes:  # a failed activation run may have no sizeSummary at all
                 metrics["sizeSummary"] = _json_counts(self.bytes, {
                     "input": "inputBytes", "output": "outputBytes", "skipped": "skippedBytes", "failed": "failedBytes"})
-            metrics["recordSummary"] = _json_counts(self.records, {
-                "input": "inputRecordCount", "output": "outputRecordCount", "failed": "failedRecordCount",
-                "skipped": "skippedRecordCount", "warning": "warningRecordCount", "created": "createdRecordCount",
-                "updated": "updatedRecordCount", "deleted": "deletedRecordCount"})
+            metrics["recordSummary"] = {**_json_counts(self.records, RECORD_JSON), **self._summaries()}
             for outcome, key in (("skipped", "skippedInfo"), ("failed", "failedInfo"), ("warning", "warningInfo")):
                 infos = [{"code": code, "count": count} for o, code, count in self.record_codes if o == outcome]
                 if infos:
@@ -171,6 +189,26 @@ ACTIVATION_CODES = {"skipped": ("ACTIVATION_BATCH-0001-SKIP", "IDENTITY-1101-NOT
                     "warning": ("MAPPING-2001-TRUNCATED",)}
 
 
+def _audience_ids(seed: str, flow_id: str) -> list[str]:
+    """The three audiences a destination flow exports (a segment export's selectors carry the same ids)."""
+    rng = random.Random(f"{seed}:{flow_id}:audiences")
+    return [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(3)]
+
+
+def _audience_counts(run: SimRun, audiences: list[str], rng: random.Random) -> None:
+    """entitySummaries: the source side reports each audience's input and skipped records, the target side its
+    output, created, updated and skipped (the same skipped count again); a failed run may have only the source
+    side."""
+    source, target = [], []
+    for audience in audiences:
+        skipped = rng.randint(0, 20)
+        source += [(audience, "input", rng.randint(0, 5_000)), (audience, "skipped", skipped)]
+        target += [(audience, "output", rng.randint(0, 5_000)), (audience, "created", rng.randint(0, 1_000)),
+                   (audience, "updated", rng.randint(0, 1_000)), (audience, "skipped", skipped)]
+    run.source_entities = tuple(source)
+    run.target_entities = () if run.status == "failed" and rng.random() < 0.5 else tuple(target)
+
+
 def _activation(run: SimRun, rng: random.Random) -> None:
     """What a destination (activation) run reports besides a source run's counts, as Adobe documents it:
     identities created, updated and deleted, skipped and failed bytes, skipped files, and skippedInfo /
@@ -198,7 +236,7 @@ def _segment_selectors(start_ms: int, seed: str, flow_id: str) -> list[dict[str,
     """A segment export's audiences as Adobe documents them: no scheduleParams, one schedule per audience
     (every 3 hours until a month on, daily until two months on, and a one-time export)."""
     start = datetime.datetime.fromtimestamp(start_ms / 1000, tz=datetime.UTC).date()
-    rng = random.Random(f"{seed}:{flow_id}:audiences")
+    ids = iter(_audience_ids(seed, flow_id))
 
     def selector(frequency: str, days: int | None) -> dict[str, Any]:
         schedule: dict[str, Any] = {"frequency": frequency, "triggerType": "SCHEDULED",
@@ -206,13 +244,18 @@ def _segment_selectors(start_ms: int, seed: str, flow_id: str) -> list[dict[str,
         if days is not None:
             schedule["endDate"] = (start + datetime.timedelta(days=days)).isoformat()
         return {"type": "PLATFORM_SEGMENT",
-                "value": {"id": str(uuid.UUID(int=rng.getrandbits(128))), "name": f"Audience {frequency.lower()}",
+                "value": {"id": next(ids), "name": f"Audience {frequency.lower()}",
                           "schedule": schedule}}
 
     return [{"name": "GeneralTransform", "params": {
         "exportMode": "FIRST_FULL_THEN_INCREMENTAL",
         "segmentSelectors": {"selectors": [selector("EVERY_3_HOURS", 30), selector("DAILY", 60),
                                            selector("ONCE", None)]}}}]
+
+
+RECORD_JSON = {"input": "inputRecordCount", "output": "outputRecordCount", "failed": "failedRecordCount",
+               "skipped": "skippedRecordCount", "warning": "warningRecordCount", "created": "createdRecordCount",
+               "updated": "updatedRecordCount", "deleted": "deletedRecordCount"}
 
 
 def _json_counts(values: dict[str, int | None], keys: dict[str, str]) -> dict[str, int]:
@@ -324,6 +367,8 @@ class SimFlow:
                      activity_errors=act_errors, destination=destination, activity_style=self.activity_style)
         if destination:
             _activation(run, random.Random(f"{self.seed}:{self.id}:{created}:activation"))
+            _audience_counts(run, _audience_ids(self.seed, self.id),
+                             random.Random(f"{self.seed}:{self.id}:{created}:audiences"))
         return run
 
     def visible_runs(self, now_ms: int) -> list[SimRun]:
