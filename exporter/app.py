@@ -22,14 +22,15 @@ from exporter import __version__
 from exporter.auth import TokenProvider
 from exporter.bodies import ACCEPT_ENCODING
 from exporter.client import FlowServiceClient
-from exporter.config import Config, load_config
+from exporter.config import Config, Overrides, load_config
 from exporter.errors import ConfigError
 from exporter.exposition import SELF_TTL, MetricsRenderer
 from exporter.metrics import CollectorOptions
-from exporter.poller import OnceLog, PollSettings, SandboxPoller
+from exporter.poller import OnceLog, PollSettings, SandboxPoller, Survey
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MemoryStore, open_store
 from exporter.tracker import Tracker
+from exporter.transport import client_session
 from exporter.values import Snapshot
 from exporter.web import WebSecurity, create_web_app
 
@@ -67,9 +68,10 @@ class Exporter:
 
     def __init__(self, config: Config, *, registry: CollectorRegistry | None = None,
                  tuning: Tuning | None = None, clock: Callable[[], float] = time.time,
-                 config_path: str | Path | None = None) -> None:
+                 config_path: str | Path | None = None, config_overrides: Overrides | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self.config_overrides = config_overrides  # command-line flags, applied again on every reload
         self.tuning = tuning or Tuning()
         self.clock = clock
         self.registry = registry or CollectorRegistry()
@@ -99,9 +101,9 @@ class Exporter:
         if self._session is None:
             await self._open_state()
             # The session does not decompress: bodies.py does, with a cap on the inflated size (gzip bombs).
-            self._session = aiohttp.ClientSession(
-                auto_decompress=False,
-                headers={"User-Agent": f"aep-flow-exporter/{__version__}", "Accept-Encoding": ACCEPT_ENCODING})
+            self._session = client_session(
+                headers={"User-Agent": f"aep-flow-exporter/{__version__}", "Accept-Encoding": ACCEPT_ENCODING},
+                proxy=self.config.adobe.proxy, ca_file=self.config.adobe.ca_file)
             self._build_pollers()
         if poll and not self._loops:
             self._start_loops()
@@ -137,7 +139,7 @@ class Exporter:
                                        client_id=config.adobe.client_id, client_secret=config.adobe.client_secret,
                                        scopes=config.adobe.scopes, metrics=self.metrics, timeout=config.poll.timeout,
                                        retries=min(config.poll.retries, 2), backoff_base=self.tuning.backoff_base,
-                                       clock=self.clock, rng=rng)
+                                       clock=self.clock, rng=rng, proxy=config.adobe.proxy)
             self._auth_for = credentials
         client = FlowServiceClient(session=self._session, base_url=config.adobe.flow_service_url, auth=self._auth,
                                    client_id=config.adobe.client_id, org_id=config.adobe.org_id,
@@ -145,11 +147,20 @@ class Exporter:
                                    requests_per_second=config.poll.requests_per_second,
                                    max_concurrency=config.poll.max_concurrency,
                                    backoff_base=self.tuning.backoff_base, backoff_cap=self.tuning.backoff_cap,
-                                   rng=rng, max_response_bytes=config.poll.max_response_bytes)
+                                   rng=rng, max_response_bytes=config.poll.max_response_bytes,
+                                   proxy=config.adobe.proxy)
         settings = _settings(config)
         self.pollers = [SandboxPoller(sandbox=sb, settings=settings, client=client, tracker=self.tracker,
                                       metrics=self.metrics, once=self.once, clock=self.clock, rng=rng)
                         for sb in config.sandboxes]
+
+    async def survey(self) -> list[Survey]:
+        """What the credential can see in each sandbox (``check-config --online``): a token first (AuthError when
+        IMS refuses it), then every sandbox's flows. Opens the state file like start(): give a config without one."""
+        await self.start()
+        assert self._auth is not None  # noqa: S101 -- start() made it
+        await self._auth.token()
+        return list(await asyncio.gather(*(p.survey() for p in self.pollers)))
 
     async def poll_once(self) -> bool:
         """One cycle of every sandbox, concurrently; True when all of them succeeded."""
@@ -185,7 +196,7 @@ class Exporter:
         if self.config_path is None:
             return False
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path, overrides=self.config_overrides)
             if new.state.path != self.config.state.path:
                 raise ConfigError([f"state.path: cannot change on reload (restart to use {new.state.path})"])
         except ConfigError as exc:
@@ -219,6 +230,9 @@ class Exporter:
                 old.host, old.port, old.web_config_file, old.enable_lifecycle):
             log.warning("server_settings_not_reloaded", hint="listen, web_config_file and enable_lifecycle "
                         "take effect at the next restart")
+        if (new.adobe.proxy, new.adobe.ca_file) != (self.config.adobe.proxy, self.config.adobe.ca_file):
+            log.warning("network_settings_not_reloaded", hint="adobe.proxy and adobe.ca_file take effect at the next "
+                        "restart")
 
     def web_app(self, *, poll: bool = True) -> web.Application:
         """The aiohttp app; its cleanup context starts the exporter (and its polling loops) and closes it."""

@@ -22,6 +22,7 @@ from exporter.bodies import decode, read_capped
 from exporter.errors import AuthError, PayloadError
 from exporter.model import clean_text
 from exporter.selfmetrics import SelfMetrics
+from exporter.transport import describe_failure
 from exporter.values import Secret
 
 log = structlog.get_logger(__name__)
@@ -30,6 +31,17 @@ RENEW_AT_FRACTION = 0.9
 IMS_MAX_BYTES = 1024 * 1024
 """A token answer is a few hundred bytes."""
 
+IMS_HINTS = {
+    "invalid_client": "Check adobe.client_id and the client secret: both come from the project's OAuth "
+                      "Server-to-Server credential in the Adobe Developer Console (a rotated secret must be updated "
+                      "here too); see docs/adobe-setup.md",
+    "invalid_scope": "The credential may not ask for these scopes: copy the scopes the Developer Console lists for "
+                     "the credential into adobe.scopes",
+    "unauthorized_client": "The credential is not allowed the client_credentials grant: use an OAuth "
+                           "Server-to-Server credential (docs/adobe-setup.md)",
+}
+"""What to do about each OAuth error IMS may answer with."""
+
 
 class TokenProvider:
     """Hands out a valid bearer token; see the module docstring."""
@@ -37,9 +49,10 @@ class TokenProvider:
     def __init__(self, *, session: aiohttp.ClientSession, url: str, client_id: str, client_secret: Secret,
                  scopes: str, metrics: SelfMetrics, timeout: float = 30.0, retries: int = 2,
                  backoff_base: float = 0.5, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, proxy: str | None = None) -> None:
         self._session = session
         self._url = url
+        self._proxy = proxy
         self._client_id = client_id
         self._secret = client_secret
         self._scopes = scopes
@@ -119,8 +132,14 @@ class TokenProvider:
             self._metrics.token_failures.inc()
             error = body.get("error") if isinstance(body, dict) else None
             error = self.redact(clean_text(str(error), 64)) if error else "no access_token in answer"
-            log.error("token_request_failed", status=status, error=error)
-            raise AuthError(f"IMS refused the token request: HTTP {status} ({error})")
+            described = body.get("error_description") if isinstance(body, dict) else None
+            description = self.redact(clean_text(str(described), 300)) if described else ""
+            log.error("token_request_failed", status=status, error=error, description=description)
+            text = f"IMS refused the token request: HTTP {status} ({error})"
+            if description:
+                text += f": {description}"
+            hint = IMS_HINTS.get(error)
+            raise AuthError(f"{text}. {hint}" if hint else text)
         return self._take(body["access_token"], body.get("expires_in"))
 
     async def _post(self) -> tuple[int, str, object]:
@@ -147,9 +166,11 @@ class TokenProvider:
         except (TimeoutError, aiohttp.ClientError, PayloadError) as exc:
             self._metrics.token_failures.inc()
             reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
-            log.warning("token_request_failed", reason=reason, status=code)
             if code == "error":
-                raise _TransientError(f"IMS token request failed: {reason}") from None
+                detail = describe_failure(exc, self._url, timeout=self._timeout, proxy=self._proxy)
+                log.warning("token_request_failed", reason=reason, detail=detail)
+                raise _TransientError(f"IMS token request failed: {detail}") from None
+            log.warning("token_request_failed", reason=reason, status=code)
             raise AuthError(f"IMS token request failed: HTTP {code}, unreadable answer") from None
         finally:
             self._metrics.api_requests.labels("", "token", code).inc()

@@ -10,9 +10,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -20,22 +23,25 @@ from aiohttp import web
 from exporter import __version__
 from exporter.app import Exporter
 from exporter.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATHS,
     AdobeConfig,
     Config,
     DiscoverConfig,
     LogConfig,
+    Overrides,
     PollConfig,
     SandboxConfig,
     ServerConfig,
-    ShardConfig,
     StateConfig,
     config_warnings,
+    find_config,
     load_config,
     parse_duration,
     parse_listen,
-    shard_problem,
+    proxy_host,
 )
-from exporter.errors import ConfigError, StateError
+from exporter.errors import ConfigError, ExporterError, StateError
 from exporter.simulator import Credentials, Faults, SimClock, Simulator, World
 from exporter.simulator.server import API_PREFIX, IMS_PATH, RUNS_FILTER_MODES
 from exporter.values import Secret
@@ -94,16 +100,24 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the exporter daemon")
-    run.add_argument("--config", required=True, help="path of the YAML config")
+    _config_arg(run)
+    run.add_argument("--web.listen-address", "--listen", dest="listen",
+                     help="host:port to serve on (overrides server.listen)")
+    run.add_argument("--web.config.file", dest="web_config_file",
+                     help="exporter-toolkit web config: TLS, basic auth (overrides server.web_config_file)")
+    run.add_argument("--log.level", dest="log_level", choices=("debug", "info", "warning", "error"),
+                     help="overrides log.level")
+    run.add_argument("--log.format", dest="log_format", choices=("json", "console"), help="overrides log.format")
     run.add_argument("--shard-index", type=int, help="this process's shard (overrides shard.index)")
     run.add_argument("--total-shards", type=int, help="number of shards (overrides shard.total)")
-    run.add_argument("--listen", help="host:port to serve on (overrides server.listen)")
 
     check = sub.add_parser("check-config", help="validate a config and exit")
-    check.add_argument("--config", required=True)
+    _config_arg(check)
+    check.add_argument("--online", action="store_true",
+                       help="also get a token and list what the credential can see in each sandbox")
 
     once = sub.add_parser("once", help="poll every sandbox once and print the exposition")
-    once.add_argument("--config", required=True)
+    _config_arg(once)
 
     sim = sub.add_parser("simulate", help="serve the fake Adobe IMS and Flow Service")
     _simulator_args(sim, port=9848)
@@ -113,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen", default="127.0.0.1:9847", help="host:port of the exporter (default %(default)s)")
     demo.add_argument("--interval", default="15s", help="poll interval (default %(default)s)")
     return parser
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help=f"path of the YAML config (default: ${CONFIG_ENV}, else ./config.yaml, else "
+                                    f"{DEFAULT_CONFIG_PATHS[1]})")
 
 
 def _simulator_args(p: argparse.ArgumentParser, *, port: int) -> None:
@@ -178,45 +197,58 @@ def _print_problems(exc: ConfigError) -> int:
     return 2
 
 
-def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
-    problems = []
-    if args.shard_index is not None or args.total_shards is not None:
-        index = config.shard.index if args.shard_index is None else args.shard_index
-        total = config.shard.total if args.total_shards is None else args.total_shards
-        problem = shard_problem(index, total)
-        if problem:
-            problems.append(f"--shard-index/--total-shards: {problem}")
-        config = dataclasses.replace(config, shard=ShardConfig(index=index, total=total))
+def _overrides(args: argparse.Namespace) -> Overrides:
+    """The run flags as config values (validated with the file's, and applied again on every reload)."""
+    out: dict[str, dict[str, object]] = {}
     if args.listen:
-        try:
-            host, port = parse_listen(args.listen)
-        except ValueError as exc:
-            problems.append(f"--listen: {exc}")
-        else:
-            config = dataclasses.replace(config, server=dataclasses.replace(config.server, host=host, port=port))
-    if problems:
-        raise ConfigError(problems)
-    return config
+        out.setdefault("server", {})["listen"] = args.listen
+    if args.web_config_file:
+        out.setdefault("server", {})["web_config_file"] = str(Path(args.web_config_file).resolve())
+    if args.log_level:
+        out.setdefault("log", {})["level"] = args.log_level
+    if args.log_format:
+        out.setdefault("log", {})["format"] = args.log_format
+    if args.shard_index is not None:
+        out.setdefault("shard", {})["index"] = args.shard_index
+    if args.total_shards is not None:
+        out.setdefault("shard", {})["total"] = args.total_shards
+    return out
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts (so a busy port fails before the first poll)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=512)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = _with_overrides(load_config(args.config), args)
+    path = find_config(args.config)
+    overrides = _overrides(args)
+    config = load_config(path, overrides=overrides)
     configure_logging(config.log.level, config.log.format)
+    listen = f"{config.server.host}:{config.server.port}"
+    try:
+        sock = bind(config.server.host, config.server.port)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"aep-flow-exporter: cannot listen on {listen}: {reason} (another process has the port? "
+              "change server.listen or --web.listen-address)", file=sys.stderr)
+        return 1
     tune_interpreter()
-    exporter = Exporter(config, config_path=args.config)
+    exporter = Exporter(config, config_path=path, config_overrides=overrides)
     for warning in config_warnings(config):
         log.warning("config_warning", problem=warning)
-    log.info("starting", version=__version__, listen=f"{config.server.host}:{config.server.port}",
+    log.info("starting", version=__version__, config=str(path), listen=listen,
              tls=config.server.web.ssl_context is not None, basic_auth=bool(config.server.web.users),
+             proxy=proxy_host(config.adobe.proxy) if config.adobe.proxy else None,
              sandboxes=[s.name for s in config.sandboxes], shard=f"{config.shard.index}/{config.shard.total}")
-    web.run_app(exporter.web_app(), host=config.server.host, port=config.server.port, print=None,
-                access_log=None, handle_signals=True, ssl_context=config.server.web.ssl_context,
-                keepalive_timeout=config.server.read_header_timeout)
+    web.run_app(exporter.web_app(), sock=sock, print=None, access_log=None, handle_signals=True,
+                ssl_context=config.server.web.ssl_context, keepalive_timeout=config.server.read_header_timeout)
     return 0
 
 
 def _cmd_once(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(find_config(args.config))
     configure_logging(config.log.level, config.log.format)
 
     async def once() -> int:
@@ -226,11 +258,58 @@ def _cmd_once(args: argparse.Namespace) -> int:
             ok = await exporter.poll_once()
             body = await exporter.renderer.render(openmetrics=False, gzip=False)
             sys.stdout.write(body.decode())
-            return 0 if ok else 1
+            snapshot = exporter.snapshot()
+            failed = [s.name for s in snapshot.sandboxes if s.last_ok is False]
+            if failed or not ok:
+                print(f"aep-flow-exporter: could not poll sandbox {', '.join(failed) or '(see the log)'}",
+                      file=sys.stderr)
+                return 1
+            if snapshot.flows and not any(f.up for f in snapshot.flows):
+                print(f"aep-flow-exporter: none of the {len(snapshot.flows)} flows could be read (see the log)",
+                      file=sys.stderr)
+                return 1
+            return 0
         finally:
             await exporter.close()
 
     return asyncio.run(once())
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(find_config(args.config))
+    flows = sum(len(s.flows) for s in config.sandboxes)
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"config OK: {len(config.sandboxes)} sandboxes, {flows} configured flows")
+    if not args.online:
+        return 0
+    configure_logging("error", "console")
+    return asyncio.run(_online(config))
+
+
+async def _online(config: Config) -> int:
+    """check-config --online: a token, then a table of what the credential can see in each sandbox."""
+    exporter = Exporter(dataclasses.replace(config, state=StateConfig(path=None)))
+    try:
+        surveys = await exporter.survey()
+    except ExporterError as exc:
+        print(f"cannot get a token: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await exporter.close()
+    print("token OK")
+    rows = [("sandbox", "flows", "source", "destination", "discovery tracks", "configured not found", "problem")]
+    for s in surveys:
+        if s.error:
+            rows.append((s.sandbox, "-", "-", "-", "-", "-", s.error))
+        else:
+            rows.append((s.sandbox, str(sum(s.kinds.values())), str(s.kinds.get("source", 0)),
+                         str(s.kinds.get("destination", 0)), str(s.discovered),
+                         ", ".join(s.missing) or "none", "none" if not s.missing else "configured ids not found"))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths, strict=True)) + "  " + row[6])
+    return 1 if any(s.error or s.missing for s in surveys) else 0
 
 
 async def _serve_until_signal(runners: list[web.AppRunner]) -> None:
@@ -305,14 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        if args.command == "check-config":
-            config = load_config(args.config)
-            flows = sum(len(s.flows) for s in config.sandboxes)
-            for warning in config_warnings(config):
-                print(f"warning: {warning}", file=sys.stderr)
-            print(f"config OK: {len(config.sandboxes)} sandboxes, {flows} configured flows")
-            return 0
-        handler = {"run": _cmd_run, "once": _cmd_once, "simulate": _cmd_simulate, "demo": _cmd_demo}[args.command]
+        handler = {"run": _cmd_run, "once": _cmd_once, "check-config": _cmd_check_config, "simulate": _cmd_simulate,
+                   "demo": _cmd_demo}[args.command]
         return handler(args)
     except ConfigError as exc:
         return _print_problems(exc)

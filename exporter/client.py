@@ -31,6 +31,7 @@ from exporter.errors import (
 )
 from exporter.model import clean_text, items_of, next_link
 from exporter.selfmetrics import SelfMetrics
+from exporter.transport import describe_failure
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,15 @@ class RateLimiter:
             await asyncio.sleep(slot - now)
 
 
+ACCESS_HINTS = {
+    401: "Adobe refused a fresh token: is the Experience Platform API added to the Developer Console project of "
+         "this credential, and is adobe.org_id that project's organization? (docs/adobe-setup.md)",
+    403: "The credential may not read dataflows in sandbox '{sandbox}': its role or product profile needs this "
+         "sandbox and the View Sources and View Destinations permissions (docs/adobe-setup.md)",
+}
+"""What to check when the Flow Service refuses the credential."""
+
+
 class FlowServiceClient:
     """``GET`` on the Flow Service with everything a polite, robust client does."""
 
@@ -65,8 +75,9 @@ class FlowServiceClient:
                  requests_per_second: float = 10.0, max_concurrency: int = 8, backoff_base: float = 0.5,
                  backoff_cap: float = 30.0, rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 max_response_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_response_bytes: int = DEFAULT_MAX_BYTES, proxy: str | None = None) -> None:
         self._session = session
+        self._proxy = proxy
         self._base = base_url.rstrip("/")
         self._auth = auth
         self._client_id = client_id
@@ -95,7 +106,8 @@ class FlowServiceClient:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
                 if attempt >= self._retries:
-                    raise TransportError(endpoint, reason) from None
+                    detail = describe_failure(exc, url, timeout=self._timeout.total, proxy=self._proxy)
+                    raise TransportError(endpoint, reason, detail) from None
                 await self._backoff(endpoint, reason, attempt, None)
                 attempt += 1
                 continue
@@ -109,7 +121,7 @@ class FlowServiceClient:
                                     resp_headers.get("Retry-After"))
                 attempt += 1
                 continue
-            return await self._answer(endpoint, status, resp_headers, raw)
+            return await self._answer(sandbox, endpoint, status, resp_headers, raw)
 
     def _headers(self, sandbox: str, token: str) -> dict[str, str]:
         return {
@@ -120,7 +132,8 @@ class FlowServiceClient:
             "Accept": "application/json",
         }
 
-    async def _answer(self, endpoint: str, status: int, headers: Mapping[str, str], raw: bytes) -> dict[str, Any]:
+    async def _answer(self, sandbox: str, endpoint: str, status: int, headers: Mapping[str, str],
+                      raw: bytes) -> dict[str, Any]:
         """A final answer: the JSON object of a 200, else the error it stands for (never a redirect followed)."""
         encoding = headers.get("Content-Encoding", "")
         if status == 200:
@@ -138,7 +151,8 @@ class FlowServiceClient:
             raise ServerError(endpoint, status, code, detail)
         if status == 404:
             raise NotFoundError(endpoint, status, code, detail)
-        raise ApiError(endpoint, status, code, detail)
+        hint = ACCESS_HINTS.get(status, "").format(sandbox=sandbox)
+        raise ApiError(endpoint, status, code, f"{detail}. {hint}" if detail and hint else detail or hint)
 
     async def _send(self, sandbox: str, endpoint: str, url: str, params: Params,
                     headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:

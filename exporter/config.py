@@ -13,11 +13,13 @@ import itertools
 import math
 import os
 import re
+import ssl
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -38,6 +40,7 @@ RESERVED_LABELS = frozenset(
 )
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -50,6 +53,8 @@ class AdobeConfig:
     scopes: str = DEFAULT_SCOPES
     ims_token_url: str = "https://ims-na1.adobelogin.com/ims/token/v3"  # noqa: S105 -- a URL, not a password
     flow_service_url: str = "https://platform.adobe.io/data/foundation/flowservice"
+    proxy: str | None = None  # an explicit HTTP(S) proxy; otherwise HTTPS_PROXY / HTTP_PROXY / NO_PROXY apply
+    ca_file: Path | None = None  # extra CA certificates (PEM) to trust, e.g. a TLS-intercepting proxy's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,6 +370,26 @@ def _url(value: object) -> str:
     return text
 
 
+def _proxy_url(value: object) -> str:
+    """An http:// (or https://) proxy URL; user:password in it is allowed and never echoed in an error."""
+    text = _string(value).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = f"{parts.scheme}://{parts.hostname or ''}..." if "@" in text else repr(text)
+        raise ValueError(f"{shown} is not a proxy URL such as http://proxy.example.com:3128")
+    try:
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("the proxy URL's port is not a number") from None
+    return text
+
+
+def proxy_host(url: str) -> str:
+    """host:port of a proxy URL, for logs and errors (never its user or password)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
 def parse_listen(value: object) -> tuple[str, int]:
     """``host:port``, ``[::1]:port`` or ``:port`` (every interface) -> (host, port)."""
     text = _string(value).strip()
@@ -442,7 +467,20 @@ class _ConfigParser(_Reader):
             scopes=self.get(sec, "scopes", "adobe", _string, DEFAULT_SCOPES),
             ims_token_url=self.get(sec, "ims_token_url", "adobe", _url, AdobeConfig.ims_token_url),
             flow_service_url=self.get(sec, "flow_service_url", "adobe", _url, AdobeConfig.flow_service_url),
+            proxy=self.get(sec, "proxy", "adobe", _proxy_url, None),
+            ca_file=self.ca_file(sec),
         )
+
+    def ca_file(self, sec: dict[str, Any]) -> Path | None:
+        name = self.get(sec, "ca_file", "adobe", _string, "")
+        if not name:
+            return None
+        path = self.base_dir / name
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            self.problem("adobe.ca_file", f"{name}: not a readable PEM file of CA certificates ({exc})")
+        return path
 
     def poll(self, raw: object) -> PollConfig:
         known = _keys(PollConfig)
@@ -481,6 +519,10 @@ class _ConfigParser(_Reader):
             ident = ident.strip()
             if not ident:
                 self.problem(where, "flow id is empty")
+            elif not _UUID_RE.match(ident):
+                self.problem(where, f"{ident!r} is not a flow id: Adobe's flow ids are UUIDs such as "
+                                    "c9cef9cb-c934-4467-8ef9-cbc934546741 (copy it from the dataflow's page in the "
+                                    "Experience Platform UI, or let discover: find flows by name)")
             elif ident in seen:
                 self.problem(where, f"duplicate flow id {ident}")
             else:
@@ -628,6 +670,8 @@ def parse_config(raw: object, *, env: Mapping[str, str] | None = None, base_dir:
     state_path = StateConfig().path
     if "state" in top and "path" in state_sec:
         state_path = parser.get(state_sec, "path", "state", _string, "") or None
+    if state_path is not None:  # relative to the config file's folder, like the other paths in it
+        state_path = str(parser.base_dir / state_path)
     config = Config(
         adobe=parser.adobe(top.get("adobe")),
         sandboxes=parser.sandboxes(top.get("sandboxes"), poll),
@@ -643,8 +687,34 @@ def parse_config(raw: object, *, env: Mapping[str, str] | None = None, base_dir:
     return config
 
 
-def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a YAML config file; raises ConfigError (never a yaml or OS error)."""
+CONFIG_ENV = "AEP_FLOW_EXPORTER_CONFIG"
+DEFAULT_CONFIG_PATHS = (Path("config.yaml"), Path("/etc/aep-flow-exporter/config.yaml"))
+
+
+def find_config(given: str | None, env: Mapping[str, str] | None = None) -> Path:
+    """The config file to use: ``--config``, else $AEP_FLOW_EXPORTER_CONFIG, else ./config.yaml, else
+    /etc/aep-flow-exporter/config.yaml; ConfigError naming all three when none is given or found."""
+    env = os.environ if env is None else env
+    if given:
+        return Path(given)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError([f"no config file: give --config PATH, set {CONFIG_ENV}, or create ./config.yaml or "
+                       f"{DEFAULT_CONFIG_PATHS[1]} (config.example.yaml shows every key; `aep-flow-exporter demo` "
+                       "runs without one)"])
+
+
+Overrides = Mapping[str, Mapping[str, object]]
+"""Command-line flags as config values: section -> key -> value, applied over the file's (on reload too)."""
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None,
+                overrides: Overrides | None = None) -> Config:
+    """Read and validate a YAML config file, with ``overrides`` over its values; raises ConfigError (never a yaml
+    or OS error)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -656,4 +726,8 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         raise ConfigError([f"{file}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]) from exc
+    if overrides and isinstance(raw, dict):
+        for section, values in overrides.items():
+            current = raw.get(section)
+            raw[section] = {**(current if isinstance(current, dict) else {}), **values}
     return parse_config(raw, env=env, base_dir=file.parent)

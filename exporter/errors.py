@@ -36,10 +36,10 @@ class AuthError(ExporterError):
 class TransportError(ExporterError):
     """A request failed below HTTP (timeout, connection refused or reset) after all retries."""
 
-    def __init__(self, endpoint: str, reason: str) -> None:
+    def __init__(self, endpoint: str, reason: str, detail: str = "") -> None:
         self.endpoint = endpoint
-        self.reason = reason
-        super().__init__(f"{endpoint}: {reason}")
+        self.reason = reason  # timeout or connection
+        super().__init__(f"{endpoint}: {detail or reason}")
 
 
 class ApiError(ExporterError):

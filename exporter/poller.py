@@ -14,9 +14,9 @@ import dataclasses
 import hashlib
 import random
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -77,6 +77,18 @@ class OnceLog:
         if len(self._seen) > self._limit:
             self._seen.popitem(last=False)
         return True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Survey:
+    """What the credential can see in one sandbox (``check-config --online``): flows by kind, how many discovery
+    would track, configured ids not found; or why it could not look."""
+
+    sandbox: str
+    kinds: Mapping[str, int] = field(default_factory=dict)
+    discovered: int = 0
+    missing: tuple[str, ...] = ()
+    error: str = ""
 
 
 class SandboxPoller:
@@ -204,6 +216,20 @@ class SandboxPoller:
                 if kind_ok and discover.accepts(flow.name):
                     found[flow.id] = flow
         return found
+
+    async def survey(self) -> Survey:
+        """List every flow of the sandbox once (no state touched); a failure is reported, never raised."""
+        flows: dict[str, Flow] = {}
+        try:
+            async for items in self._client.pages(self.name, "flows", "/flows", []):
+                flows.update((flow.id, flow) for flow in self._parse_flows(items))
+        except ExporterError as exc:
+            return Survey(sandbox=self.name, error=_describe(exc))
+        discover = self.sandbox.discover
+        return Survey(sandbox=self.name, kinds=Counter(flow.kind for flow in flows.values()),
+                      discovered=sum(1 for f in flows.values() if discover.enabled and discover.accepts(f.name)
+                                     and (f.kind in discover.kinds or f.kind == "unknown")),
+                      missing=tuple(ref.id for ref in self.sandbox.flows if ref.id not in flows))
 
     def _parse_flows(self, items: Iterable[object]) -> list[Flow]:
         flows = []

@@ -10,7 +10,16 @@ from __future__ import annotations
 import contextlib
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from exporter import __version__
 from exporter import metrics as m
@@ -35,6 +44,10 @@ class SelfMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call] # *_created series only add noise here; Prometheus does not need them
         self.registry = registry
+        # process_* (start time, memory, CPU, open files) and python_* (version, GC), as every exporter serves them.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         _gauge(m.BUILD_INFO, registry).labels(__version__, platform.python_version()).set(1)
         self.api_requests = _counter(m.API_REQUESTS, registry)
         self.api_latency = Histogram(m.API_LATENCY.name, m.API_LATENCY.help, m.API_LATENCY.labels,

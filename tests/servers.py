@@ -124,3 +124,64 @@ async def query(prom_url: str, expr: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(f"{prom_url}/api/v1/query",
                                                                params={"query": expr}) as resp:
         return dict(await resp.json())
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy on 127.0.0.1, as corporate proxies are: it records each tunnel's target and pipes
+    bytes both ways (TLS stays end to end). Anything but CONNECT gets 405."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> ConnectProxy:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            method, target, _version = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            if method != "CONNECT":
+                writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+                return
+            self.targets.append(target)
+            host, port = target.rsplit(":", 1)
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+            pipes = [asyncio.ensure_future(_pipe(reader, upstream_writer)),
+                     asyncio.ensure_future(_pipe(upstream_reader, writer))]
+            for pipe in pipes:
+                self._tasks.add(pipe)
+                pipe.add_done_callback(self._tasks.discard)
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            upstream_writer.close()
+        except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (OSError, asyncio.CancelledError):
+        pass

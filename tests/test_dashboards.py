@@ -97,6 +97,12 @@ async def test_every_panel_query_returns_data_from_real_prometheus(tmp_path: Pat
     handle, sim_server = await start_sim(world)
     sandbox, flow_id = pick_flow(world)
     world.flows[sandbox][flow_id].trigger_run(world.now_ms(), 6 * 3600)  # a run in progress for the stuck-runs panel
+    dest_sandbox, dest_id = next((sb, fid) for sb, flows in world.flows.items() for fid, f in flows.items()
+                                 if f.kind == "destination")
+    destination = world.flows[dest_sandbox][dest_id]
+    destination.materialize(world.now_ms(), world.max_duration_s)
+    destination.forced_status = "failed"  # the activation panels' failed-by-code series, whatever the history holds
+    destination.trigger_run(world.now_ms(), 1.0)
     handle.simulator.fail_next("runs", 429, times=3, retry_after="0")  # exporter-health panels need retries
     handle.simulator.fail_next("flows", 503, times=2)
     exporter = make_exporter(make_config(handle.url, interval=1.0))

@@ -126,7 +126,7 @@ def test_counters_never_decrease_and_render_without_nan_or_negatives(batches: li
 
 VALID: dict[str, Any] = {
     "adobe": {"client_id": "id", "client_secret": "secret", "org_id": "ORG@AdobeOrg"},
-    "sandboxes": [{"name": "prod", "discover": {"enabled": True}, "flows": ["f-1"]}],
+    "sandboxes": [{"name": "prod", "discover": {"enabled": True}, "flows": ["c9cef9cb-c934-4467-8ef9-cbc934546741"]}],
     "poll": {"interval": "60s", "jitter": "10%", "timeout": "30s", "max_concurrency": 8,
              "requests_per_second": 10, "initial_lookback": "24h", "retries": 3},
     "metrics": {"activities": True, "sparse_status": False, "duration_buckets": [30, 60],

@@ -212,7 +212,8 @@ def _audience_counts(run: SimRun, audiences: list[str], rng: random.Random) -> N
 def _activation(run: SimRun, rng: random.Random) -> None:
     """What a destination (activation) run reports besides a source run's counts, as Adobe documents it:
     identities created, updated and deleted, skipped and failed bytes, skipped files, and skippedInfo /
-    failedInfo / warningInfo codes; half the failed runs report their failures only in failedInfo and carry
+    failedInfo / warningInfo codes (every failed run has failedInfo); half the failed runs report their failures
+    only in failedInfo and carry
     no sizeSummary. Drawn from its own generator, so no other simulated value changes."""
     output = run.records.get("output") or 0
     created = rng.randint(0, output)
@@ -220,7 +221,7 @@ def _activation(run: SimRun, rng: random.Random) -> None:
     run.records.update({"created": created, "updated": updated, "deleted": rng.randint(0, 50)})
     codes: list[tuple[str, str, int]] = []
     for outcome, choices in ACTIVATION_CODES.items():
-        if rng.random() < (0.9 if outcome == "failed" and run.status == "failed" else 0.3):
+        if (outcome == "failed" and run.status == "failed") or rng.random() < 0.3:
             codes.append((outcome, rng.choice(choices), rng.randint(1, 500)))
     run.record_codes = tuple(sorted(codes))
     if run.status == "failed" and rng.random() < 0.5:
