@@ -340,7 +340,7 @@ async def main() -> None:
     args = parser.parse_args()
     for tool in ("prometheus-pushgateway", "wrk"):
         if shutil.which(tool) is None:
-            sys.exit(f"{tool} is missing: run `bash .ci/dev bench`, which installs it")
+            sys.exit(f"{tool} is missing: run `scripts/bench`, which installs it")
     results = []
     with tempfile.TemporaryDirectory(prefix="aep-bench-") as tmp:
         work = Path(args.workdir) if args.workdir else Path(tmp)

@@ -13,7 +13,9 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -118,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
 
     once = sub.add_parser("once", help="poll every sandbox once and print the exposition")
     _config_arg(once)
+
+    health = sub.add_parser("healthcheck", help="exit 0 when the exporter of this config answers /healthz "
+                                                "(for Docker's HEALTHCHECK)")
+    _config_arg(health)
+    health.add_argument("--timeout", type=float, default=4.0, help="seconds (default %(default)s)")
 
     sim = sub.add_parser("simulate", help="serve the fake Adobe IMS and Flow Service")
     _simulator_args(sim, port=9848)
@@ -275,6 +282,25 @@ def _cmd_once(args: argparse.Namespace) -> int:
     return asyncio.run(once())
 
 
+def _cmd_healthcheck(args: argparse.Namespace) -> int:
+    """GET /healthz of the exporter the config describes: its port, over TLS when its web config has TLS (the
+    certificate is not checked: it is our own process on loopback); /healthz needs no password."""
+    server = load_config(find_config(args.config)).server
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(server.host, server.host)  # noqa: S104 -- the wildcard itself
+    scheme = "https" if server.web.ssl_context is not None else "http"
+    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{server.port}/healthz"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # loopback, our own process: liveness, not identity
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout, context=context) as resp:  # noqa: S310 -- http(s) only
+            ok = resp.status == 200
+    except OSError as exc:
+        print(f"aep-flow-exporter: {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(find_config(args.config))
     flows = sum(len(s.flows) for s in config.sandboxes)
@@ -384,8 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        handler = {"run": _cmd_run, "once": _cmd_once, "check-config": _cmd_check_config, "simulate": _cmd_simulate,
-                   "demo": _cmd_demo}[args.command]
+        handler = {"run": _cmd_run, "once": _cmd_once, "check-config": _cmd_check_config,
+                   "healthcheck": _cmd_healthcheck, "simulate": _cmd_simulate, "demo": _cmd_demo}[args.command]
         return handler(args)
     except ConfigError as exc:
         return _print_problems(exc)

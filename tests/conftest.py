@@ -83,5 +83,5 @@ def promtool() -> str:
     """promtool from Debian's prometheus package; the test command installs it, so absence is a failure."""
     path = shutil.which("promtool")
     if path is None:
-        pytest.fail("promtool not found: run the suite with `bash .ci/dev test`, which installs Debian's prometheus")
+        pytest.fail("promtool not found: run the suite with `scripts/test`, which installs Debian's prometheus")
     return path

@@ -27,7 +27,7 @@ def binary(name: str) -> str:
     """A Debian-packaged binary; the test command installs them, so absence is a failure, never a skip."""
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} not found: run the suite with `bash .ci/dev test`, which installs it")
+        pytest.fail(f"{name} not found: run the suite with `scripts/test`, which installs it")
     return path
 
 

@@ -200,3 +200,21 @@ def test_max_response_bytes_takes_sizes_with_units() -> None:
     assert PollConfig().max_response_bytes == 32 << 20
     with pytest.raises(ConfigError, match=r"poll\.max_response_bytes"):
         parse_config({**base, "poll": {"max_response_bytes": "12"}})
+
+
+async def test_an_ims_refusal_shows_adobes_description_redacted_with_what_to_do(sim: Sim) -> None:
+    """IMS answers invalid_scope with an error_description that quotes the client secret: the sandbox's error
+    shows the error, the description with the secret as <redacted>, and the hint to copy the console's scopes."""
+    secret = Credentials().client_secret
+    exporter = make_exporter(make_config(sim.url, sandboxes=("prod",), retries=0), world=sim.world)
+    body = json.dumps({"error": "invalid_scope", "error_description": f"scope 'x' is not allowed for {secret}"})
+    sim.simulator.fail_next("token", 400, body=body)
+    try:
+        await exporter.start()
+        assert not await exporter.poll_once()
+        error = exporter.snapshot().sandboxes[0].last_error or ""
+    finally:
+        await exporter.close()
+    assert "HTTP 400 (invalid_scope): scope 'x' is not allowed for <redacted>" in error
+    assert "copy the scopes the Developer Console lists" in error
+    assert secret not in error

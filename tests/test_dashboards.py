@@ -136,3 +136,58 @@ async def test_every_panel_query_returns_data_from_real_prometheus(tmp_path: Pat
     assert not empty, "panel queries without data:\n" + "\n".join(empty)
     assert checked >= 40
     assert sandbox
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_no_panels_overlap_and_every_panel_fits_the_grid(path: Path) -> None:
+    """Every panel lies within Grafana's 24 columns, and no two panels share a cell of the grid."""
+    taken: dict[tuple[int, int], str] = {}
+    for panel in load(path)["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["h"] > 0 and g["x"] + g["w"] <= 24, panel["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in taken, f"{panel['title']!r} overlaps {taken[(x, y)]!r}"
+                taken[(x, y)] = panel["title"]
+
+
+def _colours(panel: dict[str, Any]) -> dict[str, str]:
+    """Status name -> colour, from the panel's per-series overrides and value mappings (its own or a column's)."""
+    found: dict[str, str] = {}
+    config = panel.get("fieldConfig", {})
+    mapping_sets = [config.get("defaults", {}).get("mappings", [])]
+    for override in config.get("overrides", []):
+        for prop in override["properties"]:
+            if prop["id"] == "color" and override["matcher"]["id"] == "byName":
+                found[override["matcher"]["options"]] = prop["value"]["fixedColor"]
+            if prop["id"] == "mappings":
+                mapping_sets.append(prop["value"])
+    for mappings in mapping_sets:
+        for mapping in mappings:
+            for key, result in mapping.get("options", {}).items():
+                if "color" in result:
+                    found[result.get("text", key)] = result["color"]
+    return found
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_trouble_shows_in_red_and_success_in_green(path: Path) -> None:
+    """Panels by run status colour failed red and success green; every stat panel has thresholds (or mappings)
+    and those that can be bad have red among them; record rates are in records, not Grafana's reads/sec."""
+    for panel, target in targets(load(path)):
+        expr = target["expr"]
+        if re.search(r"by \([^)]*\bstatus\)", expr):  # one series (or row) per status
+            colours = _colours(panel)
+            assert colours.get("failed") == "red" and colours.get("success") == "green", panel["title"]
+        if "records" in expr and panel["type"] == "timeseries":
+            assert panel["fieldConfig"]["defaults"]["unit"].startswith("suffix: records"), panel["title"]
+    for panel in load(path)["panels"]:
+        defaults = panel.get("fieldConfig", {}).get("defaults", {})
+        assert defaults.get("unit") not in ("rps", "wps", "ops"), panel["title"]
+        if panel["type"] != "stat":
+            continue
+        colours = [s["color"] for s in defaults.get("thresholds", {}).get("steps", [])]
+        colours += list(_colours(panel).values())
+        assert colours, f"{panel['title']}: a stat without thresholds"
+        if re.search(r"fail|cannot|since|expires|up\b|can read|tracked", panel["title"], re.IGNORECASE):
+            assert "red" in colours, f"{panel['title']}: can be bad, never red"

@@ -13,6 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.servers import binary
+
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
 RULES = DEPLOY / "prometheus" / "rules" / "aep-flows.rules.yml"
@@ -23,7 +25,7 @@ CORE_KINDS = {"ServiceAccount", "ConfigMap", "Service", "StatefulSet", "Secret"}
 def kubectl() -> str:
     found = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
     if found is None:
-        pytest.fail("kubectl not found: run the suite with `bash .ci/dev test`, which installs it")
+        pytest.fail("kubectl not found: run the suite with `scripts/test`, which installs it")
     return found
 
 
@@ -105,14 +107,29 @@ def test_compose_exporter_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> No
     assert main(["check-config", "--config", str(DEPLOY / "kubernetes" / "base" / "config.yaml")]) == 0
 
 
-def test_dockerfile_is_multi_stage_non_root_with_a_health_check() -> None:
-    """The Dockerfile builds in one stage, runs in another as a non-root user, and checks /healthz."""
+def test_dockerfile_installs_the_built_wheel_non_root_with_a_config_following_health_check() -> None:
+    """The Dockerfile builds the wheel in one stage and installs only it in another, as a non-root user; its
+    health check is the `healthcheck` command (the configured port and TLS), reading the same config as run."""
     text = (DEPLOY / "docker" / "Dockerfile").read_text()
     assert text.count("\nFROM ") + text.startswith("FROM ") >= 2
+    assert "python -m build --wheel" in text and "pip install --no-cache-dir /dist/*.whl" in text
+    runtime = text[text.rindex("\nFROM "):]
+    assert "COPY exporter" not in runtime  # nothing from the checkout but the wheel
     user = next(line.split()[1] for line in text.splitlines() if line.startswith("USER "))
     assert not user.startswith(("0", "root"))
-    assert "HEALTHCHECK" in text and "/healthz" in text
+    assert 'CMD ["aep-flow-exporter", "healthcheck"]' in text and "AEP_FLOW_EXPORTER_CONFIG=" in text
     assert 'ENTRYPOINT ["aep-flow-exporter"]' in text
+
+
+def test_compose_file_is_accepted_by_compose_v1() -> None:
+    """Debian's docker-compose (v1) validates the compose file (`config` needs no Docker engine); it has no
+    top-level name:, which v1 refuses and v2 does not need."""
+    compose_path = DEPLOY / "docker" / "docker-compose.yml"
+    assert "name" not in yaml.safe_load(compose_path.read_text())
+    proc = subprocess.run([binary("docker-compose"), "-f", str(compose_path), "-p", "aep-flow-exporter", "config"],
+                          capture_output=True, text=True, timeout=120, check=False, cwd=compose_path.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert set(yaml.safe_load(proc.stdout)["services"]) == set(yaml.safe_load(compose_path.read_text())["services"])
 
 
 def test_systemd_unit_is_hardened_and_reloads_with_sighup() -> None:
