@@ -24,6 +24,7 @@ from exporter.bodies import ACCEPT_ENCODING
 from exporter.client import FlowServiceClient
 from exporter.config import Config, Overrides, load_config
 from exporter.errors import ConfigError
+from exporter.events import RETRY_DELAYS, EventRouter, JournalReader
 from exporter.exposition import SELF_TTL, MetricsRenderer
 from exporter.metrics import CollectorOptions
 from exporter.poller import OnceLog, PollSettings, SandboxPoller, Survey
@@ -33,6 +34,7 @@ from exporter.tracker import Tracker
 from exporter.transport import client_session
 from exporter.values import Snapshot
 from exporter.web import WebSecurity, create_web_app
+from exporter.webhook import KeyCache, webhook_app
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +47,7 @@ class Tuning:
     backoff_cap: float = 30.0
     seed: int | None = None
     self_metrics_ttl: float = SELF_TTL
+    event_retries: tuple[float, ...] = RETRY_DELAYS  # when an event's run is not counted yet: try again after
 
 
 def _options(config: Config) -> CollectorOptions:
@@ -87,6 +90,10 @@ class Exporter:
         self._auth_for: tuple[str, ...] = ()
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[object]] = set()  # reloads asked for by SIGHUP
+        self.router = EventRouter(pollers=lambda: self.pollers, tracker=self.tracker, metrics=self.metrics,
+                                  clock=clock, retry_delays=self.tuning.event_retries)
+        self._journal: asyncio.Task[None] | None = None
+        self._webhook: web.AppRunner | None = None
         self.metrics.shard_index.set(config.shard.index)
         self.metrics.shard_total.set(config.shard.total)
         self.metrics.reload_ok.set(1)
@@ -107,6 +114,7 @@ class Exporter:
             self._build_pollers()
         if poll and not self._loops:
             self._start_loops()
+            await self.start_events()
 
     async def _open_state(self) -> None:
         config = self.config
@@ -181,11 +189,55 @@ class Exporter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def start_events(self) -> None:
+        """Adobe I/O Events (``events:``): the journal reader and the webhook listener, once ``start()`` has run.
+        The webhook port is bound here; a busy one raises OSError."""
+        assert self._session is not None  # noqa: S101 -- start() made it
+        assert self._auth is not None  # noqa: S101 -- start() made it
+        events = self.config.events
+        adobe = self.config.adobe
+        sources = (("journal",) if events.journal_url else ()) + (("webhook",) if events.webhook else ())
+        self.metrics.start_events(sources)
+        if events.journal_url and self._journal is None:
+            reader = JournalReader(session=self._session, url=events.journal_url, auth=self._auth,
+                                   client_id=adobe.client_id, org_id=adobe.org_id, router=self.router,
+                                   tracker=self.tracker, metrics=self.metrics, wait=events.journal_wait,
+                                   timeout=self.config.poll.timeout, proxy=adobe.proxy, clock=self.clock)
+            self._journal = asyncio.get_running_loop().create_task(reader.run(), name="events-journal")
+        hook = events.webhook
+        if hook is not None and self._webhook is None:
+            app = webhook_app(hook, client_id=adobe.client_id, router=self.router,
+                              keys=KeyCache(self._session, hook.public_key_base_url))
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, hook.host, hook.port, ssl_context=hook.web.ssl_context).start()
+            except OSError:
+                await runner.cleanup()
+                raise
+            self._webhook = runner
+            log.info("webhook_listening", listen=f"{hook.host}:{hook.port}", path=hook.path,
+                     tls=hook.web.ssl_context is not None)
+
+    @property
+    def webhook_port(self) -> int | None:
+        """The webhook listener's port (when it runs), for tests that ask for port 0."""
+        if self._webhook is None:
+            return None
+        return int(self._webhook.addresses[0][1])
+
     async def close(self) -> None:
-        """Stop any reload under way (first: it could start loops again), the loops, then close the session and
-        the state file."""
+        """Stop any reload under way (first: it could start loops again), the loops, the events, then close the
+        session and the state file."""
         await _cancel(list(self._tasks))
         await self._stop_loops()
+        if self._journal is not None:
+            await _cancel([self._journal])
+            self._journal = None
+        if self._webhook is not None:
+            await self._webhook.cleanup()
+            self._webhook = None
+        await self.router.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -230,6 +282,8 @@ class Exporter:
                 old.host, old.port, old.web_config_file, old.enable_lifecycle):
             log.warning("server_settings_not_reloaded", hint="listen, web_config_file and enable_lifecycle "
                         "take effect at the next restart")
+        if new.events != self.config.events:
+            log.warning("events_settings_not_reloaded", hint="events: takes effect at the next restart")
         if (new.adobe.proxy, new.adobe.ca_file) != (self.config.adobe.proxy, self.config.adobe.ca_file):
             log.warning("network_settings_not_reloaded", hint="adobe.proxy and adobe.ca_file take effect at the next "
                         "restart")

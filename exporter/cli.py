@@ -30,6 +30,7 @@ from exporter.config import (
     AdobeConfig,
     Config,
     DiscoverConfig,
+    EventsConfig,
     LogConfig,
     Overrides,
     PollConfig,
@@ -45,6 +46,7 @@ from exporter.config import (
 )
 from exporter.errors import ConfigError, ExporterError, StateError
 from exporter.simulator import Credentials, Faults, SimClock, Simulator, World
+from exporter.simulator.events import JOURNAL_PATH
 from exporter.simulator.server import API_PREFIX, IMS_PATH, RUNS_FILTER_MODES
 from exporter.values import Secret
 
@@ -194,6 +196,7 @@ def demo_config(*, sim_url: str, sandboxes: Sequence[str], listen: tuple[str, in
         state=StateConfig(path=None),
         server=ServerConfig(host=listen[0], port=listen[1]),
         log=LogConfig(level="info", format="console"),
+        events=EventsConfig(journal_url=f"{sim_url}{JOURNAL_PATH}"),  # runs refresh the moment they end
     )
 
 

@@ -153,6 +153,31 @@ class LogConfig:
     format: str = "json"
 
 
+ADOBE_KEY_HOST = "https://static.adobeioevents.com"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookConfig:
+    """The optional push receiver: its own listener (and TLS), serving only ``path``."""
+
+    host: str = "0.0.0.0"  # noqa: S104 -- Adobe must reach it; put it behind your ingress
+    port: int = 9849
+    path: str = "/adobe-events"
+    web_config_file: str | None = None
+    web: WebConfig = field(default_factory=WebConfig)
+    public_key_base_url: str = ADOBE_KEY_HOST
+    max_body_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventsConfig:
+    """Adobe I/O Events: a run's event refreshes its flow at once; polling stays the source of truth."""
+
+    journal_url: str | None = None  # the registration's journaling endpoint (Developer Console)
+    journal_wait: float = 1.0  # between reads when the journal has nothing new and says no Retry-After
+    webhook: WebhookConfig | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     adobe: AdobeConfig
@@ -163,6 +188,7 @@ class Config:
     shard: ShardConfig = field(default_factory=ShardConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
 
 
 ADOBE_RUN_RETENTION_S = 90 * 86400.0
@@ -645,6 +671,32 @@ class _ConfigParser(_Reader):
                             read_header_timeout=self.get(sec, "read_header_timeout", "server", _positive_duration,
                                                          ServerConfig.read_header_timeout))
 
+    def events(self, raw: object) -> EventsConfig:
+        sec = self.section(raw, "events", {"journal_url", "journal_wait", "webhook"})
+        webhook = None
+        if sec.get("webhook") is not None:
+            wsec = self.section(sec["webhook"], "events.webhook", _keys(WebhookConfig, add=("listen",),
+                                                                          drop=("host", "port", "web")))
+            host, port = self.get(wsec, "listen", "events.webhook", parse_listen, ("0.0.0.0", 9849))  # noqa: S104
+            path = self.get(wsec, "path", "events.webhook", _string, WebhookConfig.path)
+            if not re.match(r"^/[A-Za-z0-9/_.-]*$", path) or path.startswith("/metrics"):
+                self.problem("events.webhook.path", f"{path!r} is not a path such as /adobe-events")
+            web_config = self.get(wsec, "web_config_file", "events.webhook", _string, "") or None
+            web = WebConfig()
+            if web_config:
+                try:
+                    web = load_web_config(self.base_dir / web_config)
+                except ConfigError as exc:
+                    self.problems.extend(exc.problems)
+            webhook = WebhookConfig(
+                host=host, port=port, path=path, web_config_file=web_config, web=web,
+                public_key_base_url=self.get(wsec, "public_key_base_url", "events.webhook", _url, ADOBE_KEY_HOST),
+                max_body_bytes=self.get(wsec, "max_body_bytes", "events.webhook", _size, 1024 * 1024))
+        return EventsConfig(journal_url=self.get(sec, "journal_url", "events", _url, None) or None,
+                            journal_wait=self.get(sec, "journal_wait", "events", _positive_duration,
+                                                  EventsConfig.journal_wait),
+                            webhook=webhook)
+
     def log(self, raw: object) -> LogConfig:
         sec = self.section(raw, "log", _keys(LogConfig))
         level = self.get(sec, "level", "log", _string, "info").lower()
@@ -659,7 +711,8 @@ class _ConfigParser(_Reader):
 def parse_config(raw: object, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
     """Validate a loaded YAML document; raises ConfigError listing every problem."""
     parser = _ConfigParser(os.environ if env is None else env, base_dir or Path.cwd())
-    top = parser.section(raw, "", {"adobe", "sandboxes", "poll", "state", "metrics", "shard", "server", "log"})
+    top = parser.section(raw, "", {"adobe", "sandboxes", "poll", "state", "metrics", "shard", "server", "log",
+                                   "events"})
     if raw is None or not isinstance(raw, dict):
         if raw is not None:
             parser.problems.clear()
@@ -681,6 +734,7 @@ def parse_config(raw: object, *, env: Mapping[str, str] | None = None, base_dir:
         shard=parser.shard(top.get("shard")),
         server=parser.server(top.get("server")),
         log=parser.log(top.get("log")),
+        events=parser.events(top.get("events")),
     )
     if parser.problems:
         raise ConfigError(parser.problems)

@@ -137,9 +137,17 @@ RELOAD_TIME = Family.of("aep_exporter_config_last_reload_success_timestamp_secon
 RUNS_STRATEGY = Family.of("aep_exporter_runs_query_strategy", "gauge",
                           "How /runs is queried in each sandbox (one-hot): created_at, started_at, newest_first "
                           "or full.", ("sandbox", "strategy"))
+EVENTS = Family.of("aep_exporter_events", "counter",
+                   "Adobe I/O Events received, by source (journal, webhook) and outcome (applied, duplicate, "
+                   "untracked, rejected_signature, rejected_recipient, invalid).", ("source", "outcome"))
+EVENT_LAG = Family.of("aep_exporter_event_lag_seconds", "histogram",
+                      "From a run's end to its counts on /metrics, for runs an event announced.", ("source",))
+JOURNAL_READ = Family.of("aep_exporter_journal_last_read_success_timestamp_seconds", "gauge",
+                         "Unix time of the last successful read of the Adobe I/O Events journal.")
 SELF_FAMILIES = (BUILD_INFO, API_REQUESTS, API_LATENCY, API_RETRIES, POLLS, POLL_FAILURES, POLL_INTERVAL,
                  POLL_DURATION, LAST_POLL_SUCCESS, FLOWS, FLOWS_DROPPED, TOKEN_EXPIRY, TOKEN_REQUESTS,
-                 TOKEN_FAILURES, SHARD_INDEX, TOTAL_SHARDS, RELOAD_OK, RELOAD_TIME, RUNS_STRATEGY)
+                 TOKEN_FAILURES, SHARD_INDEX, TOTAL_SHARDS, RELOAD_OK, RELOAD_TIME, RUNS_STRATEGY, EVENTS, EVENT_LAG,
+                 JOURNAL_READ)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import random
 import time
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from exporter.client import FlowServiceClient
 from exporter.config import SandboxConfig
 from exporter.counting import Update, apply_runs, mark_down, new_flow_state, refresh_flow
 from exporter.errors import ExporterError, NotFoundError, StateError
-from exporter.model import Flow, clean_text, parse_flow
+from exporter.model import Flow, Run, clean_text, parse_flow
 from exporter.runsquery import RunsReader
 from exporter.selfmetrics import SelfMetrics
 from exporter.tracker import Tracker
@@ -108,6 +109,7 @@ class SandboxPoller:
         for counter in (metrics.polls, metrics.poll_failures):
             counter.labels(sandbox.name)  # present at 0 from the start, so rate() and alerts see the first failure
         metrics.poll_interval.labels(sandbox.name).set(sandbox.interval)
+        self._flow_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.runs = RunsReader(sandbox=sandbox.name, client=client, on_change=self._strategy_changed,
                                on_bad_item=self._bad_run_item, clock=clock)
         self._strategy_changed(self.runs.strategy)
@@ -276,28 +278,45 @@ class SandboxPoller:
         return new_flow_state(sandbox=self.name, flow_id=flow_id, now_ms=int(self._clock() * 1000),
                               lookback_s=self.settings.lookback_s, buckets=self.settings.buckets)
 
-    async def _update_flow(self, flow: Flow, labels: dict[str, str]) -> None:
+    async def refresh(self, flow_id: str) -> tuple[bool, tuple[Run, ...]]:
+        """Read one tracked flow's runs now, as an event asks (through the same counting rule, never at the same
+        time as the poll cycle reads that flow), and publish at once. (Tracked, runs newly counted.)"""
+        state = self._tracker.get((self.name, flow_id))
+        if state is None or state.flow is None:
+            return False, ()
+        update = await self._update_flow(state.flow, dict(state.labels), force=True)
+        self._tracker.publish()
+        return True, update.counted if update is not None else ()
+
+    async def _update_flow(self, flow: Flow, labels: dict[str, str], *, force: bool = False) -> Update | None:
+        lock = self._flow_locks.get(flow.id)
+        if lock is None:
+            lock = self._flow_locks[flow.id] = asyncio.Lock()
+        async with lock:  # an event's refresh and the cycle never fold the same flow at once
+            return await self._update_flow_locked(flow, labels, force=force)
+
+    async def _update_flow_locked(self, flow: Flow, labels: dict[str, str], *, force: bool) -> Update | None:
         key = (self.name, flow.id)
         stored = self._tracker.get(key)
         state = stored or self._new_state(flow.id)
         if state.labels != labels:
             state = dataclasses.replace(state, labels=labels)
-        if stored is not None and not state.needs_runs(flow):
+        if stored is not None and not force and not state.needs_runs(flow):
             if stored.flow != flow:
                 await self._tracker.save(refresh_flow(state, flow))
             else:
                 self._tracker.put(refresh_flow(state, flow))
-            return
+            return None
         try:
             answer = await self.runs.read(flow, state)
         except NotFoundError:
             self._flow_down(flow.id, flow, "runs not found")
-            return
+            return None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 -- whatever one flow's answer does, it costs that flow alone
             self._flow_down(flow.id, flow, _describe(exc))
-            return
+            return None
         update = apply_runs(state, flow, answer.runs, now_ms=int(self._clock() * 1000),
                             max_error_codes=self.settings.max_error_codes, window=answer.window,
                             max_activities=self.settings.max_activities,
@@ -306,6 +325,7 @@ class SandboxPoller:
         await self._tracker.save(update.state)
         if update.counted:
             log.debug("runs_counted", sandbox=self.name, flow_id=flow.id, runs=len(update.counted))
+        return update
 
     def _log_once(self, flow_id: str, update: Update) -> None:
         """What an answer showed that the operator should know, each once per flow."""

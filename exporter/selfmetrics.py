@@ -38,6 +38,10 @@ def _gauge(family: m.Family, registry: CollectorRegistry) -> Gauge:
     return Gauge(family.name, family.help, family.labels, registry=registry)
 
 
+EVENT_OUTCOMES = ("applied", "duplicate", "untracked", "rejected_signature", "rejected_recipient", "invalid")
+EVENT_LAG_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
 class SelfMetrics:
     """Every ``aep_exporter_*`` metric that is not derived from the flow snapshot."""
 
@@ -71,6 +75,20 @@ class SelfMetrics:
         self.reload_ok = _gauge(m.RELOAD_OK, registry)
         self.reload_time = _gauge(m.RELOAD_TIME, registry)
         self.runs_strategy = _gauge(m.RUNS_STRATEGY, registry)
+        self.events = _counter(m.EVENTS, registry)
+        self.event_lag = Histogram(m.EVENT_LAG.name, m.EVENT_LAG.help, m.EVENT_LAG.labels, buckets=EVENT_LAG_BUCKETS,
+                                   registry=registry)
+        self.journal_read: Gauge | None = None  # only with a journal configured (its alert reads it)
+
+    def start_events(self, sources: tuple[str, ...]) -> None:
+        """Every events outcome of each configured source at 0, so rate() and alerts see the first one."""
+        for source in sources:
+            self.event_lag.labels(source)
+            for outcome in EVENT_OUTCOMES:
+                self.events.labels(source, outcome)
+        if "journal" in sources and self.journal_read is None:
+            self.journal_read = _gauge(m.JOURNAL_READ, self.registry)
+            self.journal_read.set_to_current_time()  # a journal never read is "not read since start"
 
     def set_runs_strategy(self, sandbox: str, strategy: str) -> None:
         """One-hot: 1 for the strategy the sandbox's runs queries use now, 0 for the others."""

@@ -220,6 +220,12 @@ class Store(Protocol):
     def delete(self, keys: Iterable[tuple[str, str]]) -> None:
         """Forget flows that are no longer tracked."""
 
+    def get_meta(self, key: str) -> str | None:
+        """A small value kept beside the flows (the events journal position)."""
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Persist a small value atomically."""
+
     def close(self) -> None:
         """Release the file."""
 
@@ -236,6 +242,15 @@ class MemoryStore:
 
     def delete(self, keys: Iterable[tuple[str, str]]) -> None:  # noqa: ARG002
         return None
+
+    def __init__(self) -> None:
+        self._meta: dict[str, str] = {}
+
+    def get_meta(self, key: str) -> str | None:
+        return self._meta.get(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._meta[key] = value
 
     def close(self) -> None:
         return None
@@ -323,6 +338,8 @@ class SqliteStore:
             db.execute("COMMIT")
         elif "flows" not in tables:
             raise StateError(f"state file {self.path} is damaged: its flows table is missing")
+        if "meta" not in tables:  # added beside flows (the events journal position); older files gain it here
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
         check = db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise StateError(f"state file {self.path} is corrupt ({check}); move it away to start afresh")
@@ -362,6 +379,19 @@ class SqliteStore:
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.rollback()
+            raise StateError(f"cannot write state file {self.path}: {exc}") from exc
+
+    def get_meta(self, key: str) -> str | None:
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read state file {self.path}: {exc}") from exc
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        try:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        except sqlite3.Error as exc:
             raise StateError(f"cannot write state file {self.path}: {exc}") from exc
 
     def close(self) -> None:

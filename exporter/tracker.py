@@ -83,6 +83,14 @@ class Tracker:
         await asyncio.get_running_loop().run_in_executor(self._writer, self._store.save, state)
         self.put(state)
 
+    async def get_meta(self, key: str) -> str | None:
+        """A small stored value (the events journal position), read on the writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._store.get_meta, key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Persist a small value on the writer thread, after every flow state saved before it."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._store.set_meta, key, value)
+
     def close(self) -> None:
         """Finish pending writes and release the store."""
         self._writer.shutdown(wait=True)

@@ -80,7 +80,8 @@ def make_config(sim_url: str, *, sandboxes: tuple[str, ...] = ("prod", "dev"), d
 
 def make_exporter(config: Config, *, world: World | None = None) -> Exporter:
     """An exporter with its own registry and near-zero retry backoff (on the world's clock when given)."""
-    tuning = Tuning(backoff_base=0.01, backoff_cap=0.05, seed=3, self_metrics_ttl=0.0)  # tests read exact values
+    tuning = Tuning(backoff_base=0.01, backoff_cap=0.05, seed=3, self_metrics_ttl=0.0,  # tests read exact values
+                    event_retries=(0.05, 0.1, 0.2))
     if world is None:
         return Exporter(config, registry=CollectorRegistry(), tuning=tuning)
     return Exporter(config, registry=CollectorRegistry(), tuning=tuning, clock=lambda: world.now_ms() / 1000.0)

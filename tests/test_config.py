@@ -10,7 +10,15 @@ import pytest
 import yaml
 
 from exporter.cli import main
-from exporter.config import FULL_BUCKETS, MetricsConfig, PollConfig, load_config, parse_config, parse_duration
+from exporter.config import (
+    FULL_BUCKETS,
+    EventsConfig,
+    MetricsConfig,
+    PollConfig,
+    load_config,
+    parse_config,
+    parse_duration,
+)
 from exporter.errors import ConfigError
 
 ROOT = Path(__file__).parent.parent
@@ -158,6 +166,7 @@ def test_the_shipped_example_shows_the_defaults_of_the_metrics_and_poll_sections
     config = parse_config(raw, env={**ENV, "AEP_ORG_ID": "ABC@AdobeOrg"}, base_dir=ROOT)
     assert config.metrics == MetricsConfig()
     assert config.poll == PollConfig()
+    assert config.events == EventsConfig()
 
 
 def test_a_metrics_profile_sets_the_defaults_and_a_key_given_wins() -> None:
@@ -198,3 +207,24 @@ def test_bad_yaml_and_missing_file_exit_2_through_the_real_command(tmp_path: Pat
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2, proc.stderr
         assert str(path) in proc.stderr
+
+
+def test_events_settings_are_read_and_each_problem_named_with_its_path() -> None:
+    """events: takes the journal URL, the wait, and a webhook with its own listener; a bad webhook path, a key
+    base that is not a URL and an unknown key are errors, each with its path."""
+    raw = yaml.safe_load(VALID)
+    raw["events"] = {"journal_url": "https://events.example/journal/abc", "journal_wait": "2s",
+                     "webhook": {"listen": "127.0.0.1:9849", "path": "/hooks/aep"}}
+    events = parse_config(raw, env=ENV).events
+    assert (events.journal_url, events.journal_wait) == ("https://events.example/journal/abc", 2.0)
+    assert events.webhook is not None
+    assert (events.webhook.host, events.webhook.port, events.webhook.path) == ("127.0.0.1", 9849, "/hooks/aep")
+    assert events.webhook.public_key_base_url == "https://static.adobeioevents.com"
+    raw["events"] = {"journal_url": "events.example", "webhook": {"path": "/metrics", "public_key_base_url": "keys",
+                                                                  "colour": "red"}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env=ENV)
+    found = " | ".join(info.value.problems)
+    for path in ("events.journal_url", "events.webhook.path", "events.webhook.public_key_base_url",
+                 "events.webhook.colour"):
+        assert path in found, (path, found)

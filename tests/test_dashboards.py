@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
+from exporter.config import EventsConfig
 from exporter.simulator import SimClock
+from exporter.simulator.events import JOURNAL_PATH
 from tests.helpers import parse_samples, scrape
 from tests.servers import RULES, prometheus, query
 from tests.simulation import make_config, make_exporter, make_world, start_sim
@@ -63,12 +66,15 @@ def test_dashboard_structure(path: Path) -> None:
 
 
 async def test_every_metric_name_a_dashboard_uses_exists(sim: Any) -> None:
-    """Each metric a dashboard query names is produced by the exporter or recorded by the shipped rules."""
-    exporter = make_exporter(make_config(sim.url))
+    """Each metric a dashboard query names is produced by the exporter (events journal on) or recorded by the
+    shipped rules."""
+    config = dataclasses.replace(make_config(sim.url), events=EventsConfig(journal_url=f"{sim.url}{JOURNAL_PATH}"))
+    exporter = make_exporter(config)
     server = TestServer(exporter.web_app(poll=False), host="127.0.0.1")
     await server.start_server()
     try:
         assert await exporter.poll_once()
+        await exporter.start_events()
         _status, text, _h = await scrape(server)
     finally:
         await server.close()
@@ -105,7 +111,10 @@ async def test_every_panel_query_returns_data_from_real_prometheus(tmp_path: Pat
     destination.trigger_run(world.now_ms(), 1.0)
     handle.simulator.fail_next("runs", 429, times=3, retry_after="0")  # exporter-health panels need retries
     handle.simulator.fail_next("flows", 503, times=2)
-    exporter = make_exporter(make_config(handle.url, interval=1.0))
+    config = make_config(handle.url, interval=1.0)  # with the events journal on, for the events panels
+    config = dataclasses.replace(config, events=EventsConfig(journal_url=f"{handle.url}{JOURNAL_PATH}",
+                                                             journal_wait=0.2))
+    exporter = make_exporter(config)
     exp_server = TestServer(exporter.web_app(poll=True), host="127.0.0.1")
     await exp_server.start_server()
     try:

@@ -22,15 +22,16 @@ def test_constructing_an_exporter_touches_nothing(sim: Sim, tmp_path: Path) -> N
 
 
 async def test_close_ends_every_task_the_exporter_started(sim: Sim, tmp_path: Path) -> None:
-    """After start(poll=True) and a SIGHUP-style reload under way, close() leaves no polling or reload task."""
+    """After start(poll=True) (events journal on) and a SIGHUP-style reload under way, close() leaves no polling,
+    journal or reload task."""
     path = tmp_path / "config.yaml"
     path.write_text(sim_config_yaml(sim.url, sandboxes="  - {name: prod, discover: {enabled: true}}",
-                                    rest="poll: {interval: 1h}"))
+                                    rest=f"poll: {{interval: 1h}}\nevents: {{journal_url: {sim.url}/events/journal}}"))
     exporter = Exporter(load_config(path), registry=CollectorRegistry(), tuning=Tuning(), config_path=path)
     await exporter.start(poll=True)
     exporter.reload_soon()
-    names = {t.get_name() for t in asyncio.all_tasks()}
-    assert "reload" in names and any(n.startswith("poll-") for n in names)
+    names = {t.get_name() for t in asyncio.all_tasks() if not t.get_name().startswith("simulator-")}
+    assert {"reload", "events-journal"} <= names and any(n.startswith("poll-") for n in names)
     await exporter.close()
     left = {t.get_name() for t in asyncio.all_tasks() if not t.done()} & (names - {asyncio.current_task().get_name()})
     assert not left, left

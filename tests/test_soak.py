@@ -24,7 +24,12 @@ def check_flat(result: dict[str, object]) -> None:
     warm, end = result["after_warmup"], result["end"]
     assert isinstance(warm, dict) and isinstance(end, dict)
     print(f"soak: after warm-up {warm}, end {end}")
-    assert end["fds"] <= warm["fds"] + 2  # no leaked sockets or files
+    # No leaked sockets or files: the floor of the last samples stays within the range seen after warm-up (a pooled
+    # connection to the simulator can be open or not at any one sample; a leak raises the floor).
+    samples = result["samples"]
+    assert isinstance(samples, list)
+    third = len(samples) // 3
+    assert min(s["fds"] for s in samples[-3:]) <= max(s["fds"] for s in samples[third:2 * third + 1]) + 2
     assert end["state_kb"] <= warm["state_kb"] * 1.5 + 64  # counted-run ids are pruned: the file stays bounded
 
 

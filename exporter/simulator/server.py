@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.simulator.events import JOURNAL_PATH, KEY_PATHS, SimEvents
 from exporter.simulator.query import (
     MAX_LIMIT,
     QueryError,
@@ -145,6 +146,8 @@ class Simulator:
         self.request_log: deque[dict[str, Any]] = deque(maxlen=20_000)
         self.scripted: deque[Scripted] = deque()
         self.faults_injected: Counter[str] = Counter()
+        self.events = SimEvents(world, client_id=self.credentials.client_id, org_id=self.credentials.org_id,
+                                seed=seed)
 
     # --- test and admin controls -------------------------------------------------------------------------
 
@@ -186,8 +189,25 @@ class Simulator:
         app.router.add_post("/_sim/trigger", self._trigger)
         app.router.add_post("/_sim/flows/{id}/status", self._force_status)
         app.router.add_post("/_sim/flows/{id}/state", self._set_state)
+        app.router.add_get(JOURNAL_PATH, self._journal)
+        for path in KEY_PATHS:
+            app.router.add_get(path, self.events.public_key)
+        app.cleanup_ctx.append(self.events.deliver_loop)
         app.router.add_get("/", self._index)
         return app
+
+    async def _journal(self, request: web.Request) -> web.StreamResponse:
+        """The events journal, for a valid token and API key (as Adobe I/O Events asks)."""
+        self.requests["journal"] += 1
+        self.request_log.append({"endpoint": "journal", "path": request.path, "query": request.query_string,
+                                 "sandbox": None})
+        auth = request.headers.get("Authorization", "")
+        expiry = self.tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
+        if expiry is None or expiry < time.time():
+            return _gateway_error(401, "401013", "Oauth token is not valid")
+        if request.headers.get("x-api-key") != self.credentials.client_id:
+            return _gateway_error(403, "403003", "Api Key is invalid")
+        return await self.events.journal(request)
 
     def _take_scripted(self, endpoint: str) -> Scripted | None:
         for i, item in enumerate(self.scripted):

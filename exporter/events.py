@@ -1,0 +1,267 @@
+"""Adobe I/O Events: an event about a run refreshes its flow at once; polling stays the source of truth.
+
+Two ways in, one way through:
+
+- :class:`JournalReader` pulls the registration's journal (outbound HTTPS only, works behind a firewall):
+  batches of ``{"events": [{"position", "event"}], "_page": {"last", "count"}}``, the next batch from the last
+  position (``Link: rel="next"``), ``204`` with ``Retry-After`` when there is nothing new. The position is kept
+  in the state file after the batch is applied, so a restart resumes there (an event applied twice is harmless:
+  the refresh goes through the counting rule). A position older than the journal keeps (404/410) restarts
+  from the oldest event, logged. A first start (no position) begins at the newest: polling has the history.
+- :func:`webhook_app` receives pushes on its own listener (see webhook.py for the checks).
+
+:class:`EventRouter` applies either: duplicate event ids are dropped (redelivery, retries, journal and webhook
+both on), an event for an untracked flow is counted and ignored, an unparseable one is logged once. A tracked
+flow is refreshed through its sandbox poller (``SandboxPoller.refresh``: the same counting rule, never
+concurrently with the cycle for that flow), so a run is counted exactly once whoever sees it first. When the
+announced run is not counted yet (the event came before the run was visible as ended), the refresh is tried
+again a few times, then left to the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import structlog
+
+from exporter.auth import TokenProvider
+from exporter.backoff import retry_after_seconds
+from exporter.bodies import decode, read_capped
+from exporter.errors import ExporterError, PayloadError
+from exporter.model import Event, clean_text, parse_event
+from exporter.poller import OnceLog, SandboxPoller
+from exporter.selfmetrics import SelfMetrics
+from exporter.tracker import Tracker
+from exporter.transport import describe_failure
+
+log = structlog.get_logger(__name__)
+
+POSITION_KEY = "events.journal.position"
+SEEN_LIMIT = 50_000
+RETRY_DELAYS = (1.0, 3.0, 10.0)
+JOURNAL_MAX_BYTES = 8 * 1024 * 1024
+MAX_WAIT = 60.0
+
+
+class EventRouter:
+    """Applies events to the pollers (see the module docstring)."""
+
+    def __init__(self, *, pollers: Callable[[], Sequence[SandboxPoller]], tracker: Tracker, metrics: SelfMetrics,
+                 clock: Callable[[], float] = time.time, retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
+        self._pollers = pollers
+        self._tracker = tracker
+        self._metrics = metrics
+        self._clock = clock
+        self._retry_delays = retry_delays
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._once = OnceLog()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def handle(self, payload: object, source: str) -> str:
+        """Take one event: its outcome (applied, duplicate, untracked, invalid) at once; the refresh runs in the
+        background, so a webhook answers quickly and a journal batch is not held up by Adobe's /runs."""
+        try:
+            event = parse_event(payload, int(self._clock() * 1000))
+        except PayloadError as exc:
+            if self._once.first("event_invalid", str(exc)):
+                log.warning("event_invalid", source=source, error=str(exc))
+            return self._count(source, "invalid")
+        if event.id in self._seen:
+            return self._count(source, "duplicate")
+        self._seen[event.id] = None
+        if len(self._seen) > SEEN_LIMIT:
+            self._seen.popitem(last=False)
+        poller = self._poller_of(event)
+        if poller is None:
+            return self._count(source, "untracked")
+        task = asyncio.get_running_loop().create_task(self._apply(poller, event, source), name=f"event-{event.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return self._count(source, "applied")
+
+    def reject(self, source: str, outcome: str) -> None:
+        """Count a delivery refused before it could be read (bad signature, another recipient)."""
+        self._count(source, outcome)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until every refresh asked for so far has finished (tests and benchmarks)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _count(self, source: str, outcome: str) -> str:
+        self._metrics.events.labels(source, outcome).inc()
+        return outcome
+
+    def _poller_of(self, event: Event) -> SandboxPoller | None:
+        for poller in self._pollers():
+            if event.sandbox not in (None, poller.name):
+                continue
+            if self._tracker.get((poller.name, event.flow_id)) is not None:
+                return poller
+        return None
+
+    async def _apply(self, poller: SandboxPoller, event: Event, source: str) -> None:
+        for delay in (0.0, *self._retry_delays):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                _tracked, counted = await poller.refresh(event.flow_id)
+            except ExporterError as exc:  # a state file that cannot be written: the poll cycle reports it too
+                log.warning("event_refresh_failed", source=source, flow_id=event.flow_id, error=str(exc))
+                return
+            now = self._clock()
+            for run in counted:
+                if run.completed_at_ms is not None and run.completed_at_ms / 1000.0 <= now:
+                    self._metrics.event_lag.labels(source).observe(now - run.completed_at_ms / 1000.0)
+            state = self._tracker.get((poller.name, event.flow_id))
+            if event.run_id is None or state is None or event.run_id in state.counted:
+                return
+            if state.last_completed is not None and state.last_completed.id == event.run_id:
+                return  # seen ended (counted earlier, or ended before the counting start)
+
+
+class JournalReader:
+    """Reads the events journal forever (see the module docstring)."""
+
+    def __init__(self, *, session: aiohttp.ClientSession, url: str, auth: TokenProvider, client_id: str,
+                 org_id: str, router: EventRouter, tracker: Tracker, metrics: SelfMetrics, wait: float,
+                 timeout: float = 30.0, proxy: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._session = session
+        self._base = url
+        self._auth = auth
+        self._client_id = client_id
+        self._org_id = org_id
+        self._router = router
+        self._tracker = tracker
+        self._metrics = metrics
+        self._wait = wait
+        self._timeout = timeout
+        self._proxy = proxy
+        self._clock = clock
+        self._next: str | None = None
+        self._failures = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                delay = await self.read_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- the journal is a speed-up; nothing it does may end the loop
+                self._failures += 1
+                delay = min(MAX_WAIT, self._wait * 2 ** min(self._failures, 6))
+                log.warning("journal_read_failed", error=clean_text(str(exc), 300), error_type=type(exc).__name__,
+                            retry_in=round(delay, 1))
+            await asyncio.sleep(delay)
+
+    async def read_once(self) -> float:
+        """One read; the seconds to wait before the next (0 while the journal has more)."""
+        url = await self._url()
+        status, headers, body = await self._get(url)
+        if status in (404, 410) and "since=" in url:
+            log.warning("journal_position_expired", status=status,
+                        hint="the stored position is older than the journal keeps: starting from the oldest event")
+            self._next = self._base
+            await self._tracker.set_meta(POSITION_KEY, "")
+            return 0.0
+        if status == 204:
+            self._read_ok()
+            return min(MAX_WAIT, retry_after_seconds(headers.get("Retry-After")) or self._wait)
+        if status != 200:
+            raise PayloadError(f"journal answered HTTP {status}")
+        data = await decode(body, headers.get("Content-Encoding", ""), JOURNAL_MAX_BYTES, "journal")
+        if not isinstance(data, dict) or not isinstance(data.get("events", []), list):
+            raise PayloadError("journal answer is not an events batch")
+        return await self._apply_batch(data, url, headers)
+
+    async def _apply_batch(self, data: dict[str, object], url: str, headers: dict[str, str]) -> float:
+        """Hand each event to the router, then keep the batch's last position (after: at least once)."""
+        position = None
+        entries = data.get("events", [])
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict):
+                self._router.handle(entry.get("event"), "journal")
+                if isinstance(entry.get("position"), str):
+                    position = entry["position"]
+        page = data.get("_page")
+        if isinstance(page, dict) and isinstance(page.get("last"), str):
+            position = page["last"]
+        if position:
+            await self._tracker.set_meta(POSITION_KEY, position)
+        self._next = _link_next(headers.get("Link", ""), url) or (self._since(position) if position else None)
+        self._read_ok()
+        return 0.0 if entries else self._wait
+
+    def _read_ok(self) -> None:
+        self._failures = 0
+        if self._metrics.journal_read is not None:
+            self._metrics.journal_read.set(self._clock())
+
+    async def _url(self) -> str:
+        if self._next is not None:
+            return self._next
+        stored = await self._tracker.get_meta(POSITION_KEY)
+        if stored:
+            return self._since(stored)
+        return _with_query(self._base, {"latest": "true"})
+
+    def _since(self, position: str) -> str:
+        return _with_query(self._base, {"since": position})
+
+    async def _get(self, url: str) -> tuple[int, dict[str, str], bytes]:
+        for renewed in (False, True):
+            token = await self._auth.token()
+            headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_id,
+                       "x-ims-org-id": self._org_id, "Accept": "application/json"}
+            try:
+                async with self._session.get(url, headers=headers, allow_redirects=False,
+                                             timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
+                    body = await read_capped(resp, JOURNAL_MAX_BYTES, "journal")
+                    if resp.status == 401 and not renewed:
+                        await self._auth.renew(token)
+                        continue
+                    return resp.status, dict(resp.headers), body
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise PayloadError(f"journal: {describe_failure(exc, url, timeout=self._timeout, proxy=self._proxy)}"
+                                   ) from None
+        raise PayloadError("journal: the token was refused twice")  # pragma: no cover -- the loop returns
+
+
+def _with_query(url: str, extra: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in extra and k != "latest"]
+    return urlunsplit(parts._replace(query=urlencode([*query, *extra.items()])))
+
+
+def _link_next(header: str, current: str) -> str | None:
+    """The ``rel="next"`` target of a Link header, on the journal's own origin only (never elsewhere)."""
+    for part in header.split(","):
+        if 'rel="next"' not in part or "<" not in part or ">" not in part:
+            continue
+        target = part[part.index("<") + 1:part.index(">")].strip()
+        base = urlsplit(current)
+        parsed = urlsplit(target)
+        if not parsed.netloc:
+            return urlunsplit(base._replace(path=parsed.path or base.path, query=parsed.query))
+        if (parsed.scheme, parsed.netloc) == (base.scheme, base.netloc):
+            return target
+    return None
+
+
+def events_payload(body: bytes) -> object:
+    """A webhook body as JSON (PayloadError when it is not)."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PayloadError("event body is not JSON") from exc
