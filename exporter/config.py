@@ -654,17 +654,22 @@ class _ConfigParser(_Reader):
             self.problem("shard.index", problem)
         return ShardConfig(index=index, total=total)
 
+    def web_config(self, sec: dict[str, Any], path: str) -> tuple[str | None, WebConfig]:
+        """A listener's ``web_config_file`` (relative to the config's folder) and what it sets up."""
+        name = self.get(sec, "web_config_file", path, _string, "") or None
+        if not name:
+            return None, WebConfig()
+        try:
+            return name, load_web_config(self.base_dir / name)
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+            return name, WebConfig()
+
     def server(self, raw: object) -> ServerConfig:
         sec = self.section(raw, "server", _keys(ServerConfig, add=("listen",),
                                                 drop=("host", "port", "web_config_path", "web")))
         host, port = self.get(sec, "listen", "server", parse_listen, ("0.0.0.0", 9847))  # noqa: S104 -- see ServerConfig
-        web_config = self.get(sec, "web_config_file", "server", _string, "") or None
-        web = WebConfig()
-        if web_config:
-            try:
-                web = load_web_config(self.base_dir / web_config)
-            except ConfigError as exc:
-                self.problems.extend(exc.problems)
+        web_config, web = self.web_config(sec, "server")
         return ServerConfig(host=host, port=port, web_config_file=web_config,
                             web_config_path=self.base_dir / web_config if web_config else None, web=web,
                             enable_lifecycle=self.get(sec, "enable_lifecycle", "server", _bool, False),
@@ -681,13 +686,7 @@ class _ConfigParser(_Reader):
             path = self.get(wsec, "path", "events.webhook", _string, WebhookConfig.path)
             if not re.match(r"^/[A-Za-z0-9/_.-]*$", path) or path.startswith("/metrics"):
                 self.problem("events.webhook.path", f"{path!r} is not a path such as /adobe-events")
-            web_config = self.get(wsec, "web_config_file", "events.webhook", _string, "") or None
-            web = WebConfig()
-            if web_config:
-                try:
-                    web = load_web_config(self.base_dir / web_config)
-                except ConfigError as exc:
-                    self.problems.extend(exc.problems)
+            web_config, web = self.web_config(wsec, "events.webhook")
             webhook = WebhookConfig(
                 host=host, port=port, path=path, web_config_file=web_config, web=web,
                 public_key_base_url=self.get(wsec, "public_key_base_url", "events.webhook", _url, ADOBE_KEY_HOST),
