@@ -233,6 +233,9 @@ class Store(Protocol):
 class MemoryStore:
     """No persistence: state lives as long as the process (``state.path: null``)."""
 
+    def __init__(self) -> None:
+        self._meta: dict[str, str] = {}
+
     def load(self, buckets: tuple[float, ...],  # noqa: ARG002
              now_ms: int | None = None) -> tuple[list[FlowState], list[tuple[str, str]]]:  # noqa: ARG002
         return [], []
@@ -242,9 +245,6 @@ class MemoryStore:
 
     def delete(self, keys: Iterable[tuple[str, str]]) -> None:  # noqa: ARG002
         return None
-
-    def __init__(self) -> None:
-        self._meta: dict[str, str] = {}
 
     def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)
