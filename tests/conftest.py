@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import hypothesis  # noqa: F401 -- imported at collection, not by its plugin after the run (see below)
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -15,6 +16,11 @@ from exporter.config import Config
 from exporter.simulator import World
 from tests.helpers import free_port, serve, wait_http
 from tests.simulation import Sim, make_config, make_exporter, make_world, start_sim
+
+# Why hypothesis is imported here: when no collected test uses it, hypothesis's pytest plugin imports it while
+# printing the summary, and CPython 3.11's AST compiler (sources are compiled on import: no .pyc is written
+# here) can fail with "AST constructor recursion depth mismatch" if a thread left by a test compiles at the
+# same moment. Importing it up front keeps that compile out of the race.
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
