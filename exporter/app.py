@@ -93,6 +93,7 @@ class Exporter:
         self.router = EventRouter(pollers=lambda: self.pollers, tracker=self.tracker, metrics=self.metrics,
                                   clock=clock, retry_delays=self.tuning.event_retries)
         self._journal: asyncio.Task[None] | None = None
+        self._client: FlowServiceClient | None = None
         self._webhook: web.AppRunner | None = None
         self.metrics.shard_index.set(config.shard.index)
         self.metrics.shard_total.set(config.shard.total)
@@ -157,6 +158,7 @@ class Exporter:
                                    backoff_base=self.tuning.backoff_base, backoff_cap=self.tuning.backoff_cap,
                                    rng=rng, max_response_bytes=config.poll.max_response_bytes,
                                    proxy=config.adobe.proxy)
+        self._client = client
         settings = _settings(config)
         self.pollers = [SandboxPoller(sandbox=sb, settings=settings, client=client, tracker=self.tracker,
                                       metrics=self.metrics, once=self.once, clock=self.clock, rng=rng)
@@ -193,16 +195,15 @@ class Exporter:
         """Adobe I/O Events (``events:``): the journal reader and the webhook listener, once ``start()`` has run.
         The webhook port is bound here; a busy one raises OSError."""
         assert self._session is not None  # noqa: S101 -- start() made it
-        assert self._auth is not None  # noqa: S101 -- start() made it
         events = self.config.events
         adobe = self.config.adobe
         sources = (("journal",) if events.journal_url else ()) + (("webhook",) if events.webhook else ())
         self.metrics.start_events(sources)
         if events.journal_url and self._journal is None:
-            reader = JournalReader(session=self._session, url=events.journal_url, auth=self._auth,
-                                   client_id=adobe.client_id, org_id=adobe.org_id, router=self.router,
-                                   tracker=self.tracker, metrics=self.metrics, wait=events.journal_wait,
-                                   timeout=self.config.poll.timeout, proxy=adobe.proxy, clock=self.clock)
+            assert self._client is not None  # noqa: S101 -- start() made it
+            reader = JournalReader(client=self._client, url=events.journal_url, org_id=adobe.org_id,
+                                   router=self.router, tracker=self.tracker, metrics=self.metrics,
+                                   wait=events.journal_wait, clock=self.clock)
             self._journal = asyncio.get_running_loop().create_task(reader.run(), name="events-journal")
         hook = events.webhook
         if hook is not None and self._webhook is None:

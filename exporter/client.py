@@ -95,14 +95,28 @@ class FlowServiceClient:
 
     async def get(self, sandbox: str, endpoint: str, path: str, params: Params) -> dict[str, Any]:
         """One GET, retried on 429/5xx/timeouts/connection errors, renewing the token once on 401."""
-        url = f"{self._base}{path}"
+        status, resp_headers, raw = await self._exchange(sandbox, endpoint, f"{self._base}{path}", params,
+                                                         lambda token: self._headers(sandbox, token))
+        return await self._answer(sandbox, endpoint, status, resp_headers, raw)
+
+    async def fetch(self, endpoint: str, url: str, headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        """A GET to another Adobe service with the same token (the events journal): this client's rate limit,
+        concurrency cap, retries, token renewal and request metrics; the caller reads the status. ``headers``
+        come on top of the token and API key."""
+        return await self._exchange("", endpoint, url, (),
+                                    lambda token: {"Authorization": f"Bearer {token}", "x-api-key": self._client_id,
+                                                   "Accept": "application/json", **headers})
+
+    async def _exchange(self, sandbox: str, endpoint: str, url: str, params: Params,
+                        headers_for: Callable[[str], Mapping[str, str]]) -> tuple[int, Mapping[str, str], bytes]:
+        """The final answer to a GET: transport failures, 429 and 5xx retried with backoff, a 401 renewing the
+        token once; TransportError when the network never answered."""
         renewed = False
         attempt = 0
         while True:
             token = await self._auth.token()
             try:
-                status, resp_headers, raw = await self._send(sandbox, endpoint, url, params,
-                                                             self._headers(sandbox, token))
+                status, resp_headers, raw = await self._send(sandbox, endpoint, url, params, dict(headers_for(token)))
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
                 if attempt >= self._retries:
@@ -121,7 +135,7 @@ class FlowServiceClient:
                                     resp_headers.get("Retry-After"))
                 attempt += 1
                 continue
-            return await self._answer(sandbox, endpoint, status, resp_headers, raw)
+            return status, resp_headers, raw
 
     def _headers(self, sandbox: str, token: str) -> dict[str, str]:
         return {

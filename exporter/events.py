@@ -8,12 +8,14 @@ Two ways in, one way through:
   in the state file after the batch is applied, so a restart resumes there (an event applied twice is harmless:
   the refresh goes through the counting rule). A position older than the journal keeps (404/410) restarts
   from the oldest event, logged. A first start (no position) begins at the newest: polling has the history.
+  Requests go through the Flow Service client (its token, rate limit, retries and request metrics).
 - :func:`webhook_app` receives pushes on its own listener (see webhook.py for the checks).
 
 :class:`EventRouter` applies either: duplicate event ids are dropped (redelivery, retries, journal and webhook
 both on), an event for an untracked flow is counted and ignored, an unparseable one is logged once. A tracked
 flow is refreshed through its sandbox poller (``SandboxPoller.refresh``: the same counting rule, never
-concurrently with the cycle for that flow), so a run is counted exactly once whoever sees it first. When the
+concurrently with the cycle for that flow), so a run is counted exactly once whoever sees it first. Events for
+a flow whose refresh is queued or under way join it (a burst costs one more read, not one each). When an
 announced run is not counted yet (the event came before the run was visible as ended), the refresh is tried
 again a few times, then left to the next poll.
 """
@@ -24,21 +26,19 @@ import asyncio
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import aiohttp
 import structlog
 
-from exporter.auth import TokenProvider
 from exporter.backoff import retry_after_seconds
-from exporter.bodies import decode, read_capped
-from exporter.errors import ExporterError, PayloadError
-from exporter.model import Event, clean_text, parse_event
+from exporter.bodies import decode
+from exporter.client import FlowServiceClient
+from exporter.errors import PayloadError
+from exporter.model import Event, clean_text, journal_position, parse_event
 from exporter.poller import OnceLog, SandboxPoller
 from exporter.selfmetrics import SelfMetrics
 from exporter.tracker import Tracker
-from exporter.transport import describe_failure
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +62,8 @@ class EventRouter:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._once = OnceLog()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wanted: dict[tuple[str, str], set[str | None]] = {}  # flow -> runs its events announced
+        self._again: set[tuple[str, str]] = set()  # flows with an event that came during their refresh
 
     def handle(self, payload: object, source: str) -> str:
         """Take one event: its outcome (applied, duplicate, untracked, invalid) at once; the refresh runs in the
@@ -80,9 +82,16 @@ class EventRouter:
         poller = self._poller_of(event)
         if poller is None:
             return self._count(source, "untracked")
-        task = asyncio.get_running_loop().create_task(self._apply(poller, event, source), name=f"event-{event.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        key = (poller.name, event.flow_id)
+        if key in self._wanted:  # a refresh of this flow is queued or under way: it reads once more, for this run too
+            self._wanted[key].add(event.run_id)
+            self._again.add(key)
+        else:
+            self._wanted[key] = {event.run_id}
+            task = asyncio.get_running_loop().create_task(self._apply(poller, key, source),
+                                                          name=f"event-{event.flow_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return self._count(source, "applied")
 
     def reject(self, source: str, outcome: str) -> None:
@@ -111,43 +120,57 @@ class EventRouter:
                 return poller
         return None
 
-    async def _apply(self, poller: SandboxPoller, event: Event, source: str) -> None:
-        for delay in (0.0, *self._retry_delays):
-            if delay:
+    async def _apply(self, poller: SandboxPoller, key: tuple[str, str], source: str) -> None:
+        """Refresh one flow until every run its events announced is counted (a burst of events for the flow costs
+        one read, plus one if more came while it ran), at most ``retry_delays`` more times for runs not yet
+        visible as ended; then the poll cycle takes over."""
+        retries = iter(self._retry_delays)
+        try:
+            while True:
+                self._again.discard(key)
+                try:
+                    counted = await poller.refresh(key[1])
+                except Exception as exc:  # noqa: BLE001 -- a refresh that fails costs that refresh; the poll reports it
+                    log.warning("event_refresh_failed", source=source, flow_id=key[1], error_type=type(exc).__name__)
+                    return
+                now = self._clock()
+                for run in counted:
+                    if run.completed_at_ms is not None and run.completed_at_ms / 1000.0 <= now:
+                        self._metrics.event_lag.labels(source).observe(now - run.completed_at_ms / 1000.0)
+                if key in self._again:
+                    continue
+                if not self._still_wanted(key):
+                    return
+                delay = next(retries, None)
+                if delay is None:
+                    return
                 await asyncio.sleep(delay)
-            try:
-                _tracked, counted = await poller.refresh(event.flow_id)
-            except ExporterError as exc:  # a state file that cannot be written: the poll cycle reports it too
-                log.warning("event_refresh_failed", source=source, flow_id=event.flow_id, error=str(exc))
-                return
-            now = self._clock()
-            for run in counted:
-                if run.completed_at_ms is not None and run.completed_at_ms / 1000.0 <= now:
-                    self._metrics.event_lag.labels(source).observe(now - run.completed_at_ms / 1000.0)
-            state = self._tracker.get((poller.name, event.flow_id))
-            if event.run_id is None or state is None or event.run_id in state.counted:
-                return
-            if state.last_completed is not None and state.last_completed.id == event.run_id:
-                return  # seen ended (counted earlier, or ended before the counting start)
+        finally:
+            self._wanted.pop(key, None)
+            self._again.discard(key)
+
+    def _still_wanted(self, key: tuple[str, str]) -> set[str | None]:
+        """The announced runs of the flow not counted yet (runs an event did not name are not waited for)."""
+        state = self._tracker.get(key)
+        newest = state.last_completed.id if state is not None and state.last_completed is not None else None
+        wanted: set[str | None] = {run for run in self._wanted.get(key, set()) if run is not None and state is not None
+                  and run not in state.counted and run != newest}
+        self._wanted[key] = wanted
+        return wanted
 
 
 class JournalReader:
     """Reads the events journal forever (see the module docstring)."""
 
-    def __init__(self, *, session: aiohttp.ClientSession, url: str, auth: TokenProvider, client_id: str,
-                 org_id: str, router: EventRouter, tracker: Tracker, metrics: SelfMetrics, wait: float,
-                 timeout: float = 30.0, proxy: str | None = None, clock: Callable[[], float] = time.time) -> None:
-        self._session = session
+    def __init__(self, *, client: FlowServiceClient, url: str, org_id: str, router: EventRouter, tracker: Tracker,
+                 metrics: SelfMetrics, wait: float, clock: Callable[[], float] = time.time) -> None:
+        self._client = client
         self._base = url
-        self._auth = auth
-        self._client_id = client_id
         self._org_id = org_id
         self._router = router
         self._tracker = tracker
         self._metrics = metrics
         self._wait = wait
-        self._timeout = timeout
-        self._proxy = proxy
         self._clock = clock
         self._next: str | None = None
         self._failures = 0
@@ -185,18 +208,17 @@ class JournalReader:
             raise PayloadError("journal answer is not an events batch")
         return await self._apply_batch(data, url, headers)
 
-    async def _apply_batch(self, data: dict[str, object], url: str, headers: dict[str, str]) -> float:
+    async def _apply_batch(self, data: dict[str, object], url: str, headers: Mapping[str, str]) -> float:
         """Hand each event to the router, then keep the batch's last position (after: at least once)."""
         position = None
         entries = data.get("events", [])
         for entry in entries if isinstance(entries, list) else []:
             if isinstance(entry, dict):
                 self._router.handle(entry.get("event"), "journal")
-                if isinstance(entry.get("position"), str):
-                    position = entry["position"]
+                position = journal_position(entry.get("position")) or position
         page = data.get("_page")
-        if isinstance(page, dict) and isinstance(page.get("last"), str):
-            position = page["last"]
+        if isinstance(page, dict):
+            position = journal_position(page.get("last")) or position
         if position:
             await self._tracker.set_meta(POSITION_KEY, position)
         self._next = _link_next(headers.get("Link", ""), url) or (self._since(position) if position else None)
@@ -211,7 +233,7 @@ class JournalReader:
     async def _url(self) -> str:
         if self._next is not None:
             return self._next
-        stored = await self._tracker.get_meta(POSITION_KEY)
+        stored = journal_position(await self._tracker.get_meta(POSITION_KEY))  # a file edited by hand, too
         if stored:
             return self._since(stored)
         return _with_query(self._base, {"latest": "true"})
@@ -219,23 +241,9 @@ class JournalReader:
     def _since(self, position: str) -> str:
         return _with_query(self._base, {"since": position})
 
-    async def _get(self, url: str) -> tuple[int, dict[str, str], bytes]:
-        for renewed in (False, True):
-            token = await self._auth.token()
-            headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_id,
-                       "x-ims-org-id": self._org_id, "Accept": "application/json"}
-            try:
-                async with self._session.get(url, headers=headers, allow_redirects=False,
-                                             timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
-                    body = await read_capped(resp, JOURNAL_MAX_BYTES, "journal")
-                    if resp.status == 401 and not renewed:
-                        await self._auth.renew(token)
-                        continue
-                    return resp.status, dict(resp.headers), body
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise PayloadError(f"journal: {describe_failure(exc, url, timeout=self._timeout, proxy=self._proxy)}"
-                                   ) from None
-        raise PayloadError("journal: the token was refused twice")  # pragma: no cover -- the loop returns
+    async def _get(self, url: str) -> tuple[int, Mapping[str, str], bytes]:
+        """The journal's answer, through the Flow Service client (same token, rate limit, retries, metrics)."""
+        return await self._client.fetch("journal", url, {"x-ims-org-id": self._org_id})
 
 
 def _with_query(url: str, extra: dict[str, str]) -> str:

@@ -636,6 +636,14 @@ def parse_event(payload: object, now_ms: int | None = None) -> Event:
                  ended_ms=check.ms(found.get("completedAtUTC"), "completedAtUTC"))
 
 
+_POSITION_RE = re.compile(r"^[A-Za-z0-9._:~+/=-]{1,512}$")
+
+
+def journal_position(value: object) -> str | None:
+    """A journal position (opaque to us) that may be stored and sent back in a URL, or None."""
+    return value if isinstance(value, str) and _POSITION_RE.match(value) else None
+
+
 def _collect(node: object, found: dict[str, object], depth: int) -> None:
     """The first value of every key, breadth before depth, at most a few levels down (payloads are small)."""
     if depth > _EVENT_DEPTH or not isinstance(node, dict):

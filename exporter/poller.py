@@ -278,15 +278,15 @@ class SandboxPoller:
         return new_flow_state(sandbox=self.name, flow_id=flow_id, now_ms=int(self._clock() * 1000),
                               lookback_s=self.settings.lookback_s, buckets=self.settings.buckets)
 
-    async def refresh(self, flow_id: str) -> tuple[bool, tuple[Run, ...]]:
+    async def refresh(self, flow_id: str) -> tuple[Run, ...]:
         """Read one tracked flow's runs now, as an event asks (through the same counting rule, never at the same
-        time as the poll cycle reads that flow), and publish at once. (Tracked, runs newly counted.)"""
+        time as the poll cycle reads that flow), and publish at once; the runs newly counted."""
         state = self._tracker.get((self.name, flow_id))
         if state is None or state.flow is None:
-            return False, ()
+            return ()
         update = await self._update_flow(state.flow, dict(state.labels), force=True)
         self._tracker.publish()
-        return True, update.counted if update is not None else ()
+        return update.counted if update is not None else ()
 
     async def _update_flow(self, flow: Flow, labels: dict[str, str], *, force: bool = False) -> Update | None:
         lock = self._flow_locks.get(flow.id)

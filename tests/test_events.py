@@ -304,3 +304,22 @@ async def test_the_webhook_listener_has_its_own_tls(sim: Sim, tmp_path: Path) ->
     finally:
         await exporter.close()
     assert answer == (200, "tls-ok")
+
+
+async def test_a_burst_of_events_for_one_flow_costs_one_read_not_one_each(sim: Sim) -> None:
+    """Twenty events for one flow, taken together (as a journal batch gives them), refresh it with at most two
+    reads of its runs: the first, and one more for the events that came while it ran."""
+    exporter = with_events(sim, journal=False)
+    try:
+        await exporter.start()
+        assert await exporter.poll_once()
+        flow = sim.world.flows["prod"][next(iter(sim.world.flows["prod"]))]
+        before = sim.simulator.requests["runs"]
+        for i in range(20):
+            payload = sim.simulator.events.payload(flow.runs[-1])
+            payload["event_id"] = f"burst-{i}"
+            assert exporter.router.handle(payload, "journal") == "applied"
+        await exporter.router.idle()
+    finally:
+        await exporter.close()
+    assert 1 <= sim.simulator.requests["runs"] - before <= 2
