@@ -23,7 +23,6 @@ again a few times, then left to the next poll.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -265,11 +264,3 @@ def _link_next(header: str, current: str) -> str | None:
         if (parsed.scheme, parsed.netloc) == (base.scheme, base.netloc):
             return target
     return None
-
-
-def events_payload(body: bytes) -> object:
-    """A webhook body as JSON (PayloadError when it is not)."""
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise PayloadError("event body is not JSON") from exc

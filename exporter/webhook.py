@@ -22,18 +22,15 @@ import re
 from collections import OrderedDict
 
 import aiohttp
-import structlog
 from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from exporter.bodies import read_capped
+from exporter.bodies import parse_json, read_capped
 from exporter.config import WebhookConfig
 from exporter.errors import ExporterError, PayloadError
-from exporter.events import EventRouter, events_payload
-
-log = structlog.get_logger(__name__)
+from exporter.events import EventRouter
 
 _KEY_PATH = re.compile(r"^/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*\.pem$")
 KEY_MAX_BYTES = 16 * 1024
@@ -96,7 +93,7 @@ def webhook_app(config: WebhookConfig, *, client_id: str, router: EventRouter, k
         try:
             body = await read_capped(request, config.max_body_bytes, "webhook")  # type: ignore[arg-type]
         except PayloadError:
-            router.handle(None, "webhook")  # counted as invalid
+            router.reject("webhook", "invalid")
             return web.Response(status=413, text="body too large")
         headers = request.headers
         checks = [(headers.get(f"x-adobe-digital-signature-{i}", ""), headers.get(f"x-adobe-public-key{i}-path", ""))
@@ -110,18 +107,14 @@ def webhook_app(config: WebhookConfig, *, client_id: str, router: EventRouter, k
             router.reject("webhook", "rejected_signature")
             return web.Response(status=401, text="signature not valid")
         try:
-            payload = events_payload(body)
+            payload = parse_json(body, "webhook")
         except PayloadError:
-            router.handle(None, "webhook")
+            router.reject("webhook", "invalid")
             return web.Response(status=400, text="not JSON")
         if not isinstance(payload, dict) or payload.get("recipient_client_id") != client_id:
             router.reject("webhook", "rejected_recipient")
             return web.Response(status=401, text="not for this client")
-        retry = headers.get("x-adobe-retry-count")
-        outcome = router.handle(payload, "webhook")
-        if retry and outcome == "duplicate":
-            log.debug("webhook_retry_duplicate", retry=retry[:8])
-        return web.Response(text=outcome)
+        return web.Response(text=router.handle(payload, "webhook"))  # a retry's event id is a duplicate
 
     app = web.Application(client_max_size=config.max_body_bytes + 1)
     app.router.add_get(config.path, challenge)
