@@ -39,10 +39,10 @@ from exporter.config import (
     StateConfig,
     config_warnings,
     find_config,
+    host_port,
     load_config,
     parse_duration,
     parse_listen,
-    proxy_host,
 )
 from exporter.errors import ConfigError, ExporterError, StateError
 from exporter.simulator import Credentials, Faults, SimClock, Simulator, World
@@ -250,7 +250,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         log.warning("config_warning", problem=warning)
     log.info("starting", version=__version__, config=str(path), listen=listen,
              tls=config.server.web.ssl_context is not None, basic_auth=bool(config.server.web.users),
-             proxy=proxy_host(config.adobe.proxy) if config.adobe.proxy else None,
+             proxy=host_port(config.adobe.proxy) if config.adobe.proxy else None,
              sandboxes=[s.name for s in config.sandboxes], shard=f"{config.shard.index}/{config.shard.total}")
     web.run_app(exporter.web_app(), sock=sock, print=None, access_log=None, handle_signals=True,
                 ssl_context=config.server.web.ssl_context, keepalive_timeout=config.server.read_header_timeout)

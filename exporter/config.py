@@ -410,8 +410,8 @@ def _proxy_url(value: object) -> str:
     return text
 
 
-def proxy_host(url: str) -> str:
-    """host:port of a proxy URL, for logs and errors (never its user or password)."""
+def host_port(url: str) -> str:
+    """host:port of a URL (a proxy's, an Adobe host's), for logs and errors (never a user or password in it)."""
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from exporter.config import proxy_host
+from exporter.config import host_port
 
 
 def client_session(*, headers: dict[str, str], proxy: str | None, ca_file: Path | None) -> aiohttp.ClientSession:
@@ -42,24 +42,19 @@ def proxy_for(url: str, proxy: str | None) -> str | None:
     return urllib.request.getproxies().get(parts.scheme)
 
 
-def _target(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
-
-
 def describe_failure(exc: BaseException, url: str, *, timeout: float | None = None, proxy: str | None = None) -> str:
     """Why a request to ``url`` failed, naming the host (and the proxy, when one was in the way)."""
-    host = _target(url)
+    host = host_port(url)
     proxy = proxy_for(url, proxy)
     if isinstance(exc, asyncio.TimeoutError):
         within = f" within {timeout:g} s" if timeout else ""
         return f"{host} did not answer{within} (poll.timeout; check the network path to it)"
     if isinstance(exc, aiohttp.ClientHttpProxyError):
-        where = proxy_host(proxy) if proxy else "the proxy"
+        where = host_port(proxy) if proxy else "the proxy"
         hint = " (the proxy wants credentials: put them in the proxy URL)" if exc.status == 407 else ""
         return f"{where} refused to connect to {host}: HTTP {exc.status}{hint}"
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        where = proxy_host(proxy) if proxy else "the proxy"
+        where = host_port(proxy) if proxy else "the proxy"
         return f"cannot connect to proxy {where}: {_os_reason(exc)} (check HTTPS_PROXY or adobe.proxy)"
     if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
         return (f"TLS to {host} failed: {_ssl_reason(exc)} (behind a proxy that intercepts TLS? trust its CA with "
