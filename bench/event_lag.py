@@ -3,8 +3,9 @@ through the Adobe I/O Events journal and through the signed webhook, side by sid
 
 On 127.0.0.1 only: the simulator (its clock at real speed), the exporter (poll.interval 10 minutes, so only an
 event can bring a run in before the next poll) and its /metrics over HTTP. Each trial starts a run on a flow
-that ends a second later, then reads /metrics every 20 ms until that flow's aep_flow_runs_total rises; the
-lag is the time from the run's end to that read. Prints the median and p99 per path.
+that ends a second later (at a random moment, so not in step with the journal's reads), then reads /metrics
+every 20 ms until that flow's aep_flow_runs_total rises; the lag is the time from the run's end to that read.
+Prints the median and p99 per path.
 
     python bench/event_lag.py [--trials 30]
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import random
 import statistics
 import time
 
@@ -70,7 +72,9 @@ async def measure(path: str, trials: int) -> list[float]:
                     break
                 await asyncio.sleep(0.1)
             flows = sorted(world.flows["prod"])
+            rng = random.Random(7)
             for i in range(trials):
+                await asyncio.sleep(rng.uniform(0.0, 1.5))  # runs end at any moment of the journal's read rhythm
                 flow_id = flows[i % len(flows)]
                 before = await runs_total(session, metrics_url, flow_id)
                 flow = world.flows["prod"][flow_id]

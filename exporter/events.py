@@ -23,6 +23,7 @@ again a few times, then left to the next poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -61,8 +62,8 @@ class EventRouter:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._once = OnceLog()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._wanted: dict[tuple[str, str], set[str | None]] = {}  # flow -> runs its events announced
-        self._again: set[tuple[str, str]] = set()  # flows with an event that came during their refresh
+        self._wanted: dict[tuple[str, str], list[Event]] = {}  # flow -> the events that asked for its refresh
+        self._again: dict[tuple[str, str], asyncio.Event] = {}  # set by an event that came during the refresh
 
     def handle(self, payload: object, source: str) -> str:
         """Take one event: its outcome (applied, duplicate, untracked, invalid) at once; the refresh runs in the
@@ -82,11 +83,12 @@ class EventRouter:
         if poller is None:
             return self._count(source, "untracked")
         key = (poller.name, event.flow_id)
-        if key in self._wanted:  # a refresh of this flow is queued or under way: it reads once more, for this run too
-            self._wanted[key].add(event.run_id)
-            self._again.add(key)
+        if key in self._wanted:  # a refresh of this flow is queued, under way or waiting: it reads (again) now
+            self._wanted[key].append(event)
+            self._again[key].set()
         else:
-            self._wanted[key] = {event.run_id}
+            self._wanted[key] = [event]
+            self._again[key] = asyncio.Event()
             task = asyncio.get_running_loop().create_task(self._apply(poller, key, source),
                                                           name=f"event-{event.flow_id}")
             self._tasks.add(task)
@@ -124,9 +126,10 @@ class EventRouter:
         one read, plus one if more came while it ran), at most ``retry_delays`` more times for runs not yet
         visible as ended; then the poll cycle takes over."""
         retries = iter(self._retry_delays)
+        again = self._again[key]
         try:
             while True:
-                self._again.discard(key)
+                again.clear()
                 try:
                     counted = await poller.refresh(key[1])
                 except Exception as exc:  # noqa: BLE001 -- a refresh that fails costs that refresh; the poll reports it
@@ -136,24 +139,29 @@ class EventRouter:
                 for run in counted:
                     if run.completed_at_ms is not None and run.completed_at_ms / 1000.0 <= now:
                         self._metrics.event_lag.labels(source).observe(now - run.completed_at_ms / 1000.0)
-                if key in self._again:
+                if again.is_set():
                     continue
                 if not self._still_wanted(key):
                     return
                 delay = next(retries, None)
                 if delay is None:
                     return
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # a new event for the flow ends the wait
+                    await asyncio.wait_for(again.wait(), delay)
         finally:
             self._wanted.pop(key, None)
-            self._again.discard(key)
+            self._again.pop(key, None)
 
-    def _still_wanted(self, key: tuple[str, str]) -> set[str | None]:
-        """The announced runs of the flow not counted yet (runs an event did not name are not waited for)."""
+    def _still_wanted(self, key: tuple[str, str]) -> list[Event]:
+        """The events whose run is not counted yet and still can be: it is named, not counted, not the newest
+        completed run, and did not end before the flow's count floor (such a run was counted before, or ended
+        before counting started: waiting for it would only cost reads)."""
         state = self._tracker.get(key)
-        newest = state.last_completed.id if state is not None and state.last_completed is not None else None
-        wanted: set[str | None] = {run for run in self._wanted.get(key, set()) if run is not None and state is not None
-                  and run not in state.counted and run != newest}
+        if state is None:
+            return []
+        newest = state.last_completed.id if state.last_completed is not None else None
+        wanted = [e for e in self._wanted.get(key, []) if e.run_id is not None and e.run_id not in state.counted
+                  and e.run_id != newest and (e.ended_ms is None or e.ended_ms >= state.count_floor_ms)]
         self._wanted[key] = wanted
         return wanted
 

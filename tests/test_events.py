@@ -323,3 +323,38 @@ async def test_a_burst_of_events_for_one_flow_costs_one_read_not_one_each(sim: S
     finally:
         await exporter.close()
     assert 1 <= sim.simulator.requests["runs"] - before <= 2
+
+
+async def test_a_new_event_for_a_flow_ends_its_wait_for_a_run_not_yet_visible(sim: Sim) -> None:
+    """An event names a run /runs does not show yet: its refresh waits to try again. Another event for the flow
+    during that wait refreshes it at once, not when the wait is over; a run that ended before the flow's count
+    floor is never waited for."""
+    exporter = with_events(sim, journal=False)
+    exporter.router._retry_delays = (30.0,)
+    try:
+        await exporter.start()
+        assert await exporter.poll_once()
+        flow = sim.world.flows["prod"][next(iter(sim.world.flows["prod"]))]
+        pending = sim.simulator.events.payload(flow.runs[-1])
+        pending["event_id"], pending["event"]["body"]["data"]["flowRunId"] = "early", "not-visible-yet"
+        del pending["event"]["body"]["data"]["completedAtUTC"]
+        before = sim.simulator.requests["runs"]
+        exporter.router.handle(pending, "webhook")
+        await until(lambda: sim.simulator.requests["runs"] == before + 1, 5)
+        started = time.monotonic()
+        again = sim.simulator.events.payload(flow.runs[-1])
+        again["event_id"] = "later"
+        exporter.router.handle(again, "webhook")
+        await until(lambda: sim.simulator.requests["runs"] == before + 2, 5)
+        woke_after = time.monotonic() - started
+        old = sim.simulator.events.payload(flow.runs[0])
+        old["event_id"], old["event"]["body"]["data"]["flowRunId"] = "old", "pruned-long-ago"
+        other = sim.world.flows["prod"][sorted(sim.world.flows["prod"])[1]]
+        old["event"]["body"]["data"]["flowId"] = other.id
+        exporter.router.handle(old, "webhook")
+        await until(lambda: sim.simulator.requests["runs"] == before + 3, 5)
+        await asyncio.sleep(0.3)
+        assert ("prod", other.id) not in exporter.router._wanted  # ended before the floor: not waited for
+    finally:
+        await exporter.close()
+    assert woke_after < 5
