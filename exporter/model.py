@@ -33,6 +33,8 @@ STATUSES = ("success", "partial_success", "failed", "in_progress", "scheduled", 
 
 TERMINAL_STATUSES = ("success", "partial_success", "failed", "cancelled", "other")
 """Statuses a completed run can end with (``aep_flow_runs_total``'s ``status`` values)."""
+FINAL_STATUSES = ("success", "partial_success", "failed", "cancelled")
+"""Statuses that say a run has ended, whatever else its payload says (``other`` may be either)."""
 
 _STATUS_ALIASES = {
     "success": "success",
@@ -108,6 +110,19 @@ def plausible_ms(value: object, now_ms: int) -> int | None:
     return int(value)
 
 
+def adobe_ms(value: object, now_ms: int) -> int | None:
+    """A timestamp as Adobe writes it, in epoch milliseconds or in epoch seconds (Adobe's "Flow run notifications"
+    success example has ``durationSummary`` in seconds beside ``createdAt`` in milliseconds): epoch milliseconds
+    between 2015 and a day ahead of ``now_ms``, or None. The two ranges cannot be confused: 2015 in seconds is
+    January 1970 in milliseconds."""
+    checked = plausible_ms(value, now_ms)
+    if checked is not None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return checked
+    if not math.isfinite(value) or not EARLIEST_MS / 1000 <= value <= (now_ms + MAX_AHEAD_MS) / 1000:
+        return None
+    return int(value * 1000)
+
+
 def normalize_status(raw: object) -> str | None:
     """Map Adobe's status spellings (``partialSuccess``, ``Failed``, ``Processing``) to ``STATUSES``.
 
@@ -168,7 +183,7 @@ class Run:
         """True once the run has finished: a final status, or an end time without a running status."""
         if self.status in ("in_progress", "scheduled"):
             return False
-        if self.status in ("success", "partial_success", "failed", "cancelled"):
+        if self.status in FINAL_STATUSES:
             return True
         return self.completed_at_ms is not None
 
@@ -261,10 +276,11 @@ class _Checker:
         return clean
 
     def ms(self, value: object, name: str) -> int | None:
-        """A timestamp; a missing one is simply absent, a present but implausible one is noted."""
+        """A timestamp (milliseconds or seconds); a missing one is simply absent, a present but implausible one is
+        noted."""
         if value is None:
             return None
-        checked = plausible_ms(value, self.now_ms)
+        checked = adobe_ms(value, self.now_ms)
         if checked is None and value != -1:
             self.invalid.append(name)
         return checked
@@ -319,14 +335,18 @@ def _record_codes(summary: dict[str, Any], check: _Checker) -> tuple[tuple[str, 
             check.invalid.append(f"recordSummary.{key}")
             continue
         for entry in entries:
-            raw_code, count = _obj(entry).get("code"), valid_count(_obj(entry).get("count"))
+            raw_code = _obj(entry).get("code")
             if isinstance(raw_code, int) and not isinstance(raw_code, bool) and 0 <= raw_code < 10**12:
                 raw_code = str(raw_code)
-            if not isinstance(raw_code, str) or not raw_code.strip() or count is None:
+            if not isinstance(raw_code, str) or not raw_code.strip():
                 check.invalid.append(f"recordSummary.{key}")
                 continue
+            # A code without a count (Adobe's "Standard alert rules" failure example: code and message only) is
+            # still worth showing: its series exists and adds no invented records. A count that is there but not
+            # valid (-1, a string) is noted as unknown, the code still shown.
+            count = 0 if _obj(entry).get("count") is None else check.count(_obj(entry), "count", f"recordSummary.{key}.")
             code = clean_text(raw_code.strip(), 64)
-            totals[(outcome, code)] = min(totals.get((outcome, code), 0) + count, MAX_COUNT)
+            totals[(outcome, code)] = min(totals.get((outcome, code), 0) + (count or 0), MAX_COUNT)
     return tuple((outcome, code, count) for (outcome, code), count in sorted(totals.items()))
 
 
@@ -400,6 +420,7 @@ def parse_run(payload: object, now_ms: int | None = None) -> Run:
     status_summary = _obj(metrics.get("statusSummary"))
     codes = _error_codes(status_summary)
     activities: list[Activity] = []
+    activity_ends: list[int] = []
     raw_activities = data.get("activities")
     for raw in raw_activities if isinstance(raw_activities, list) else []:
         act = _obj(raw)
@@ -411,6 +432,8 @@ def parse_run(payload: object, now_ms: int | None = None) -> Run:
         act_duration = _obj(act.get("durationSummary"))
         start = check.ms(act_duration.get("startedAtUTC"), "activities.startedAtUTC")
         end = check.ms(act_duration.get("completedAtUTC"), "activities.completedAtUTC")
+        if end is not None:
+            activity_ends.append(end)
         activities.append(
             Activity(
                 name=snake_case(act_name),
@@ -420,15 +443,21 @@ def parse_run(payload: object, now_ms: int | None = None) -> Run:
             )
         )
     raw_status = status_summary.get("status")
+    status = normalize_status(raw_status)
     counts = _counts(metrics, check)
+    completed = check.ms(duration.get("completedAtUTC"), "completedAtUTC")
+    if completed is None and status in FINAL_STATUSES and activity_ends:
+        # A run with a final status but no end of its own (Adobe's "Flow run notifications" failure example) ended
+        # when its last activity did.
+        completed = max(activity_ends)
     return Run(
         id=run_id,
         flow_id=check.text(data.get("flowId"), "flowId", limit=128) or None,
         created_at_ms=check.ms(data.get("createdAt"), "createdAt"),
         updated_at_ms=check.ms(data.get("updatedAt"), "updatedAt"),
         started_at_ms=check.ms(duration.get("startedAtUTC"), "startedAtUTC"),
-        completed_at_ms=check.ms(duration.get("completedAtUTC"), "completedAtUTC"),
-        status=normalize_status(raw_status),
+        completed_at_ms=completed,
+        status=status,
         raw_status=clean_text(raw_status, 64) if isinstance(raw_status, str) else None,
         counts=counts,
         error_codes=frozenset(codes),

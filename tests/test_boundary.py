@@ -185,7 +185,8 @@ async def test_a_state_file_holding_bad_values_loads_and_serves(sim: Sim, tmp_pa
 def test_an_activation_run_reports_identities_and_record_codes_and_a_failure_only_in_failed_info() -> None:
     """A destination run's created/updated/deleted identities, skipped and failed bytes, skipped files and its
     skippedInfo/failedInfo/warningInfo codes are read; a run whose failure is only in failedInfo (no
-    failedRecordCount, no sizeSummary) still shows it, by code; a bad entry is noted, never counted."""
+    failedRecordCount, no sizeSummary) still shows it, by code; an entry without a code is noted and left out, one
+    whose count is not valid is noted and shows its code without inventing records."""
     payload = {"id": "r1", "flowId": FLOW, "createdAt": NOW - 60_000, "metrics": {
         "durationSummary": {"startedAtUTC": NOW - 60_000, "completedAtUTC": NOW - 1000},
         "statusSummary": {"status": "Failed"},
@@ -198,11 +199,11 @@ def test_an_activation_run_reports_identities_and_record_codes_and_a_failure_onl
     run = parse_run(payload, NOW)
     assert (run.counts.records["created"], run.counts.records["updated"], run.counts.records["deleted"]) == (40, 5, 2)
     assert (run.counts.bytes["skipped"], run.counts.bytes["failed"], run.counts.files["skipped"]) == (100, 20, 1)
-    assert run.record_codes == (("failed", "DESTINATION-5001", 10), ("skipped", "SKIP-1", 4))
-    assert "recordSummary.skippedInfo" in run.unknown_fields
+    assert run.record_codes == (("failed", "DESTINATION-5001", 10), ("skipped", "SKIP-1", 4), ("skipped", "SKIP-2", 0))
+    assert {"recordSummary.skippedInfo", "recordSummary.skippedInfo.count"} <= set(run.unknown_fields)
     state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, lookback_s=3600, buckets=())
     update = apply_runs(state, parse_flow({"id": FLOW}, NOW), [run], now_ms=NOW, max_error_codes=1)
-    assert update.state.record_codes == {"failed": {"DESTINATION-5001": 10}, "skipped": {"SKIP-1": 4}}
+    assert update.state.record_codes == {"failed": {"DESTINATION-5001": 10}, "skipped": {"SKIP-1": 4, "other": 0}}
     samples = parse_samples(FlowExposition(CollectorOptions(), openmetrics=False).render(
         Snapshot(version=1, flows=(dataclasses.replace(update.state, flow=parse_flow({"id": FLOW}, NOW)),),
                  sandboxes=())).decode())

@@ -204,3 +204,39 @@ def test_a_run_of_another_flow_is_never_counted_here() -> None:
     other = {**run, "id": "someone-else", "flowId": "another-flow"}
     s = render(flow, [run, other])
     assert value(s, "aep_flow_runs_total", sandbox="prod", flow_id=FLOW_ID, status="success") == 1.0
+
+
+def test_times_in_seconds_are_read_as_the_same_instant_as_in_milliseconds() -> None:
+    """A durationSummary in epoch seconds (as in Adobe's "Flow run notifications" success example) gives the same
+    times as in milliseconds, and is not noted as invalid; a value in neither range is."""
+    seconds = parse_run({"id": "r1", "flowId": FLOW_ID, "createdAt": 1596656079576, "metrics": {
+        "durationSummary": {"startedAtUTC": 1596656058, "completedAtUTC": 1596656113},
+        "statusSummary": {"status": "success"}}}, TUTORIAL_NOW_MS)
+    assert (seconds.started_at_ms, seconds.completed_at_ms) == (1596656058000, 1596656113000)
+    assert seconds.duration_seconds == 55.0 and seconds.unknown_fields == ()
+    nonsense = parse_run({"id": "r2", "metrics": {"durationSummary": {"startedAtUTC": 87473822}}}, TUTORIAL_NOW_MS)
+    assert nonsense.started_at_ms is None and "startedAtUTC" in nonsense.unknown_fields
+
+
+def test_a_final_run_without_its_own_end_ended_with_its_last_activity() -> None:
+    """A failed run whose durationSummary has no completedAtUTC (Adobe's "Flow run notifications" failure example)
+    ends when its last activity completed; a run still in progress gets no end from its activities."""
+    activities = [{"id": "promotionActivity", "durationSummary": {"startedAtUTC": 1596656058198,
+                                                                  "completedAtUTC": 1596656068000}}]
+    failed = parse_run({"id": "r1", "metrics": {"durationSummary": {"startedAtUTC": 1596656058198},
+                                                "statusSummary": {"status": "failed"}},
+                        "activities": activities}, TUTORIAL_NOW_MS)
+    assert failed.completed_at_ms == 1596656068000 and failed.is_terminal
+    running = parse_run({"id": "r2", "metrics": {"durationSummary": {"startedAtUTC": 1596656058198},
+                                                 "statusSummary": {"status": "inProgress"}},
+                         "activities": activities}, TUTORIAL_NOW_MS)
+    assert running.completed_at_ms is None and not running.is_terminal
+
+
+def test_a_record_code_without_a_count_is_shown_and_not_noted() -> None:
+    """A failedInfo entry with a code and a message and no count (Adobe's "Standard alert rules" failure payload)
+    gives its code at 0 records, and no field is noted as invalid."""
+    run = parse_run({"id": "r1", "metrics": {"statusSummary": {"status": "failed"}, "recordSummary": {
+        "failedInfo": [{"code": "2200", "message": "A connection attempt failed"}]}}}, TUTORIAL_NOW_MS)
+    assert run.record_codes == (("failed", "2200", 0),)
+    assert run.unknown_fields == ()
