@@ -24,8 +24,9 @@ from exporter.bodies import ACCEPT_ENCODING
 from exporter.client import FlowServiceClient
 from exporter.config import Config, Overrides, load_config
 from exporter.errors import ConfigError
-from exporter.events import RETRY_DELAYS, EventRouter, JournalReader
+from exporter.events import RETRY_DELAYS, EventRouter
 from exporter.exposition import SELF_TTL, MetricsRenderer
+from exporter.journal import JournalReader
 from exporter.metrics import CollectorOptions
 from exporter.poller import OnceLog, PollSettings, SandboxPoller, Survey
 from exporter.selfmetrics import SelfMetrics
@@ -177,6 +178,11 @@ class Exporter:
         results = await asyncio.gather(*(p.cycle() for p in self.pollers))
         return all(results)
 
+    def poll_all_now(self) -> None:
+        """Start every sandbox's next cycle now (the journal lost events: whatever they announced is read at once)."""
+        for poller in self.pollers:
+            poller.poll_now()
+
     def _start_loops(self) -> None:
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(p.run(), name=f"poll-{p.name}") for p in self.pollers]
@@ -203,7 +209,7 @@ class Exporter:
             assert self._client is not None  # noqa: S101 -- start() made it
             reader = JournalReader(client=self._client, url=events.journal_url, org_id=adobe.org_id,
                                    router=self.router, tracker=self.tracker, metrics=self.metrics,
-                                   wait=events.journal_wait, clock=self.clock)
+                                   wait=events.journal_wait, clock=self.clock, on_gap=self.poll_all_now)
             self._journal = asyncio.get_running_loop().create_task(reader.run(), name="events-journal")
         hook = events.webhook
         if hook is not None and self._webhook is None:

@@ -15,7 +15,7 @@ import zlib
 
 import aiohttp
 
-from exporter.errors import PayloadError
+from exporter.errors import DuplicateKeyError, PayloadError, TooLargeError
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 CHUNK = 64 * 1024
@@ -25,16 +25,18 @@ ACCEPT_ENCODING = "gzip, deflate"
 """What the client advertises: exactly what ``inflate`` can decode."""
 
 
-async def read_capped(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-    """The raw body, or PayloadError once it passes ``limit`` bytes (checked against Content-Length first)."""
+async def read_capped(resp: aiohttp.ClientResponse, limit: int, what: str, *,
+                      cap: str = "poll.max_response_bytes") -> bytes:
+    """The raw body, or TooLargeError once it passes ``limit`` bytes (checked against Content-Length first);
+    ``cap`` names the limit in the message."""
     declared = resp.content_length
     if declared is not None and declared > limit:
-        raise PayloadError(f"{what}: answer of {declared} bytes is over the {limit}-byte cap (poll.max_response_bytes)")
+        raise TooLargeError(f"{what}: answer of {declared} bytes is over the {limit}-byte cap ({cap})")
     buf = bytearray()
     async for chunk in resp.content.iter_chunked(CHUNK):
         buf += chunk
         if len(buf) > limit:
-            raise PayloadError(f"{what}: answer is over the {limit}-byte cap (poll.max_response_bytes)")
+            raise TooLargeError(f"{what}: answer is over the {limit}-byte cap ({cap})")
     return bytes(buf)
 
 
@@ -42,6 +44,8 @@ def inflate(raw: bytes, encoding: str, limit: int, what: str) -> bytes:
     """``raw`` decoded from its Content-Encoding, never inflating past ``limit`` bytes."""
     enc = encoding.strip().lower()
     if enc in ("", "identity"):
+        if len(raw) > limit:
+            raise TooLargeError(f"{what}: answer is over the {limit}-byte cap")
         return raw
     if enc in ("gzip", "x-gzip"):
         wbits = 16 + zlib.MAX_WBITS
@@ -56,19 +60,31 @@ def inflate(raw: bytes, encoding: str, limit: int, what: str) -> bytes:
         while data and not inflater.eof:
             out += inflater.decompress(data, limit + 1 - len(out))
             if len(out) > limit:
-                raise PayloadError(f"{what}: answer inflates past the {limit}-byte cap (poll.max_response_bytes)")
+                raise TooLargeError(f"{what}: answer inflates past the {limit}-byte cap (poll.max_response_bytes)")
             data = inflater.unconsumed_tail
     except zlib.error as exc:
         raise PayloadError(f"{what}: answer is not valid {enc} data") from exc
     return bytes(out)
 
 
-def parse_json(body: bytes, what: str) -> object:
-    """JSON, or PayloadError (malformed, or nested too deeply to parse)."""
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, val in pairs:
+        if key in out:
+            raise DuplicateKeyError(f"key {key[:40].encode('ascii', 'backslashreplace').decode()!r} appears twice")
+        out[key] = val
+    return out
+
+
+def parse_json(body: bytes, what: str, *, strict: bool = False) -> object:
+    """JSON, or PayloadError (malformed, or nested too deeply to parse); with ``strict``, DuplicateKeyError when an
+    object names a key twice (a signed body must mean one thing)."""
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=_no_duplicates if strict else None)
     except RecursionError:
         raise PayloadError(f"{what}: answer is JSON nested too deeply to read") from None
+    except DuplicateKeyError:
+        raise
     except (ValueError, UnicodeDecodeError):
         raise PayloadError(f"{what}: answer is not valid JSON ({len(body)} bytes)") from None
 
@@ -78,8 +94,9 @@ def _decode(raw: bytes, encoding: str, limit: int, what: str) -> object:
 
 
 async def decode(raw: bytes, encoding: str, limit: int, what: str) -> object:
-    """Inflate and parse a body: small plain ones here, the rest in a worker thread."""
-    if len(raw) < INLINE_BYTES and encoding.strip().lower() in ("", "identity"):
+    """Inflate and parse a body, never past ``limit`` bytes once inflated: small plain ones here, the rest in a
+    worker thread."""
+    if len(raw) < min(INLINE_BYTES, limit + 1) and encoding.strip().lower() in ("", "identity"):
         return parse_json(raw, what)
     return await asyncio.to_thread(_decode, raw, encoding, limit, what)
 

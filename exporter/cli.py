@@ -46,8 +46,14 @@ from exporter.config import (
 )
 from exporter.errors import ConfigError, ExporterError, StateError
 from exporter.simulator import Credentials, Faults, SimClock, Simulator, World
-from exporter.simulator.events import JOURNAL_PATH
-from exporter.simulator.server import API_PREFIX, IMS_PATH, RUNS_FILTER_MODES
+from exporter.simulator.events import ADOBE_RETRY_AFTER, JOURNAL_PATH
+from exporter.simulator.server import (
+    API_PREFIX,
+    DEFAULT_ORDERS,
+    IMS_PATH,
+    MISSING_CREATED_AT_PLACES,
+    RUNS_FILTER_MODES,
+)
 from exporter.values import Secret
 
 log = structlog.get_logger("exporter")
@@ -168,6 +174,12 @@ def _simulator_args(p: argparse.ArgumentParser, *, port: int) -> None:
                    help="error body of a refused filter: RFC-7807 platform error or gateway error_code")
     p.add_argument("--omit-created-at", type=float, default=0.0,
                    help="share of runs whose payload has no createdAt (half of them no updatedAt either)")
+    p.add_argument("--missing-created-at", default="interleaved", choices=MISSING_CREATED_AT_PLACES,
+                   help="where /runs lists runs without createdAt (default %(default)s)")
+    p.add_argument("--default-order", default="newest_first", choices=DEFAULT_ORDERS,
+                   help="order of /runs without orderby (default %(default)s)")
+    p.add_argument("--journal-retry-after", default=ADOBE_RETRY_AFTER,
+                   help="retry-after of the events journal's 204 answers, in seconds (default %(default)s, Adobe's)")
     p.add_argument("--log-format", default="console", choices=("json", "console"))
 
 
@@ -180,8 +192,11 @@ def _build_simulator(args: argparse.Namespace) -> Simulator:
     faults = Faults(latency_s=args.latency, error_rate=args.error_rate, throttle_rate=args.throttle_rate,
                     retry_after=args.retry_after, slow_rate=args.slow_rate, slow_s=args.slow_seconds,
                     runs_filters=args.runs_filters, refuse_shape=args.refuse_shape,
-                    omit_created_at=args.omit_created_at)
-    return Simulator(world, faults=faults, token_lifetime_s=args.token_lifetime, seed=args.seed)
+                    omit_created_at=args.omit_created_at, missing_created_at=args.missing_created_at,
+                    default_order=args.default_order)
+    sim = Simulator(world, faults=faults, token_lifetime_s=args.token_lifetime, seed=args.seed)
+    sim.events.faults.retry_after = args.journal_retry_after
+    return sim
 
 
 def demo_config(*, sim_url: str, sandboxes: Sequence[str], listen: tuple[str, int], interval: float) -> Config:

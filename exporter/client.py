@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import structlog
+from multidict import CIMultiDictProxy
 
 from exporter.auth import TokenProvider
 from exporter.backoff import full_jitter, retry_after_seconds
@@ -99,16 +100,19 @@ class FlowServiceClient:
                                                          lambda token: self._headers(sandbox, token))
         return await self._answer(sandbox, endpoint, status, resp_headers, raw)
 
-    async def fetch(self, endpoint: str, url: str, headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+    async def fetch(self, endpoint: str, url: str, headers: Mapping[str, str],
+                    max_bytes: int | None = None) -> tuple[int, CIMultiDictProxy[str], bytes]:
         """A GET to another Adobe service with the same token (the events journal): this client's rate limit,
-        concurrency cap, retries, token renewal and request metrics; the caller reads the status. ``headers``
-        come on top of the token and API key."""
+        concurrency cap, retries, token renewal and request metrics; the caller reads the status and every
+        header field (several ``Link`` fields, say). ``headers`` come on top of the token and API key; the body is
+        read up to ``max_bytes`` (default: ``poll.max_response_bytes``)."""
         return await self._exchange("", endpoint, url, (),
                                     lambda token: {"Authorization": f"Bearer {token}", "x-api-key": self._client_id,
-                                                   "Accept": "application/json", **headers})
+                                                   "Accept": "application/json", **headers}, max_bytes=max_bytes)
 
     async def _exchange(self, sandbox: str, endpoint: str, url: str, params: Params,
-                        headers_for: Callable[[str], Mapping[str, str]]) -> tuple[int, Mapping[str, str], bytes]:
+                        headers_for: Callable[[str], Mapping[str, str]], *,
+                        max_bytes: int | None = None) -> tuple[int, CIMultiDictProxy[str], bytes]:
         """The final answer to a GET: transport failures, 429 and 5xx retried with backoff, a 401 renewing the
         token once; TransportError when the network never answered."""
         renewed = False
@@ -116,7 +120,8 @@ class FlowServiceClient:
         while True:
             token = await self._auth.token()
             try:
-                status, resp_headers, raw = await self._send(sandbox, endpoint, url, params, dict(headers_for(token)))
+                status, resp_headers, raw = await self._send(sandbox, endpoint, url, params, dict(headers_for(token)),
+                                                             max_bytes=max_bytes or self._max_bytes)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
                 if attempt >= self._retries:
@@ -168,8 +173,8 @@ class FlowServiceClient:
         hint = ACCESS_HINTS.get(status, "").format(sandbox=sandbox)
         raise ApiError(endpoint, status, code, f"{detail}. {hint}" if detail and hint else detail or hint)
 
-    async def _send(self, sandbox: str, endpoint: str, url: str, params: Params,
-                    headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+    async def _send(self, sandbox: str, endpoint: str, url: str, params: Params, headers: dict[str, str], *,
+                    max_bytes: int) -> tuple[int, CIMultiDictProxy[str], bytes]:
         async with self._slots:
             await self._limiter.acquire()
             started = time.perf_counter()
@@ -178,7 +183,7 @@ class FlowServiceClient:
                 async with self._session.get(url, params=list(params), headers=headers,
                                              timeout=self._timeout, allow_redirects=False) as resp:
                     code = str(resp.status)
-                    body = await read_capped(resp, self._max_bytes, endpoint)
+                    body = await read_capped(resp, max_bytes, endpoint)
                     return resp.status, resp.headers, body
             finally:
                 self._metrics.api_requests.labels(sandbox, endpoint, code).inc()

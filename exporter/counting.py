@@ -26,6 +26,7 @@ from exporter.model import Flow, LastRunDetails, Run, normalize_status
 from exporter.values import (
     COUNT_KEYS,
     EVERYTHING,
+    NOTHING,
     OVERLAP_MS,
     RETENTION_MS,
     CompletedRun,
@@ -208,6 +209,8 @@ def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int
     fold = _Fold(state, max_error_codes, max_activities, max_audiences)
     for run in ordered:
         fold.see(run, now_ms)
+    if window.field == "created" and (state.undated_runs or any(r.created_at_ms is None for r in ordered)):
+        window = NOTHING  # runs without createdAt are never in a createdAt window: its gaps prove nothing
     fold.drop_vanished(unique, window)
     floor = fold.raised_floor(ordered, window)
     new_state = dataclasses.replace(
@@ -230,6 +233,7 @@ def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int
         error_codes=fold.codes,
         record_codes=fold.record_codes,
         audiences=fold.audiences,
+        undated_runs=state.undated_runs or any(run.created_at_ms is None for run in ordered),
     )
     return Update(state=new_state, counted=tuple(fold.newly_counted),
                   unknown_statuses=tuple(dict.fromkeys(fold.unknown_statuses)),
@@ -267,6 +271,16 @@ def _details_as_last_run(details: LastRunDetails) -> LastRun:
     running = status in ("in_progress", "scheduled")
     return LastRun(id=details.id, status=status, started_ms=details.started_at_ms,
                    ended_ms=None if running else details.completed_at_ms)
+
+
+def still_countable(state: FlowState, run_id: str, ended_ms: int | None) -> bool:
+    """Whether a run the flow's state has not seen counted may still be counted: it is not counted, not the newest
+    completed run, and did not end before the count floor (such a run was counted before, or ended before
+    counting started). ``ended_ms`` is the run's end when known."""
+    newest = state.last_completed.id if state.last_completed is not None else None
+    if run_id in state.counted or run_id == newest:
+        return False
+    return ended_ms is None or ended_ms >= state.count_floor_ms
 
 
 def refresh_flow(state: FlowState, flow: Flow) -> FlowState:

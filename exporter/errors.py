@@ -25,6 +25,14 @@ class PayloadError(ExporterError):
     """An API answer could not be understood (malformed JSON, wrong shape, missing id)."""
 
 
+class TooLargeError(PayloadError):
+    """An answer is over its size cap, as sent or once inflated."""
+
+
+class DuplicateKeyError(PayloadError):
+    """A JSON object names one key twice: readers disagree on which value wins, so nothing may rely on it."""
+
+
 class StateError(ExporterError):
     """The state file is corrupt, foreign, or from an incompatible version."""
 

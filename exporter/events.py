@@ -1,52 +1,208 @@
-"""Adobe I/O Events: an event about a run refreshes its flow at once; polling stays the source of truth.
+"""Adobe I/O Events: what an event says about a run, and the refresh it asks for. Polling stays the source of
+truth; an event only makes a flow's next read happen now.
 
-Two ways in, one way through:
+What an event says (:func:`parse_events`). Adobe's pages show several shapes, and a delivery or a journal entry
+may be any of them:
 
-- :class:`JournalReader` pulls the registration's journal (outbound HTTPS only, works behind a firewall):
-  batches of ``{"events": [{"position", "event"}], "_page": {"last", "count"}}``, the next batch from the last
-  position (``Link: rel="next"``), ``204`` with ``Retry-After`` when there is nothing new. The position is kept
-  in the state file after the batch is applied, so a restart resumes there (an event applied twice is harmless:
-  the refresh goes through the counting rule). A position older than the journal keeps (404/410) restarts
-  from the oldest event, logged. A first start (no position) begins at the newest: polling has the history.
-  Requests go through the Flow Service client (its token, rate limit, retries and request metrics).
-- :func:`webhook_app` receives pushes on its own listener (see webhook.py for the checks).
+- one event object ``{"event_id", "event": {<the run object>, "header": {"_adobeio": {"eventCode"}}}}`` (the
+  success example of Adobe's "Flow run notifications" page), or that inner event object alone (the payloads of
+  Adobe's "Standard alert rules" page);
+- message batches ``[{"messages": [{"_eventNotificationMeta": {"type"}, "value": <the run object>}]}]`` (the
+  failure example of "Flow run notifications": no event id anywhere);
+- a JSON array of any of these;
+- a data ingestion notification (Adobe's "Data ingestion notifications" page, deprecated but still delivered to
+  old registrations), which names a dataset and no flow: counted as ``not_a_flow`` and acknowledged.
 
-:class:`EventRouter` applies either: duplicate event ids are dropped (redelivery, retries, journal and webhook
-both on), an event for an untracked flow is counted and ignored, an unparseable one is logged once. A tracked
-flow is refreshed through its sandbox poller (``SandboxPoller.refresh``: the same counting rule, never
-concurrently with the cycle for that flow), so a run is counted exactly once whoever sees it first. Events for
-a flow whose refresh is queued or under way join it (a burst costs one more read, not one each). When an
-announced run is not counted yet (the event came before the run was visible as ended), the refresh is tried
-again a few times, then left to the next poll.
+The run id is the run object's own ``id`` (the object that carries ``flowId`` and ``metrics`` or ``activities``),
+or ``flowRunId``/``runId`` (alert payloads). Times are read in milliseconds or seconds (the success example's
+``durationSummary`` is in seconds). An event is deduplicated by what it says: the flow, the run and the event code
+when it names a run (so the journal and the webhook telling the same thing, in different shapes, count once),
+else its event id, else a digest of its content; it is never refused for lacking an id.
+
+The refresh it asks for (:class:`EventRouter`): duplicates are dropped, an event for an untracked flow is counted
+and ignored, one whose run is already counted needs no read. A tracked flow is refreshed through its sandbox
+poller (``SandboxPoller.refresh``: the same counting rule, never concurrently with the cycle for that flow), so a
+run is counted exactly once whoever sees it first. Events for a flow whose refresh is queued or under way join it
+(a burst costs one more read, not one each). When an announced ended run is not counted yet (the event came
+before ``/runs`` showed it ended), the refresh is tried again a few times, then left to the next poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
+import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from exporter.backoff import retry_after_seconds
-from exporter.bodies import decode
-from exporter.client import FlowServiceClient
-from exporter.errors import PayloadError
-from exporter.model import Event, clean_text, journal_position, parse_event
+from exporter.counting import still_countable
+from exporter.model import adobe_ms, clean_text, normalize_status
 from exporter.poller import OnceLog, SandboxPoller
 from exporter.selfmetrics import SelfMetrics
 from exporter.tracker import Tracker
 
 log = structlog.get_logger(__name__)
 
-POSITION_KEY = "events.journal.position"
 SEEN_LIMIT = 50_000
 RETRY_DELAYS = (1.0, 3.0, 10.0)
-JOURNAL_MAX_BYTES = 8 * 1024 * 1024
-MAX_WAIT = 60.0
+MAX_EVENTS_PER_PAYLOAD = 1000
+"""Events read from one delivery or journal entry; the rest are counted as one invalid."""
+_DEPTH = 6
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_GENERIC_CODES = ("platform_event",)
+"""``header._adobeio.eventCode`` values that say nothing of the run (the data ingestion notification's)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """What one event says about a run: which flow (and run, sandbox) to refresh. ``key`` makes redelivery
+    idempotent; ``ended_ms`` is the run's end when the payload carries it (for the lag histogram); ``final`` says
+    the event announces an ended run (worth waiting for until it is counted)."""
+
+    key: str
+    flow_id: str
+    run_id: str | None = None
+    sandbox: str | None = None
+    code: str | None = None
+    ended_ms: int | None = None
+    final: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unusable:
+    """An event that asks for no refresh: ``outcome`` ``not_a_flow`` (it names no flow) or ``invalid``."""
+
+    outcome: str
+    reason: str
+
+
+def parse_events(payload: object, now_ms: int | None = None) -> list[Event | Unusable]:
+    """Every event a delivery or journal entry holds, whatever its documented shape (see the module docstring)."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    found: list[Event | Unusable] = []
+    for node, event_id, code in _event_objects(payload, None, None, 0):
+        if len(found) >= MAX_EVENTS_PER_PAYLOAD:
+            found.append(Unusable(outcome="invalid", reason=f"over {MAX_EVENTS_PER_PAYLOAD} events in one payload"))
+            break
+        found.append(_event(node, event_id, code, now) if isinstance(node, dict) else
+                     Unusable(outcome="invalid", reason="an event is not a JSON object"))
+    return found
+
+
+def _event_objects(node: object, event_id: object, code: object,
+                   depth: int) -> Iterator[tuple[object, object, object]]:
+    """(event object, the event id and code its envelope gave) for each event in ``node``."""
+    if depth > _DEPTH:
+        yield node, event_id, code
+    elif isinstance(node, list):
+        for item in node[:MAX_EVENTS_PER_PAYLOAD + 1]:
+            yield from _event_objects(item, event_id, code, depth + 1)
+    elif isinstance(node, dict) and isinstance(node.get("messages"), list):
+        for message in node["messages"][:MAX_EVENTS_PER_PAYLOAD + 1]:
+            meta = _obj(_obj(message).get("_eventNotificationMeta"))
+            value = _obj(message).get("value")
+            yield from _event_objects(value if value is not None else message, event_id,
+                                      meta.get("type") or code, depth + 1)
+    elif isinstance(node, dict) and isinstance(node.get("event"), dict):
+        yield from _event_objects(node["event"], node.get("event_id") or event_id, code, depth + 1)
+    else:
+        yield node, event_id, code
+
+
+def _event(node: dict[str, Any], event_id: object, envelope_code: object, now_ms: int) -> Event | Unusable:
+    owner = _owner_of(node, ("flowId", "flow_id"), 0)
+    if owner is None:
+        dataset = node.get("xdm:datasetId")
+        reason = "a data ingestion notification (names a dataset, no flow)" if dataset else "names no flow"
+        return Unusable(outcome="not_a_flow", reason=reason)
+    flow_id = _clean_id(owner.get("flowId", owner.get("flow_id")))
+    if flow_id is None:
+        return Unusable(outcome="invalid", reason="the flow id is not usable")
+    is_run = isinstance(owner.get("metrics"), dict) or isinstance(owner.get("activities"), list)
+    run_id = (_clean_id(owner.get("flowRunId")) or _clean_id(owner.get("runId")) or _clean_id(owner.get("run_id"))
+              or (_clean_id(owner.get("id")) if is_run else None))
+    code = _code(node, envelope_code)
+    metrics = _obj(owner.get("metrics"))
+    duration = _obj(metrics.get("durationSummary"))
+    status = normalize_status(_obj(metrics.get("statusSummary")).get("status"))
+    sandbox = owner.get("sandboxName", node.get("sandboxName"))
+    if status is not None:
+        final = status not in ("in_progress", "scheduled")
+    else:
+        final = code is None or any(word in code.lower() for word in ("success", "fail", "error"))
+    return Event(key=_key(flow_id, run_id, code, event_id, node), flow_id=flow_id, run_id=run_id,
+                 sandbox=clean_text(sandbox, 64) if isinstance(sandbox, str) and sandbox.strip() else None,
+                 code=code, ended_ms=adobe_ms(duration.get("completedAtUTC", owner.get("completedAtUTC")), now_ms),
+                 final=final)
+
+
+def _code(node: dict[str, Any], envelope_code: object) -> str | None:
+    """The event code: the envelope's (message batches), else ``header._adobeio.eventCode`` unless generic, else
+    any ``eventCode``/``event_code``/``xdm:eventCode`` the event carries."""
+    candidates = [envelope_code, _obj(_obj(node.get("header")).get("_adobeio")).get("eventCode")]
+    found: dict[str, object] = {}
+    _collect(node, found, 0)
+    candidates += [found.get(k) for k in ("eventCode", "event_code", "xdm:eventCode", "type")]
+    for value in candidates:
+        if isinstance(value, str) and value.strip() and value not in _GENERIC_CODES:
+            return clean_text(value.strip(), 64)
+    return None
+
+
+def _key(flow_id: str, run_id: str | None, code: str | None, event_id: object, node: dict[str, Any]) -> str:
+    if run_id is not None:
+        return f"run:{flow_id}:{run_id}:{code or ''}"
+    clean = _clean_id(event_id) or _clean_id(node.get("eventId")) or _clean_id(node.get("@id"))
+    if clean is not None:
+        return f"id:{clean}"
+    digest = hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode("utf-8", "replace")).hexdigest()
+    return f"digest:{flow_id}:{digest[:32]}"
+
+
+def _owner_of(node: object, keys: tuple[str, ...], depth: int) -> dict[str, Any] | None:
+    """The shallowest object (breadth first, a few levels down) that carries one of ``keys``."""
+    level: list[object] = [node]
+    for _ in range(_DEPTH + 1 - depth):
+        following: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                if any(k in item for k in keys):
+                    return item
+                following.extend(v for v in item.values() if isinstance(v, (dict, list)))
+            elif isinstance(item, list):
+                following.extend(item[:10])
+        level = following
+    return None
+
+
+def _collect(node: object, found: dict[str, object], depth: int) -> None:
+    """The first scalar value of every key, a few levels down (payloads are small)."""
+    if depth > _DEPTH or not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if isinstance(key, str) and key not in found and not isinstance(value, (dict, list)):
+            found[key] = value
+    for value in node.values():
+        if isinstance(value, dict):
+            _collect(value, found, depth + 1)
+        elif isinstance(value, list):
+            for item in value[:10]:
+                _collect(item, found, depth + 1)
+
+
+def _obj(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _clean_id(value: object) -> str | None:
+    return value.strip() if isinstance(value, str) and _ID_RE.match(value.strip()) else None
 
 
 class EventRouter:
@@ -65,24 +221,38 @@ class EventRouter:
         self._wanted: dict[tuple[str, str], list[Event]] = {}  # flow -> the events that asked for its refresh
         self._again: dict[tuple[str, str], asyncio.Event] = {}  # set by an event that came during the refresh
 
-    def handle(self, payload: object, source: str) -> str:
-        """Take one event: its outcome (applied, duplicate, untracked, invalid) at once; the refresh runs in the
-        background, so a webhook answers quickly and a journal batch is not held up by Adobe's /runs."""
-        try:
-            event = parse_event(payload, int(self._clock() * 1000))
-        except PayloadError as exc:
-            if self._once.first("event_invalid", str(exc)):
-                log.warning("event_invalid", source=source, error=str(exc))
-            return self._count(source, "invalid")
-        if event.id in self._seen:
-            return self._count(source, "duplicate")
-        self._seen[event.id] = None
+    def handle(self, payload: object, source: str) -> list[str]:
+        """Take one delivery or journal entry: each event's outcome at once (applied, duplicate, already_counted,
+        untracked, not_a_flow, invalid); refreshes run in the background, so a webhook answers quickly and a
+        journal batch is not held up by Adobe's /runs."""
+        outcomes = []
+        for item in parse_events(payload, int(self._clock() * 1000)):
+            if isinstance(item, Unusable):
+                if self._once.first("event_unusable", item.outcome, item.reason):
+                    log.warning("event_not_a_flow" if item.outcome == "not_a_flow" else "event_invalid",
+                                source=source, reason=item.reason)
+                outcomes.append(self.count(source, item.outcome))
+            else:
+                outcomes.append(self.count(source, self._route(item, source)))
+        return outcomes
+
+    def count(self, source: str, outcome: str) -> str:
+        """Count one event (or delivery refused before it could be read: bad signature, another recipient)."""
+        self._metrics.events.labels(source, outcome).inc()
+        return outcome
+
+    def _route(self, event: Event, source: str) -> str:
+        if event.key in self._seen:
+            return "duplicate"
+        self._seen[event.key] = None
         if len(self._seen) > SEEN_LIMIT:
             self._seen.popitem(last=False)
         poller = self._poller_of(event)
         if poller is None:
-            return self._count(source, "untracked")
+            return "untracked"
         key = (poller.name, event.flow_id)
+        if key not in self._wanted and not self._countable(key, event):
+            return "already_counted"
         if key in self._wanted:  # a refresh of this flow is queued, under way or waiting: it reads (again) now
             self._wanted[key].append(event)
             self._again[key].set()
@@ -93,11 +263,7 @@ class EventRouter:
                                                           name=f"event-{event.flow_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return self._count(source, "applied")
-
-    def reject(self, source: str, outcome: str) -> None:
-        """Count a delivery refused before it could be read (bad signature, another recipient)."""
-        self._count(source, outcome)
+        return "applied"
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -109,10 +275,6 @@ class EventRouter:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    def _count(self, source: str, outcome: str) -> str:
-        self._metrics.events.labels(source, outcome).inc()
-        return outcome
-
     def _poller_of(self, event: Event) -> SandboxPoller | None:
         for poller in self._pollers():
             if event.sandbox not in (None, poller.name):
@@ -122,8 +284,8 @@ class EventRouter:
         return None
 
     async def _apply(self, poller: SandboxPoller, key: tuple[str, str], source: str) -> None:
-        """Refresh one flow until every run its events announced is counted (a burst of events for the flow costs
-        one read, plus one if more came while it ran), at most ``retry_delays`` more times for runs not yet
+        """Refresh one flow until every ended run its events announced is counted (a burst of events for the flow
+        costs one read, plus one if more came while it ran), at most ``retry_delays`` more times for runs not yet
         visible as ended; then the poll cycle takes over."""
         retries = iter(self._retry_delays)
         again = self._again[key]
@@ -141,7 +303,9 @@ class EventRouter:
                         self._metrics.event_lag.labels(source).observe(now - run.completed_at_ms / 1000.0)
                 if again.is_set():
                     continue
-                if not self._still_wanted(key):
+                self._wanted[key] = [e for e in self._wanted.get(key, [])
+                                     if e.final and e.run_id is not None and self._countable(key, e)]
+                if not self._wanted[key]:
                     return
                 delay = next(retries, None)
                 if delay is None:
@@ -152,123 +316,11 @@ class EventRouter:
             self._wanted.pop(key, None)
             self._again.pop(key, None)
 
-    def _still_wanted(self, key: tuple[str, str]) -> list[Event]:
-        """The events whose run is not counted yet and still can be: it is named, not counted, not the newest
-        completed run, and did not end before the flow's count floor (such a run was counted before, or ended
-        before counting started: waiting for it would only cost reads)."""
+    def _countable(self, key: tuple[str, str], event: Event) -> bool:
+        """Whether reading the flow can change something for this event: it names no run (an alert about the
+        flow), or the counting rule says its run may still be counted (``counting.still_countable``). An event
+        that announces no end (a run that started) is worth one read, never a wait."""
         state = self._tracker.get(key)
         if state is None:
-            return []
-        newest = state.last_completed.id if state.last_completed is not None else None
-        wanted = [e for e in self._wanted.get(key, []) if e.run_id is not None and e.run_id not in state.counted
-                  and e.run_id != newest and (e.ended_ms is None or e.ended_ms >= state.count_floor_ms)]
-        self._wanted[key] = wanted
-        return wanted
-
-
-class JournalReader:
-    """Reads the events journal forever (see the module docstring)."""
-
-    def __init__(self, *, client: FlowServiceClient, url: str, org_id: str, router: EventRouter, tracker: Tracker,
-                 metrics: SelfMetrics, wait: float, clock: Callable[[], float] = time.time) -> None:
-        self._client = client
-        self._base = url
-        self._org_id = org_id
-        self._router = router
-        self._tracker = tracker
-        self._metrics = metrics
-        self._wait = wait
-        self._clock = clock
-        self._next: str | None = None
-        self._failures = 0
-
-    async def run(self) -> None:
-        while True:
-            try:
-                delay = await self.read_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 -- the journal is a speed-up; nothing it does may end the loop
-                self._failures += 1
-                delay = min(MAX_WAIT, self._wait * 2 ** min(self._failures, 6))
-                log.warning("journal_read_failed", error=clean_text(str(exc), 300), error_type=type(exc).__name__,
-                            retry_in=round(delay, 1))
-            await asyncio.sleep(delay)
-
-    async def read_once(self) -> float:
-        """One read; the seconds to wait before the next (0 while the journal has more)."""
-        url = await self._url()
-        status, headers, body = await self._get(url)
-        if status in (404, 410) and "since=" in url:
-            log.warning("journal_position_expired", status=status,
-                        hint="the stored position is older than the journal keeps: starting from the oldest event")
-            self._next = self._base
-            await self._tracker.set_meta(POSITION_KEY, "")
-            return 0.0
-        if status == 204:
-            self._read_ok()
-            return min(MAX_WAIT, retry_after_seconds(headers.get("Retry-After")) or self._wait)
-        if status != 200:
-            raise PayloadError(f"journal answered HTTP {status}")
-        data = await decode(body, headers.get("Content-Encoding", ""), JOURNAL_MAX_BYTES, "journal")
-        if not isinstance(data, dict) or not isinstance(data.get("events", []), list):
-            raise PayloadError("journal answer is not an events batch")
-        return await self._apply_batch(data, url, headers)
-
-    async def _apply_batch(self, data: dict[str, object], url: str, headers: Mapping[str, str]) -> float:
-        """Hand each event to the router, then keep the batch's last position (after: at least once)."""
-        position = None
-        entries = data.get("events", [])
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict):
-                self._router.handle(entry.get("event"), "journal")
-                position = journal_position(entry.get("position")) or position
-        page = data.get("_page")
-        if isinstance(page, dict):
-            position = journal_position(page.get("last")) or position
-        if position:
-            await self._tracker.set_meta(POSITION_KEY, position)
-        self._next = _link_next(headers.get("Link", ""), url) or (self._since(position) if position else None)
-        self._read_ok()
-        return 0.0 if entries else self._wait
-
-    def _read_ok(self) -> None:
-        self._failures = 0
-        if self._metrics.journal_read is not None:
-            self._metrics.journal_read.set(self._clock())
-
-    async def _url(self) -> str:
-        if self._next is not None:
-            return self._next
-        stored = journal_position(await self._tracker.get_meta(POSITION_KEY))  # a file edited by hand, too
-        if stored:
-            return self._since(stored)
-        return _with_query(self._base, {"latest": "true"})
-
-    def _since(self, position: str) -> str:
-        return _with_query(self._base, {"since": position})
-
-    async def _get(self, url: str) -> tuple[int, Mapping[str, str], bytes]:
-        """The journal's answer, through the Flow Service client (same token, rate limit, retries, metrics)."""
-        return await self._client.fetch("journal", url, {"x-ims-org-id": self._org_id})
-
-
-def _with_query(url: str, extra: dict[str, str]) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in extra and k != "latest"]
-    return urlunsplit(parts._replace(query=urlencode([*query, *extra.items()])))
-
-
-def _link_next(header: str, current: str) -> str | None:
-    """The ``rel="next"`` target of a Link header, on the journal's own origin only (never elsewhere)."""
-    for part in header.split(","):
-        if 'rel="next"' not in part or "<" not in part or ">" not in part:
-            continue
-        target = part[part.index("<") + 1:part.index(">")].strip()
-        base = urlsplit(current)
-        parsed = urlsplit(target)
-        if not parsed.netloc:
-            return urlunsplit(base._replace(path=parsed.path or base.path, query=parsed.query))
-        if (parsed.scheme, parsed.netloc) == (base.scheme, base.netloc):
-            return target
-    return None
+            return False
+        return event.run_id is None or still_countable(state, event.run_id, event.ended_ms)

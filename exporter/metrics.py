@@ -139,7 +139,8 @@ RUNS_STRATEGY = Family.of("aep_exporter_runs_query_strategy", "gauge",
                           "or full.", ("sandbox", "strategy"))
 EVENTS = Family.of("aep_exporter_events", "counter",
                    "Adobe I/O Events received, by source (journal, webhook) and outcome (applied, duplicate, "
-                   "untracked, rejected_signature, rejected_recipient, invalid).", ("source", "outcome"))
+                   "already_counted, untracked, not_a_flow, rejected_signature, rejected_recipient, invalid).",
+                   ("source", "outcome"))
 EVENT_LAG = Family.of("aep_exporter_event_lag_seconds", "histogram",
                       "From a run's end to its counts on /metrics, for runs an event announced.", ("source",))
 JOURNAL_READ = Family.of("aep_exporter_journal_last_read_success_timestamp_seconds", "gauge",

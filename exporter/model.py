@@ -344,7 +344,8 @@ def _record_codes(summary: dict[str, Any], check: _Checker) -> tuple[tuple[str, 
             # A code without a count (Adobe's "Standard alert rules" failure example: code and message only) is
             # still worth showing: its series exists and adds no invented records. A count that is there but not
             # valid (-1, a string) is noted as unknown, the code still shown.
-            count = 0 if _obj(entry).get("count") is None else check.count(_obj(entry), "count", f"recordSummary.{key}.")
+            given = _obj(entry).get("count") is not None
+            count = check.count(_obj(entry), "count", f"recordSummary.{key}.") if given else 0
             code = clean_text(raw_code.strip(), 64)
             totals[(outcome, code)] = min(totals.get((outcome, code), 0) + (count or 0), MAX_COUNT)
     return tuple((outcome, code, count) for (outcome, code), count in sorted(totals.items()))
@@ -619,74 +620,3 @@ def next_link(envelope: dict[str, Any]) -> str | None:
     """``_links.next.href`` of a list envelope, or None on the last page."""
     href = _obj(_obj(envelope.get("_links")).get("next")).get("href")
     return href if isinstance(href, str) and href else None
-
-
-# --- Adobe I/O Events: a run announced by "Platform notifications" -----------------------------------------
-
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_EVENT_DEPTH = 6
-
-
-@dataclass(frozen=True, kw_only=True)
-class Event:
-    """What an event says about a run: which flow (and run, sandbox) to refresh. ``id`` makes redelivery
-    idempotent; ``ended_ms`` is the run's end when the payload carries it (for the lag histogram)."""
-
-    id: str
-    flow_id: str
-    run_id: str | None = None
-    sandbox: str | None = None
-    code: str | None = None
-    ended_ms: int | None = None
-
-
-def parse_event(payload: object, now_ms: int | None = None) -> Event:
-    """One Adobe I/O Events event (a journal entry's ``event`` or a webhook body), whose shape has changed over
-    time: the ids are looked for wherever Adobe has put them (``event_id`` or ``event.body.eventId``;
-    ``flowId``/``flow_id`` in ``data``, ``body.data`` or the run object itself). PayloadError when it names no
-    event id or no flow."""
-    if not isinstance(payload, dict):
-        raise PayloadError("event is not a JSON object")
-    found: dict[str, object] = {}
-    _collect(payload, found, 0)
-    event_id = _clean_id(payload.get("event_id")) or _clean_id(found.get("eventId")) or _clean_id(payload.get("id"))
-    flow_id = _clean_id(found.get("flowId")) or _clean_id(found.get("flow_id"))
-    if event_id is None:
-        raise PayloadError("event has no usable event id")
-    if flow_id is None:
-        raise PayloadError("event names no flow")
-    check = _Checker(now_ms)
-    run_id = _clean_id(found.get("flowRunId")) or _clean_id(found.get("runId")) or _clean_id(found.get("run_id"))
-    code = found.get("eventCode") or found.get("event_code") or found.get("type")
-    sandbox = found.get("sandboxName")
-    return Event(id=event_id, flow_id=flow_id, run_id=run_id,
-                 sandbox=clean_text(sandbox, 64) if isinstance(sandbox, str) and sandbox.strip() else None,
-                 code=clean_text(code, 64) if isinstance(code, str) else None,
-                 ended_ms=check.ms(found.get("completedAtUTC"), "completedAtUTC"))
-
-
-_POSITION_RE = re.compile(r"^[A-Za-z0-9._:~+/=-]{1,512}$")
-
-
-def journal_position(value: object) -> str | None:
-    """A journal position (opaque to us) that may be stored and sent back in a URL, or None."""
-    return value if isinstance(value, str) and _POSITION_RE.match(value) else None
-
-
-def _collect(node: object, found: dict[str, object], depth: int) -> None:
-    """The first value of every key, breadth before depth, at most a few levels down (payloads are small)."""
-    if depth > _EVENT_DEPTH or not isinstance(node, dict):
-        return
-    for key, value in node.items():
-        if isinstance(key, str) and key not in found and not isinstance(value, (dict, list)):
-            found[key] = value
-    for value in node.values():
-        if isinstance(value, dict):
-            _collect(value, found, depth + 1)
-        elif isinstance(value, list):
-            for item in value[:10]:
-                _collect(item, found, depth + 1)
-
-
-def _clean_id(value: object) -> str | None:
-    return value.strip() if isinstance(value, str) and _ID_RE.match(value.strip()) else None

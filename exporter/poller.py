@@ -10,6 +10,7 @@ that fails is marked down and keeps its values; the others go on. The loop itsel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import random
@@ -110,22 +111,35 @@ class SandboxPoller:
             counter.labels(sandbox.name)  # present at 0 from the start, so rate() and alerts see the first failure
         metrics.poll_interval.labels(sandbox.name).set(sandbox.interval)
         self._flow_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._wake = asyncio.Event()
         self.runs = RunsReader(sandbox=sandbox.name, client=client, on_change=self._strategy_changed,
-                               on_bad_item=self._bad_run_item, clock=clock)
+                               on_bad_item=self._bad_run_item, clock=clock,
+                               knowledge=tracker.meta(self._knowledge_key))
         self._strategy_changed(self.runs.strategy)
 
     @property
     def name(self) -> str:
         return self.sandbox.name
 
+    @property
+    def _knowledge_key(self) -> str:
+        return f"runs_query.{self.sandbox.name}"
+
     async def run(self) -> None:
-        """Poll every interval (with jitter); cycles never overlap, and no error ends the loop."""
+        """Poll every interval (with jitter), or at once when asked (``poll_now``); cycles never overlap, and no
+        error ends the loop."""
         while True:
             started = time.monotonic()
+            self._wake.clear()  # asked during this cycle: one more right after it
             await self.cycle()  # never raises but CancelledError
             jitter = self.sandbox.jitter
             delay = self.sandbox.interval * (1.0 + self._rng.uniform(-jitter, jitter))
-            await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, delay - (time.monotonic() - started)))
+
+    def poll_now(self) -> None:
+        """Make the loop's next cycle start now (or right after the one under way)."""
+        self._wake.set()
 
     async def cycle(self) -> bool:
         """One poll of the sandbox; True when its flows could be listed. Its results are published at the end.
@@ -317,6 +331,9 @@ class SandboxPoller:
         except Exception as exc:  # noqa: BLE001 -- whatever one flow's answer does, it costs that flow alone
             self._flow_down(flow.id, flow, _describe(exc))
             return None
+        if self.runs.learned:  # kept before the answer's runs are counted: a restart never re-learns at a loss
+            self.runs.learned = False
+            await self._tracker.set_meta(self._knowledge_key, self.runs.knowledge())
         update = apply_runs(state, flow, answer.runs, now_ms=int(self._clock() * 1000),
                             max_error_codes=self.settings.max_error_codes, window=answer.window,
                             max_activities=self.settings.max_activities,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import structlog
 
 from exporter.client import MAX_PAGES, FlowServiceClient
 from exporter.errors import ApiError, ExporterError
-from exporter.model import Flow, Run, parse_run
+from exporter.model import Flow, Run, clean_text, parse_run
 from exporter.values import EVERYTHING, NOTHING, FlowState, Strategy, Window
 
 log = structlog.get_logger(__name__)
@@ -50,16 +51,17 @@ STRATEGIES = tuple(Strategy)
 
 @dataclass(frozen=True, kw_only=True)
 class Bounds:
-    """What a flow's state says the next query must reach down to."""
+    """What a flow's state says the next query must reach down to, and whether it has runs without createdAt."""
 
     first_sight: bool
     created_ms: int
     started_ms: int
+    undated: bool = False
 
     @classmethod
     def of(cls, state: FlowState) -> Bounds:
         return cls(first_sight=state.first_sight, created_ms=state.runs_lower_bound_ms(),
-                   started_ms=state.started_lower_bound_ms())
+                   started_ms=state.started_lower_bound_ms(), undated=state.undated_runs)
 
 
 @dataclass(kw_only=True)
@@ -77,21 +79,29 @@ class Answer:
 
 
 class RunsReader:
-    """Reads runs for one sandbox, remembering which strategy works there (for the life of the process)."""
+    """Reads runs for one sandbox, remembering what it learned there (which strategies failed and why, which are
+    confirmed, whether the sandbox has runs without createdAt): :meth:`knowledge` is what the state file keeps, so
+    a restart starts where the last process stopped, never re-learning at the cost of a run."""
 
     def __init__(self, *, sandbox: str, client: FlowServiceClient,
                  on_change: Callable[[Strategy], None] = lambda _s: None,
                  on_bad_item: Callable[[str, str], None] = lambda _f, _e: None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, knowledge: str | None = None) -> None:
         self.sandbox = sandbox
         self._clock = clock
         self._client = client
-        self._failed: dict[Strategy, str] = {}
-        self._confirmed: set[Strategy] = set()
+        self._failed, self._confirmed, self._undated = _known(knowledge)
+        self.learned = False  # knowledge changed since it was last taken to be kept
         self._probe = asyncio.Lock()
         self._on_change = on_change
         self._on_bad_item = on_bad_item
         self._unlisted: set[tuple[str, str]] = set()
+
+    def knowledge(self) -> str:
+        """What this reader learned, as the state file keeps it (JSON)."""
+        return json.dumps({"failed": {s.value: reason for s, reason in self._failed.items()},
+                           "confirmed": sorted(s.value for s in self._confirmed), "undated": self._undated},
+                          sort_keys=True)
 
     @property
     def strategy(self) -> Strategy:
@@ -103,15 +113,16 @@ class RunsReader:
         """Each strategy given up for this sandbox, with why."""
         return dict(self._failed)
 
-    def _candidates(self, first_sight: bool) -> list[Strategy]:
-        current = self.strategy
-        start = STRATEGIES.index(current)
-        if first_sight and current is Strategy.CREATED_AT:
-            start = STRATEGIES.index(Strategy.NEWEST_FIRST)  # shows runs without createdAt, which the filter hides
-        return [s for s in STRATEGIES[start:] if s not in self._failed]
+    def _candidates(self, bounds: Bounds) -> list[Strategy]:
+        """The strategies to try for this flow, best first. A createdAt filter can never return a run without
+        createdAt, so it is not used for a flow seen for the first time (whose runs are not known yet) or one known
+        to have such runs."""
+        skip = {Strategy.CREATED_AT} if bounds.first_sight or bounds.undated else set()
+        start = STRATEGIES.index(self.strategy)
+        return [s for s in STRATEGIES[start:] if s not in self._failed and s not in skip]
 
-    def _needs_probe(self, first_sight: bool) -> bool:
-        first = self._candidates(first_sight)[0]
+    def _needs_probe(self, bounds: Bounds) -> bool:
+        first = self._candidates(bounds)[0]
         return first.filters_time and first not in self._confirmed
 
     async def read(self, flow: Flow, state: FlowState) -> Answer:
@@ -120,9 +131,9 @@ class RunsReader:
         Raises ApiError (or another ExporterError) when no strategy can read the flow; the caller marks it down.
         """
         bounds = Bounds.of(state)
-        if self._needs_probe(bounds.first_sight):
+        if self._needs_probe(bounds):
             async with self._probe:
-                if self._needs_probe(bounds.first_sight):
+                if self._needs_probe(bounds):
                     return await self._read(flow, state, bounds)
         return await self._read(flow, state, bounds)
 
@@ -131,7 +142,7 @@ class RunsReader:
         misses: list[tuple[Strategy, Window]] = []
         refused: ApiError | None = None
         fallback: Answer | None = None
-        for strategy in self._candidates(bounds.first_sight):
+        for strategy in self._candidates(bounds):
             if strategy in self._failed:
                 continue
             try:
@@ -142,8 +153,7 @@ class RunsReader:
                 refused = exc
                 refusals.append((strategy, f"refused ({exc.code or 'HTTP 400'})"))
                 continue
-            for failed, reason in answer.failed.items():
-                self._give_up(failed, reason)
+            self._learn(answer)
             if self._misses(answer, flow, bounds, state):
                 misses.append((strategy, answer.window))
                 fallback = answer
@@ -161,6 +171,13 @@ class RunsReader:
             raise refused
         raise ExporterError(f"runs of flow {flow.id}: no query strategy left")  # pragma: no cover -- FULL never fails
 
+    def _learn(self, answer: Answer) -> None:
+        """What an answer alone proves: the strategies it showed to fail, and runs without createdAt here."""
+        for failed, reason in answer.failed.items():
+            self._give_up(failed, reason)
+        if not self._undated and any(run.created_at_ms is None for run in answer.runs):
+            self._undated = self.learned = True
+
     def _settle(self, answer: Answer, flow: Flow, refusals: list[tuple[Strategy, str]],
                 misses: list[tuple[Strategy, Window]]) -> None:
         """An answer came back: the refusals before it are proven (the flow itself is readable), and so is each
@@ -171,8 +188,9 @@ class RunsReader:
         for strategy, window in misses:
             if newest is not None and window.covers(newest.created_at_ms, newest.started_at_ms):
                 self._give_up(strategy, "missed the flow's newest run (lastRunDetails)")
-        if answer.strategy not in self._failed:
+        if answer.strategy not in self._failed and answer.strategy not in self._confirmed:
             self._confirmed.add(answer.strategy)
+            self.learned = True
 
     def _give_up(self, strategy: Strategy, reason: str) -> None:
         if strategy in self._failed or strategy is Strategy.FULL:
@@ -180,6 +198,7 @@ class RunsReader:
         before = self.strategy
         self._failed[strategy] = reason
         self._confirmed.discard(strategy)
+        self.learned = True
         after = self.strategy
         log.warning("runs_query_strategy_failed", sandbox=self.sandbox, strategy=strategy.value, reason=reason,
                     now_using=after.value)
@@ -208,8 +227,10 @@ class RunsReader:
         if strategy is Strategy.STARTED_AT:
             return await self._filtered(strategy, flow, "started", bounds.started_ms, [
                 ("property", f"{STARTED_AT_PATH}>{bounds.started_ms - 1}")])
-        floor = bounds.created_ms if strategy is Strategy.NEWEST_FIRST else None
-        return await self._newest_first(strategy, flow, floor)
+        # Paging may stop early only where runs without createdAt cannot hide further down: Adobe documents no
+        # default order, and a store that sorts a missing key last lists them after every run that has one.
+        early = strategy is Strategy.NEWEST_FIRST and not (bounds.first_sight or bounds.undated or self._undated)
+        return await self._newest_first(strategy, flow, bounds.created_ms if early else None)
 
     async def _pages(self, flow: Flow, extra: list[tuple[str, str]], answer: Answer) -> AsyncGenerator[list[Run], None]:
         """Each page's runs of this flow (another flow's runs, from an ignored ``flowId`` filter, are dropped);
@@ -276,6 +297,25 @@ class RunsReader:
             except ExporterError as exc:
                 self._on_bad_item(flow_id, str(exc))
         return runs
+
+
+def _known(text: str | None) -> tuple[dict[Strategy, str], set[Strategy], bool]:
+    """What a state file says a sandbox's runs query learned, validated (an unknown strategy or a value that is
+    not the right type is dropped: the reader then learns it again)."""
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    values = {s.value: s for s in STRATEGIES}
+    failed_raw = data.get("failed")
+    failed = {values[k]: clean_text(v, 200) for k, v in (failed_raw.items() if isinstance(failed_raw, dict) else ())
+              if k in values and values[k] is not Strategy.FULL and isinstance(v, str)}
+    confirmed_raw = data.get("confirmed")
+    confirmed = {values[k] for k in (confirmed_raw if isinstance(confirmed_raw, list) else ())
+                 if isinstance(k, str) and k in values and values[k] not in failed}
+    return failed, confirmed, data.get("undated") is True
 
 
 def _note_missing_created(answer: Answer) -> None:

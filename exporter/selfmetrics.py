@@ -38,7 +38,8 @@ def _gauge(family: m.Family, registry: CollectorRegistry) -> Gauge:
     return Gauge(family.name, family.help, family.labels, registry=registry)
 
 
-EVENT_OUTCOMES = ("applied", "duplicate", "untracked", "rejected_signature", "rejected_recipient", "invalid")
+EVENT_OUTCOMES = ("applied", "duplicate", "already_counted", "untracked", "not_a_flow", "rejected_signature",
+                  "rejected_recipient", "invalid")
 EVENT_LAG_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 

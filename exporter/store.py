@@ -202,6 +202,7 @@ def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...],
         error_codes=load.tally(data["error_codes"]),
         record_codes=load.record_codes(data.get("record_codes", {})),
         audiences=load.audiences(data.get("audiences", {})),
+        undated_runs=data.get("undated_runs") is True,
     )
     return state, reset
 
@@ -221,7 +222,10 @@ class Store(Protocol):
         """Forget flows that are no longer tracked."""
 
     def get_meta(self, key: str) -> str | None:
-        """A small value kept beside the flows (the events journal position)."""
+        """A small value kept beside the flows (the events journal position, what a sandbox's runs query learned)."""
+
+    def all_meta(self) -> dict[str, str]:
+        """Every small value kept beside the flows."""
 
     def set_meta(self, key: str, value: str) -> None:
         """Persist a small value atomically."""
@@ -248,6 +252,9 @@ class MemoryStore:
 
     def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)
+
+    def all_meta(self) -> dict[str, str]:
+        return dict(self._meta)
 
     def set_meta(self, key: str, value: str) -> None:
         self._meta[key] = value
@@ -387,6 +394,13 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StateError(f"cannot read state file {self.path}: {exc}") from exc
         return None if row is None else str(row[0])
+
+    def all_meta(self) -> dict[str, str]:
+        try:
+            rows = self._db.execute("SELECT key, value FROM meta").fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read state file {self.path}: {exc}") from exc
+        return {str(k): str(v) for k, v in rows}
 
     def set_meta(self, key: str, value: str) -> None:
         try:

@@ -25,6 +25,7 @@ class Tracker:
         # in the order the calls were made: the store is only ever used by one thread.
         self._writer = ThreadPoolExecutor(1, "state-writer")
         self._flows: dict[tuple[str, str], FlowState] = {}
+        self._meta: dict[str, str] = {}
         self._sandboxes: dict[str, SandboxStatus] = {name: SandboxStatus(name=name) for name in sandboxes}
         self._version = 0  # of the flows only: what the rendered exposition depends on
         self._dirty = True
@@ -46,6 +47,7 @@ class Tracker:
         store, loaded = await asyncio.get_running_loop().run_in_executor(self._writer, open_and_load)
         self._store.close()
         self._store = store
+        self._meta = await asyncio.get_running_loop().run_in_executor(self._writer, store.all_meta)
         return loaded
 
     async def purge(self, keys: Iterable[tuple[str, str]]) -> None:
@@ -83,13 +85,19 @@ class Tracker:
         await asyncio.get_running_loop().run_in_executor(self._writer, self._store.save, state)
         self.put(state)
 
+    def meta(self, key: str) -> str | None:
+        """A small stored value (the events journal position, what a sandbox's runs query learned), as loaded
+        from the store and written since."""
+        return self._meta.get(key)
+
     async def get_meta(self, key: str) -> str | None:
-        """A small stored value (the events journal position), read on the writer thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self._store.get_meta, key)
+        """The same, for callers that await (the value is in memory)."""
+        return self._meta.get(key)
 
     async def set_meta(self, key: str, value: str) -> None:
-        """Persist a small value on the writer thread, after every flow state saved before it."""
+        """Persist a small value on the writer thread, after every flow state saved before it; then it is current."""
         await asyncio.get_running_loop().run_in_executor(self._writer, self._store.set_meta, key, value)
+        self._meta[key] = value
 
     def close(self) -> None:
         """Finish pending writes and release the store."""

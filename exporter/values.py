@@ -198,6 +198,7 @@ class FlowState:
     error_codes: Mapping[str, int] = field(default_factory=dict)
     record_codes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # outcome -> code -> count
     audiences: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # audience_id -> outcome -> count
+    undated_runs: bool = False  # a run without createdAt was seen: no createdAt window can prove a run absent
 
     @property
     def key(self) -> tuple[str, str]:

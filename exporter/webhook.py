@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from exporter.bodies import parse_json, read_capped
 from exporter.config import WebhookConfig
-from exporter.errors import ExporterError, PayloadError
+from exporter.errors import DuplicateKeyError, ExporterError, PayloadError
 from exporter.events import EventRouter
 
 _KEY_PATH = re.compile(r"^/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*\.pem$")
@@ -78,6 +78,14 @@ def _verifies(key: rsa.RSAPublicKey | None, signature: str, body: bytes) -> bool
     return True
 
 
+def recipients(payload: object) -> list[object]:
+    """The ``recipient_client_id`` values a delivery names: the body's own, or each event's in an array (Adobe's
+    "Introduction to Adobe I/O Events Webhooks" page adds it to the payload; the array shape of "Flow run
+    notifications" has no top-level object to add it to). A delivery that names none is not another client's."""
+    items = payload if isinstance(payload, list) else [payload]
+    return [item["recipient_client_id"] for item in items if isinstance(item, dict) and "recipient_client_id" in item]
+
+
 def webhook_app(config: WebhookConfig, *, client_id: str, router: EventRouter, keys: KeyCache) -> web.Application:
     """The receiver (see the module docstring)."""
 
@@ -93,7 +101,7 @@ def webhook_app(config: WebhookConfig, *, client_id: str, router: EventRouter, k
         try:
             body = await read_capped(request, config.max_body_bytes, "webhook")  # type: ignore[arg-type]
         except PayloadError:
-            router.reject("webhook", "invalid")
+            router.count("webhook", "invalid")
             return web.Response(status=413, text="body too large")
         headers = request.headers
         checks = [(headers.get(f"x-adobe-digital-signature-{i}", ""), headers.get(f"x-adobe-public-key{i}-path", ""))
@@ -104,17 +112,20 @@ def webhook_app(config: WebhookConfig, *, client_id: str, router: EventRouter, k
                 verified = True
                 break
         if not verified:
-            router.reject("webhook", "rejected_signature")
+            router.count("webhook", "rejected_signature")
             return web.Response(status=401, text="signature not valid")
         try:
-            payload = parse_json(body, "webhook")
-        except PayloadError:
-            router.reject("webhook", "invalid")
-            return web.Response(status=400, text="not JSON")
-        if not isinstance(payload, dict) or payload.get("recipient_client_id") != client_id:
-            router.reject("webhook", "rejected_recipient")
+            payload = parse_json(body, "webhook", strict=True)
+        except DuplicateKeyError:  # which of two recipient_client_id would we believe? Neither.
+            router.count("webhook", "invalid")
+            return web.Response(status=400, text="duplicate keys")
+        except PayloadError:  # signed by Adobe: acknowledged, or I/O Events retries it for a day and disables us
+            return web.Response(text=router.count("webhook", "invalid"))
+        if any(recipient != client_id for recipient in recipients(payload)):
+            router.count("webhook", "rejected_recipient")
             return web.Response(status=401, text="not for this client")
-        return web.Response(text=router.handle(payload, "webhook"))  # a retry's event id is a duplicate
+        # Whatever its shape, a signed delivery for us is acknowledged; each event in it is counted.
+        return web.Response(text=",".join(router.handle(payload, "webhook")) or "invalid")
 
     app = web.Application(client_max_size=config.max_body_bytes + 1)
     app.router.add_get(config.path, challenge)

@@ -140,6 +140,15 @@ class ExplodingStore:
     def delete(self, keys: Iterable[tuple[str, str]]) -> None:  # noqa: ARG002 -- the Store protocol's signature
         return None
 
+    def get_meta(self, key: str) -> str | None:  # noqa: ARG002 -- the Store protocol's signature
+        return None
+
+    def all_meta(self) -> dict[str, str]:
+        return {}
+
+    def set_meta(self, key: str, value: str) -> None:  # noqa: ARG002 -- small values are written fine
+        return None
+
     def close(self) -> None:
         return None
 

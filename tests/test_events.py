@@ -1,6 +1,7 @@
 """Adobe I/O Events end to end against the simulator: the journal and the signed webhook refresh flows at once,
 counters stay equal to ground truth whatever the events do (lost, duplicated, reordered, early), and every
-forged, foreign, wrong-key-host or replayed delivery is refused and counted."""
+forged, foreign, wrong-key-host or replayed delivery is refused and counted. The simulator's events take the
+shapes of Adobe's "Flow run notifications" examples."""
 
 from __future__ import annotations
 
@@ -11,24 +12,28 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
 
 import aiohttp
 import pytest
 
 from exporter.app import Exporter
 from exporter.config import EventsConfig, WebhookConfig
-from exporter.errors import PayloadError
-from exporter.events import POSITION_KEY
-from exporter.model import parse_event
+from exporter.journal import POSITION_KEY
 from exporter.simulator.events import JOURNAL_PATH
 from tests.helpers import assert_matches_truth, parse_samples, pick, scrape, serve, value
 from tests.simulation import Sim, make_config, make_exporter
 
 HOOK = "/adobe-events"
+UNTRACKED = "0a1b2c3d-0000-4000-8000-00000000dead"
 
 
-def with_events(sim: Sim, *, journal: bool = True, webhook: bool = False, state: str | None = None) -> Exporter:
-    config = make_config(sim.url, state_path=state, interval=600.0)
+def with_events(sim: Sim, *, journal: bool = True, webhook: bool = False, state: str | None = None,
+                interval: float = 600.0) -> Exporter:
+    """An exporter reading the simulator's journal (and/or its webhook); the journal's 204s ask for 50 ms."""
+    sim.simulator.events.faults.retry_after = "0.05"
+    config = make_config(sim.url, state_path=state, interval=interval)
     events = EventsConfig(journal_url=f"{sim.url}{JOURNAL_PATH}" if journal else None, journal_wait=0.05,
                           webhook=WebhookConfig(host="127.0.0.1", port=0, path=HOOK, public_key_base_url=sim.url)
                           if webhook else None)
@@ -73,9 +78,13 @@ def exact(exporter: Exporter, sim: Sim) -> Callable[[], Awaitable[bool]]:
 def caught_up(exporter: Exporter, sim: Sim) -> Callable[[], Awaitable[bool]]:
     """True once the exporter's stored journal position is the simulator's newest event."""
     async def check() -> bool:
-        newest = len(sim.simulator.events.refresh()) - 1
-        return await exporter.tracker.get_meta(POSITION_KEY) == str(newest)
+        log = sim.simulator.events.refresh()
+        return bool(log) and await exporter.tracker.get_meta(POSITION_KEY) == log[-1].position
     return check
+
+
+def outcomes(samples: dict[Any, float], source: str) -> dict[str, float]:
+    return {dict(k)["outcome"]: v for k, v in pick(samples, "aep_exporter_events_total", source=source).items()}
 
 
 async def test_journal_events_alone_bring_counters_to_ground_truth(sim: Sim) -> None:
@@ -124,15 +133,15 @@ async def test_counters_stay_exact_when_events_are_lost_duplicated_reordered_or_
 
 async def test_a_restart_resumes_the_journal_where_it_stopped_and_an_expired_position_starts_over(
         sim: Sim, tmp_path: Path) -> None:
-    """The position is kept in the state file: the next process asks for events after it. A position older than
-    the journal keeps (410) is dropped, logged, and reading starts from the oldest event."""
+    """The position the journal's next link carries is kept in the state file, after a 204 too: the next process
+    asks for events after it (never latest=true again). A position older than the journal keeps (410) is
+    dropped, logged, and reading starts from the oldest event."""
     state = str(tmp_path / "s.db")
     first = with_events(sim, state=state)
     try:
         await first.start()
         await first.start_events()
-        sim.world.clock.advance(3600)
-        await until(lambda: bool(first.tracker._store.get_meta(POSITION_KEY)))
+        await until(lambda: bool(first.tracker._store.get_meta(POSITION_KEY)))  # from latest=true's 204 alone
         position = await first.tracker.get_meta(POSITION_KEY)
     finally:
         await first.close()
@@ -145,7 +154,7 @@ async def test_a_restart_resumes_the_journal_where_it_stopped_and_an_expired_pos
     finally:
         await second.close()
     first_query = next(r["query"] for r in sim.simulator.request_log if r["endpoint"] == "journal")
-    assert first_query == f"since={position}"
+    assert parse_qs(first_query) == {"since": [position], "limit": ["100"]}
     sim.simulator.request_log.clear()
     sim.world.clock.advance(2 * 3600)  # two hours of new events, of which the journal keeps the last 30 minutes:
     sim.simulator.events.faults.retention_ms = 30 * 60 * 1000  # the events after the stored position are gone
@@ -156,27 +165,8 @@ async def test_a_restart_resumes_the_journal_where_it_stopped_and_an_expired_pos
         await until(lambda: len([r for r in sim.simulator.request_log if r["endpoint"] == "journal"]) >= 2)
     finally:
         await third.close()
-    queries = [r["query"] for r in sim.simulator.request_log if r["endpoint"] == "journal"]
-    assert queries[0].startswith("since=") and "since=" not in queries[1]
-
-
-def test_events_of_every_known_shape_are_read_and_a_nameless_one_is_refused() -> None:
-    """The flow (and run, sandbox) is found in body.data, in data, or in the run object; without an event id or
-    a flow the event is invalid."""
-    flow, run = "c9cef9cb-c934-4467-8ef9-cbc934546741", "9830305a-985f-47d0-b030-5a985fd7d004"
-    shapes = [
-        {"event_id": "e1", "event": {"body": {"data": {"flowId": flow, "flowRunId": run, "sandboxName": "prod"}}}},
-        {"event_id": "e2", "data": {"flowId": flow, "runId": run}},
-        {"event": {"body": {"eventId": "e3", "data": {"flow_id": flow}}}},
-    ]
-    events = [parse_event(shape) for shape in shapes]
-    assert [e.id for e in events] == ["e1", "e2", "e3"]
-    assert {e.flow_id for e in events} == {flow}
-    assert (events[0].run_id, events[0].sandbox, events[1].run_id) == (run, "prod", run)
-    for bad in ({"event": {"body": {"data": {"flowId": flow}}}}, {"event_id": "e4"}, [], {"event_id": "../x",
-                                                                                         "flowId": flow}):
-        with pytest.raises(PayloadError):
-            parse_event(bad)
+    queries = [parse_qs(r["query"]) for r in sim.simulator.request_log if r["endpoint"] == "journal"]
+    assert "since" in queries[0] and queries[1] == {"limit": ["100"]}
 
 
 async def test_signed_webhook_deliveries_refresh_flows_and_counters_equal_ground_truth(sim: Sim) -> None:
@@ -201,21 +191,34 @@ async def test_signed_webhook_deliveries_refresh_flows_and_counters_equal_ground
     assert value(samples, "aep_exporter_event_lag_seconds_count", source="webhook") >= 1
 
 
+def ended_since(sim: Sim, after_ms: int) -> dict[str, Any]:
+    """A run of the prod sandbox that ended after ``after_ms`` (so no poll has counted it), from ground truth."""
+    for flow in sim.world.truth()["sandboxes"]["prod"].values():
+        for run in flow["runs"]:
+            if run["completed"] and run["end_ms"] > after_ms:
+                return run
+    raise AssertionError("no run ended in the window")
+
+
 async def test_forged_foreign_wrong_key_host_and_replayed_deliveries_are_refused_and_counted(sim: Sim) -> None:
     """A signature of another key, a body for another client id, a key path off the configured key host, an
     unsigned body and an oversized one are refused (401/413) and counted, never applied; a replay of a valid
-    delivery is a duplicate; the handshake answers the challenge; the webhook listener serves nothing else."""
+    delivery is a duplicate; a signed body with a key twice is refused (400); a signed body that is not JSON is
+    acknowledged and counted invalid; the handshake answers the challenge; the listener serves nothing else."""
     exporter = with_events(sim, journal=False, webhook=True)
     events = sim.simulator.events
     try:
         await exporter.start()
         assert await exporter.poll_once()
+        polled = sim.world.now_ms()
+        sim.world.clock.advance(3600)
         await exporter.start_events()
         url = f"http://127.0.0.1:{exporter.webhook_port}{HOOK}"
-        flow = sim.world.flows["prod"][next(iter(sim.world.flows["prod"]))]
-        payload = events.payload(flow.runs[-1])
+        run = sim.world.flow(ended_since(sim, polled)["flow_id"]).runs
+        payload = events.addressed(events.payload(next(r for r in run if r.end_ms > polled)))
         body = json.dumps(payload).encode()
-        foreign = json.dumps({**payload, "recipient_client_id": "another-client"}).encode()
+        foreign = json.dumps(events.addressed(payload, "another-client")).encode()
+        twice = b'{"recipient_client_id": "x", "recipient_client_id": "sim-client-id", "event": {}}'
         off_host = {**events.signed(body), "x-adobe-public-key1-path": "//evil.example/key.pem",
                     "x-adobe-public-key2-path": "/../../etc/key.pem"}
         async with aiohttp.ClientSession() as session:
@@ -228,6 +231,8 @@ async def test_forged_foreign_wrong_key_host_and_replayed_deliveries_are_refused
                 "off_host": await post(body, off_host),
                 "unsigned": await post(body, {"Content-Type": "application/json"}),
                 "huge": await post(b"x" * (2 * 1024 * 1024), events.signed(b"x")),
+                "twice": await post(twice, events.signed(twice)),
+                "not_json": await post(b"not json", events.signed(b"not json")),
                 "valid": await post(body, events.signed(body)),
                 "replay": await post(body, {**events.signed(body), "x-adobe-retry-count": "1"}),
             }
@@ -241,13 +246,13 @@ async def test_forged_foreign_wrong_key_host_and_replayed_deliveries_are_refused
         samples = await render(exporter)
     finally:
         await exporter.close()
-    assert statuses == {"forged": 401, "foreign": 401, "off_host": 401, "unsigned": 401, "huge": 413,
-                        "valid": 200, "replay": 200}
+    assert statuses == {"forged": 401, "foreign": 401, "off_host": 401, "unsigned": 401, "huge": 413, "twice": 400,
+                        "not_json": 200, "valid": 200, "replay": 200}
     assert challenge == (200, "abc123") and challenge_json == {"challenge": "abc123"}
     assert metrics_status == 404
-    outcomes = {dict(k)["outcome"]: v for k, v in pick(samples, "aep_exporter_events_total", source="webhook").items()}
-    assert outcomes == {"applied": 1, "duplicate": 1, "untracked": 0, "rejected_signature": 3,
-                        "rejected_recipient": 1, "invalid": 1}
+    assert outcomes(samples, "webhook") == {"applied": 1, "duplicate": 1, "already_counted": 0, "untracked": 0,
+                                            "not_a_flow": 0, "rejected_signature": 3, "rejected_recipient": 1,
+                                            "invalid": 3}
 
 
 async def test_an_event_for_an_untracked_flow_is_counted_and_ignored(sim: Sim) -> None:
@@ -260,8 +265,8 @@ async def test_an_event_for_an_untracked_flow_is_counted_and_ignored(sim: Sim) -
         await exporter.start_events()
         runs_before = sim.simulator.requests["runs"]
         flow = sim.world.flows["prod"][next(iter(sim.world.flows["prod"]))]
-        payload = events.payload(flow.runs[-1])
-        payload["event"]["body"]["data"]["flowId"] = "0a1b2c3d-0000-4000-8000-00000000dead"
+        payload = events.addressed(events.payload(flow.runs[-1], shape="envelope"))
+        payload["event"]["flowId"] = UNTRACKED
         body = json.dumps(payload).encode()
         async with aiohttp.ClientSession() as session, session.post(
                 f"http://127.0.0.1:{exporter.webhook_port}{HOOK}", data=body, headers=events.signed(body)) as resp:
@@ -307,8 +312,9 @@ async def test_the_webhook_listener_has_its_own_tls(sim: Sim, tmp_path: Path) ->
 
 
 async def test_a_burst_of_events_for_one_flow_costs_one_read_not_one_each(sim: Sim) -> None:
-    """Twenty events for one flow, taken together (as a journal batch gives them), refresh it with at most two
-    reads of its runs: the first, and one more for the events that came while it ran."""
+    """Twenty alerts about one flow (no run named, each different), taken together as a journal batch gives them,
+    refresh it with at most two reads of its runs: the first, and one more for the events that came while it
+    ran."""
     exporter = with_events(sim, journal=False)
     try:
         await exporter.start()
@@ -316,9 +322,8 @@ async def test_a_burst_of_events_for_one_flow_costs_one_read_not_one_each(sim: S
         flow = sim.world.flows["prod"][next(iter(sim.world.flows["prod"]))]
         before = sim.simulator.requests["runs"]
         for i in range(20):
-            payload = sim.simulator.events.payload(flow.runs[-1])
-            payload["event_id"] = f"burst-{i}"
-            assert exporter.router.handle(payload, "journal") == "applied"
+            alert = {"flowId": flow.id, "status": "FIRING", "value": str(i), "sandboxName": "prod"}
+            assert exporter.router.handle(alert, "journal") == ["applied"]
         await exporter.router.idle()
     finally:
         await exporter.close()
@@ -326,35 +331,33 @@ async def test_a_burst_of_events_for_one_flow_costs_one_read_not_one_each(sim: S
 
 
 async def test_a_new_event_for_a_flow_ends_its_wait_for_a_run_not_yet_visible(sim: Sim) -> None:
-    """An event names a run /runs does not show yet: its refresh waits to try again. Another event for the flow
-    during that wait refreshes it at once, not when the wait is over; a run that ended before the flow's count
-    floor is never waited for."""
+    """An event names an ended run /runs does not show yet: its refresh waits to try again. Another event for the
+    flow during that wait refreshes it at once, not when the wait is over; an event for a run that ended before the
+    flow's count floor reads nothing (already counted)."""
     exporter = with_events(sim, journal=False)
     exporter.router._retry_delays = (30.0,)
     try:
         await exporter.start()
         assert await exporter.poll_once()
         flow = sim.world.flows["prod"][next(iter(sim.world.flows["prod"]))]
-        pending = sim.simulator.events.payload(flow.runs[-1])
-        pending["event_id"], pending["event"]["body"]["data"]["flowRunId"] = "early", "not-visible-yet"
-        del pending["event"]["body"]["data"]["completedAtUTC"]
+        pending = {"flowId": flow.id, "flowRunId": "not-visible-yet", "eventCode": "sources_flow_run_success"}
         before = sim.simulator.requests["runs"]
-        exporter.router.handle(pending, "webhook")
+        assert exporter.router.handle(pending, "webhook") == ["applied"]
         await until(lambda: sim.simulator.requests["runs"] == before + 1, 5)
         started = time.monotonic()
-        again = sim.simulator.events.payload(flow.runs[-1])
-        again["event_id"] = "later"
+        again = {"flowId": flow.id, "flowRunId": "also-not-visible", "eventCode": "sources_flow_run_success"}
         exporter.router.handle(again, "webhook")
         await until(lambda: sim.simulator.requests["runs"] == before + 2, 5)
         woke_after = time.monotonic() - started
-        old = sim.simulator.events.payload(flow.runs[0])
-        old["event_id"], old["event"]["body"]["data"]["flowRunId"] = "old", "pruned-long-ago"
         other = sim.world.flows["prod"][sorted(sim.world.flows["prod"])[1]]
-        old["event"]["body"]["data"]["flowId"] = other.id
-        exporter.router.handle(old, "webhook")
-        await until(lambda: sim.simulator.requests["runs"] == before + 3, 5)
+        counted = sim.simulator.events.payload(other.runs[0], shape="envelope")
+        assert exporter.router.handle(counted, "webhook") == ["already_counted"]
+        before = sim.simulator.requests["runs"]  # the refreshes above raised `flow`'s count floor past old runs
+        old = sim.simulator.events.payload(flow.runs[0], shape="envelope")
+        old["event"]["id"] = "pruned-long-ago"
+        assert exporter.router.handle(old, "webhook") == ["already_counted"]
         await asyncio.sleep(0.3)
-        assert ("prod", other.id) not in exporter.router._wanted  # ended before the floor: not waited for
+        assert sim.simulator.requests["runs"] == before
     finally:
         await exporter.close()
     assert woke_after < 5

@@ -69,6 +69,12 @@ class Faults:
     runs_filters: str = "honour"
     refuse_shape: str = "platform"
     omit_created_at: float = 0.0  # this share of runs carry no createdAt (half of them no updatedAt either)
+    # Where a listing puts runs without createdAt, and its order without orderby: Adobe documents neither (its
+    # "Sorting and filtering responses in the Flow Service API" page shows orderby, never the default), so each
+    # plausible answer is a switch: "interleaved" (in the service's own creation order), "first" or "last" (as a
+    # database sorting a missing key does); "newest_first" or "oldest_first".
+    missing_created_at: str = "interleaved"
+    default_order: str = "newest_first"
     # Flows whose payloads carry hostile values that must change no counter: a lone surrogate in the name and in
     # error messages, counts of 10^400 and 1e400 in fields the run does not report, a lastRunDetails end in the
     # year 33658, and 3,000 activities per run.
@@ -92,6 +98,8 @@ def _gateway_error(status: int, code: str, message: str) -> web.Response:
 
 
 RUNS_FILTER_MODES = ("honour", "refuse", "refuse_time", "ignore")
+MISSING_CREATED_AT_PLACES = ("interleaved", "first", "last")
+DEFAULT_ORDERS = ("newest_first", "oldest_first")
 _TIME_PATHS = ("createdAt", "metrics.durationSummary.startedAtUTC")
 
 
@@ -361,7 +369,7 @@ class Simulator:
                 filters = [f for f in filters if f.path not in _TIME_PATHS]
                 items = sorted(items_for(checked, filters), key=lambda r: _share(r["id"], "order"))
             else:
-                items = self._ordered_runs(items_for(checked, filters), orderby)
+                items = self._placed(self._ordered_runs(items_for(checked, filters), orderby))
         else:
             items = sort_items(items_for(checked, filters), orderby)
         page = items[offset:offset + limit]
@@ -420,13 +428,23 @@ class Simulator:
             return _gateway_error(400, "400002", message)
         return _platform_error(400, "1448-400", message)
 
-    @staticmethod
-    def _ordered_runs(items: list[dict[str, Any]], orderby: str | None) -> list[dict[str, Any]]:
-        if orderby in (None, "-createdAt"):
+    def _ordered_runs(self, items: list[dict[str, Any]], orderby: str | None) -> list[dict[str, Any]]:
+        """Runs in the order asked for ("Sorting and filtering responses in the Flow Service API": ``-`` descending,
+        ``+`` or nothing ascending), or in the default order (``Faults.default_order``)."""
+        if orderby == "-createdAt" or (orderby is None and self.faults.default_order == "newest_first"):
             return items  # already newest first by the service's own time
-        if orderby in ("createdAt", "+createdAt"):
+        if orderby in (None, "createdAt", "+createdAt"):
             return items[::-1]
         return sort_items(items, orderby)
+
+    def _placed(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Runs without createdAt where ``Faults.missing_created_at`` puts them."""
+        place = self.faults.missing_created_at
+        if place == "interleaved":
+            return items
+        dated = [i for i in items if "createdAt" in i]
+        undated = [i for i in items if "createdAt" not in i]
+        return undated + dated if place == "first" else dated + undated
 
     async def _list_flows(self, request: web.Request) -> web.StreamResponse:
         return await self._list(request, "flows", self._flow_items)
@@ -490,9 +508,13 @@ class Simulator:
             faults = Faults(**{**asdict(self.faults), **data})
         except TypeError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        if faults.runs_filters not in RUNS_FILTER_MODES or faults.refuse_shape not in ("platform", "gateway"):
-            return web.json_response({"error": f"runs_filters must be one of {RUNS_FILTER_MODES}, "
-                                               "refuse_shape platform or gateway"}, status=400)
+        if faults.runs_filters not in RUNS_FILTER_MODES or faults.refuse_shape not in ("platform", "gateway") \
+                or faults.missing_created_at not in MISSING_CREATED_AT_PLACES \
+                or faults.default_order not in DEFAULT_ORDERS:
+            return web.json_response({"error": f"runs_filters must be one of {RUNS_FILTER_MODES}, refuse_shape "
+                                               f"platform or gateway, missing_created_at one of "
+                                               f"{MISSING_CREATED_AT_PLACES}, default_order one of {DEFAULT_ORDERS}"},
+                                     status=400)
         self.faults = faults
         return web.json_response(asdict(self.faults))
 
