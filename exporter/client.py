@@ -30,6 +30,7 @@ from exporter.errors import (
     ThrottledError,
     TransportError,
 )
+from exporter.hints import hint_for
 from exporter.model import clean_text, items_of, next_link
 from exporter.selfmetrics import SelfMetrics
 from exporter.transport import describe_failure
@@ -57,15 +58,6 @@ class RateLimiter:
         self._next = slot + self._interval
         if slot > now:
             await asyncio.sleep(slot - now)
-
-
-ACCESS_HINTS = {
-    401: "Adobe refused a fresh token: is the Experience Platform API added to the Developer Console project of "
-         "this credential, and is adobe.org_id that project's organization? (docs/adobe-setup.md)",
-    403: "The credential may not read dataflows in sandbox '{sandbox}': its role or product profile needs this "
-         "sandbox and the View Sources and View Destinations permissions (docs/adobe-setup.md)",
-}
-"""What to check when the Flow Service refuses the credential."""
 
 
 class FlowServiceClient:
@@ -168,10 +160,12 @@ class FlowServiceClient:
             raise ThrottledError(endpoint, status, code, detail)
         if status >= 500:
             raise ServerError(endpoint, status, code, detail)
+        found = hint_for(status, code)
+        hint = found.text(sandbox) if found is not None else ""
+        text = f"{detail}. {hint}" if detail and hint else detail or hint
         if status == 404:
-            raise NotFoundError(endpoint, status, code, detail)
-        hint = ACCESS_HINTS.get(status, "").format(sandbox=sandbox)
-        raise ApiError(endpoint, status, code, f"{detail}. {hint}" if detail and hint else detail or hint)
+            raise NotFoundError(endpoint, status, code, text)
+        raise ApiError(endpoint, status, code, text)
 
     async def _send(self, sandbox: str, endpoint: str, url: str, params: Params, headers: dict[str, str], *,
                     max_bytes: int) -> tuple[int, CIMultiDictProxy[str], bytes]:

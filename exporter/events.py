@@ -77,10 +77,12 @@ class Event:
 
 @dataclass(frozen=True, kw_only=True)
 class Unusable:
-    """An event that asks for no refresh: ``outcome`` ``not_a_flow`` (it names no flow) or ``invalid``."""
+    """An event that asks for no refresh: ``outcome`` ``not_a_flow`` (it names no flow) or ``invalid``; ``key``
+    tells a redelivery of a ``not_a_flow`` event (a duplicate) from a new one."""
 
     outcome: str
     reason: str
+    key: str | None = None
 
 
 def parse_events(payload: object, now_ms: int | None = None) -> list[Event | Unusable]:
@@ -121,7 +123,7 @@ def _event(node: dict[str, Any], event_id: object, envelope_code: object, now_ms
     if owner is None:
         dataset = node.get("xdm:datasetId")
         reason = "a data ingestion notification (names a dataset, no flow)" if dataset else "names no flow"
-        return Unusable(outcome="not_a_flow", reason=reason)
+        return Unusable(outcome="not_a_flow", reason=reason, key=_key("", None, None, event_id, node))
     flow_id = _clean_id(owner.get("flowId", owner.get("flow_id")))
     if flow_id is None:
         return Unusable(outcome="invalid", reason="the flow id is not usable")
@@ -228,6 +230,9 @@ class EventRouter:
         outcomes = []
         for item in parse_events(payload, int(self._clock() * 1000)):
             if isinstance(item, Unusable):
+                if item.key is not None and self._seen_before(item.key):
+                    outcomes.append(self.count(source, "duplicate"))
+                    continue
                 if self._once.first("event_unusable", item.outcome, item.reason):
                     log.warning("event_not_a_flow" if item.outcome == "not_a_flow" else "event_invalid",
                                 source=source, reason=item.reason)
@@ -241,12 +246,18 @@ class EventRouter:
         self._metrics.events.labels(source, outcome).inc()
         return outcome
 
-    def _route(self, event: Event, source: str) -> str:
-        if event.key in self._seen:
-            return "duplicate"
-        self._seen[event.key] = None
+    def _seen_before(self, key: str) -> bool:
+        """Whether an event with this key came before (remembered for the last SEEN_LIMIT keys)."""
+        if key in self._seen:
+            return True
+        self._seen[key] = None
         if len(self._seen) > SEEN_LIMIT:
             self._seen.popitem(last=False)
+        return False
+
+    def _route(self, event: Event, source: str) -> str:
+        if self._seen_before(event.key):
+            return "duplicate"
         poller = self._poller_of(event)
         if poller is None:
             return "untracked"

@@ -197,12 +197,16 @@ async def test_second_401_in_a_row_is_an_error_not_a_loop(rig: Rig) -> None:
 
 
 async def test_other_4xx_are_not_retried(rig: Rig) -> None:
-    """A 404 raises NotFoundError at once; a 403 (forbidden sandbox) raises ApiError; no retry either way."""
+    """A 404 raises NotFoundError at once (a sandbox that does not exist too: Adobe's 2100-404); a 403 (a sandbox
+    the credential may not use) raises ApiError; no retry in any case."""
     with pytest.raises(NotFoundError):
         await rig.client.get("prod", "flow", "/flows/does-not-exist", [])
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(NotFoundError, match="sandbox 'nosuchsandbox' does not exist"):
         await rig.client.get("nosuchsandbox", "flows", "/flows", [])
-    assert info.value.status == 403
+    rig.sim.simulator.faults.forbidden_sandboxes = ["dev"]
+    with pytest.raises(ApiError) as info:
+        await rig.client.get("dev", "flows", "/flows", [])
+    assert info.value.status == 403 and "View Sources" in str(info.value)
     assert rig.sleeps == []
 
 

@@ -169,10 +169,13 @@ async def test_a_restart_resumes_the_journal_where_it_stopped_and_an_expired_pos
     assert "since" in queries[0] and queries[1] == {"limit": ["100"]}
 
 
-async def test_signed_webhook_deliveries_refresh_flows_and_counters_equal_ground_truth(sim: Sim) -> None:
-    """The simulator delivers every event to the webhook, signed with its keys, some twice (retries): counters
-    reach ground truth without a poll, and each retry is a duplicate."""
-    sim.simulator.events.faults = dataclasses.replace(sim.simulator.events.faults, webhook_retry=0.5)
+@pytest.mark.parametrize("shape", ["adobe", "envelope"])
+async def test_signed_webhook_deliveries_refresh_flows_and_counters_equal_ground_truth(sim: Sim, shape: str) -> None:
+    """The simulator delivers every event to the webhook, signed with its keys, in Adobe's documented shapes, some
+    twice (retries), some before /runs shows their run ended, with data ingestion notifications among them:
+    counters reach ground truth without a poll, each retry is a duplicate, and nothing is refused."""
+    sim.simulator.events.faults = dataclasses.replace(sim.simulator.events.faults, webhook_retry=0.5, shape=shape,
+                                                      early_s=30.0, ingestion_share=0.2)
     exporter = with_events(sim, journal=False, webhook=True)
     try:
         await exporter.start()
@@ -187,7 +190,9 @@ async def test_signed_webhook_deliveries_refresh_flows_and_counters_equal_ground
         await exporter.close()
     retries = sim.simulator.events.deliveries.get("retry", 0)
     assert retries >= 1
-    assert value(samples, "aep_exporter_events_total", source="webhook", outcome="duplicate") == retries
+    seen = outcomes(samples, "webhook")
+    assert seen["duplicate"] == retries and seen["not_a_flow"] >= 1
+    assert seen["invalid"] == seen["rejected_signature"] == seen["rejected_recipient"] == 0
     assert value(samples, "aep_exporter_event_lag_seconds_count", source="webhook") >= 1
 
 

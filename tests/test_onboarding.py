@@ -4,12 +4,14 @@ against the simulator on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from exporter.simulator import Credentials
@@ -35,7 +37,7 @@ def run(args: list[str], env: dict[str, str] | None = None,
 
 def test_check_config_online_lists_what_the_credential_can_see(simulator_process: str, tmp_path: Path) -> None:
     """--online gets a token and prints, per sandbox, its flows by kind and what discovery tracks; a configured id
-    the API does not know, and a sandbox the credential may not use (403, with the permission to ask for), make it
+    the API does not know, and a sandbox that does not exist (Adobe's 2100-404, with what to check), make it
     exit 1."""
     sandboxes = (f"  - name: prod\n    discover: {{enabled: true}}\n    flows: [{UNKNOWN_FLOW}]\n"
                  "  - name: dev\n    discover: {enabled: true}\n"
@@ -48,7 +50,8 @@ def test_check_config_online_lists_what_the_credential_can_see(simulator_process
     rows = {line.split()[0]: line for line in lines[3:]}
     assert rows["dev"].split()[1:5] == ["4", "4", "0", "4"]  # 4 flows, all source; discovery takes all 4
     assert UNKNOWN_FLOW in rows["prod"]
-    assert "HTTP 403" in rows["marketing"] and "View Sources and View Destinations" in rows["marketing"]
+    assert "HTTP 404" in rows["marketing"] and "sandbox 'marketing' does not exist" in rows["marketing"]
+    assert "View Sources" not in rows["marketing"]
     assert Credentials().client_secret not in proc.stdout + proc.stderr
 
 
@@ -139,11 +142,17 @@ def test_without_any_config_the_error_says_where_one_is_looked_for(tmp_path: Pat
 
 
 def test_a_forbidden_sandbox_says_which_permission_to_ask_for(simulator_process: str, tmp_path: Path) -> None:
-    """`once` against a sandbox the credential may not use: exit 1, and the log names the sandbox and the
-    permissions its role needs."""
-    sandboxes = "  - name: marketing\n    discover: {enabled: true}"
+    """`once` against a sandbox the credential may not use (Adobe's 2120-403): exit 1, and the log names the
+    sandbox, the permissions its role needs and who can give them."""
+    body = json.dumps({"forbidden_sandboxes": ["dev"]}).encode()
+    request = urllib.request.Request(f"{simulator_process}/_sim/faults", data=body, method="POST",  # noqa: S310 -- loopback
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5):  # noqa: S310 -- the simulator on loopback
+        pass
+    sandboxes = "  - name: dev\n    discover: {enabled: true}"
     proc = run(["once", "--config", str(config_file(tmp_path / "c.yaml", simulator_process, sandboxes=sandboxes))])
     assert proc.returncode == 1
-    assert "could not poll sandbox marketing" in proc.stderr
-    assert "sandbox 'marketing'" in proc.stderr and "View Sources and View Destinations" in proc.stderr
+    assert "could not poll sandbox dev" in proc.stderr
+    assert "sandbox 'dev'" in proc.stderr and "View Sources and View Destinations" in proc.stderr
+    assert "system administrator" in proc.stderr
     assert not pick(parse_samples(proc.stdout), "aep_flow_info")

@@ -150,6 +150,11 @@ class SimEvents:
                 self._append(self._published_at(run), self.ingestion_payload(run))
         return self._log
 
+    def publish(self, payload: Any) -> None:
+        """Publish a payload exactly as given, now (the conformance suite replays Adobe's examples)."""
+        self.refresh()
+        self._append(self.world.now_ms(), payload)
+
     def payload(self, run: SimRun, *, shape: str | None = None) -> Any:
         """The run's outcome as Adobe's "Flow run notifications" page shows it (see SHAPES)."""
         chosen = shape or self.faults.shape

@@ -1,5 +1,20 @@
 """The simulator's HTTP face: Adobe IMS, the Flow Service, fault injection and an admin API for tests.
 
+Which Adobe page each behaviour follows:
+- IMS: "OAuth Server-to-Server credential API Reference" (the form-encoded client_credentials request, the
+  ``{"access_token", "token_type": "bearer", "expires_in"}`` answer, ``expires_in`` in seconds).
+- Headers, the run and flow objects: "Monitor dataflows using the Flow Service API" and the "Flow Service API"
+  reference (``x-api-key``, ``x-gw-ims-org-id``, ``x-sandbox-name``; ``{"items", "_links"}`` envelopes).
+- ``property`` filters (``==`` with several values, ``>``, ``<``, ``>=``, ``<=``, ``[]`` array paths), ``orderby``
+  (``-`` descending; ``+`` or nothing ascending), ``count``: "Sorting and filtering responses in the Flow Service
+  API"; ``limit`` and ``continuationToken``: the "Flow Service API" reference.
+- Error codes and their shapes: "Flow Service Error Messages" (``1401-400`` limit with count, ``1440-400`` and
+  ``1450-400`` operators, ``1448-400`` "Operator >= not supported for field", ``2105-400`` missing sandbox header,
+  ``2100-404`` sandbox not found, ``2120-403`` forbidden); the gateway's ``{"error_code", "message"}`` as Adobe's
+  gateway answers (``401013`` for a bad token).
+- Where Adobe is silent (whether ``/runs`` honours a ``createdAt`` filter, its default order, where runs without
+  ``createdAt`` are listed), each plausible answer is a switch in :class:`Faults`.
+
 Routes (all on one port):
 - ``POST /ims/token/v3``: client-credentials tokens, checked against the configured id and secret.
 - ``GET /data/foundation/flowservice/{flows,runs}[/{id}]``: the Flow Service, with its headers, errors,
@@ -156,6 +171,9 @@ class Simulator:
         self.faults_injected: Counter[str] = Counter()
         self.events = SimEvents(world, client_id=self.credentials.client_id, org_id=self.credentials.org_id,
                                 seed=seed)
+        # Payloads served exactly as given, beside the world's (the conformance suite replays Adobe's examples):
+        self.fixture_flows: dict[str, list[dict[str, Any]]] = {}  # sandbox -> flow objects
+        self.fixture_runs: dict[str, list[dict[str, Any]]] = {}  # flow id -> run objects
 
     # --- test and admin controls -------------------------------------------------------------------------
 
@@ -282,9 +300,10 @@ class Simulator:
             return _platform_error(400, "2105-400", "Missing x-sandbox-name header")
         if sandbox in self.faults.forbidden_sandboxes:
             self.faults_injected["forbidden"] += 1
-            return _platform_error(403, "2106-403", f"Access to sandbox {sandbox} is denied")
+            return _platform_error(403, "2120-403", "You do not have sufficient permissions to perform the "
+                                                    "operation")
         if sandbox not in self.world.flows:
-            return _platform_error(403, "2107-403", f"Sandbox {sandbox} does not exist")
+            return _platform_error(404, "2100-404", f"The sandbox with the name '{sandbox}' could not be found")
         return sandbox
 
     async def _api(self, request: web.Request, endpoint: str) -> web.StreamResponse | str:
@@ -382,8 +401,8 @@ class Simulator:
         now = self.world.now_ms()
         ids = next((set(f.values) for f in filters if f.path == "id" and f.op == "=="), None)
         flows = self.world.sandbox_flows(sandbox, ids)
-        items = (_hostile_flow(f.to_json(now)) if f.id in self.faults.hostile_flows else f.to_json(now)
-                 for f in flows)
+        items = [_hostile_flow(f.to_json(now)) if f.id in self.faults.hostile_flows else f.to_json(now)
+                 for f in flows] + self.fixture_flows.get(sandbox, [])
         return [item for item in items if matches(item, filters)]
 
     def _run_items(self, sandbox: str, filters: list[Any]) -> list[dict[str, Any]]:
@@ -398,7 +417,9 @@ class Simulator:
         runs = sorted((r for f in flows for r in f.visible_runs(now)
                        if created_floor is None or r.created_ms >= created_floor),
                       key=lambda r: r.created_ms, reverse=True)
-        return [item for item in (self._run_json(r, now) for r in runs) if matches(item, filters)]
+        fixtures = [run for flow_id, items in self.fixture_runs.items() if ids is None or flow_id in ids
+                    for run in items]
+        return [item for item in [*fixtures, *(self._run_json(r, now) for r in runs)] if matches(item, filters)]
 
     def _run_json(self, run: Any, now_ms: int) -> dict[str, Any]:
         item: dict[str, Any] = run.to_json(now_ms)

@@ -2,9 +2,18 @@
 
 Everything is derived from ``seed``: flow n of a sandbox and run k of a flow are the same in every process.
 Runs exist lazily: run k of a flow appears once the clock passes its ``createdAt`` and completes once the
-clock passes its end. The JSON forms follow the public API (see ../shared/reference) including its
-variations: legacy (``copyActivity``) and UUID activity ids, capitalised destination statuses, ``-1``
-unknowns, runs too young to have a ``durationSummary``.
+clock passes its end. The JSON forms follow Adobe's pages, including their variations:
+- flow and run objects, legacy activity ids (``copyActivity``, ``promotionActivity``), ``windowStart``/``End``:
+  "Monitor dataflows using the Flow Service API";
+- UUID activity ids with names, runs with no ``durationSummary`` yet, ``failedInfo`` codes: "Standard alert
+  rules";
+- ``-1`` for unknown counts, run-level and activity-level error codes: "Flow run notifications";
+- destination runs (``createdRecordCount`` ..., ``entitySummaries`` with ``segment:`` ids, capitalised statuses):
+  "View detailed activation results" and "Monitor dataflows for destinations in the UI";
+- segment-export schedules in ``transformations[].params.segmentSelectors``: "Sorting and filtering responses in
+  the Flow Service API" (the path) and the Destinations API reference;
+- schedule frequencies and intervals (``scheduleParams``; ``timeUnit`` for dataset exports): the "Flow Service
+  API" reference.
 """
 
 from __future__ import annotations
