@@ -27,6 +27,7 @@ from exporter.errors import ConfigError
 from exporter.events import RETRY_DELAYS, EventRouter
 from exporter.exposition import SELF_TTL, MetricsRenderer
 from exporter.journal import JournalReader
+from exporter.listeners import ListenerLimits, bound_port, start_listener
 from exporter.metrics import CollectorOptions
 from exporter.poller import OnceLog, PollSettings, SandboxPoller, Survey
 from exporter.selfmetrics import SelfMetrics
@@ -96,6 +97,7 @@ class Exporter:
         self._journal: asyncio.Task[None] | None = None
         self._client: FlowServiceClient | None = None
         self._webhook: web.AppRunner | None = None
+        self._keys: KeyCache | None = None
         self.metrics.shard_index.set(config.shard.index)
         self.metrics.shard_total.set(config.shard.total)
         self.metrics.reload_ok.set(1)
@@ -213,25 +215,18 @@ class Exporter:
             self._journal = asyncio.get_running_loop().create_task(reader.run(), name="events-journal")
         hook = events.webhook
         if hook is not None and self._webhook is None:
-            app = webhook_app(hook, client_id=adobe.client_id, router=self.router,
-                              keys=KeyCache(self._session, hook.public_key_base_url))
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            try:
-                await web.TCPSite(runner, hook.host, hook.port, ssl_context=hook.web.ssl_context).start()
-            except OSError:
-                await runner.cleanup()
-                raise
-            self._webhook = runner
+            self._keys = KeyCache(hook.public_key_base_url, proxy=adobe.proxy, ca_file=adobe.ca_file)
+            app = webhook_app(hook, client_id=adobe.client_id, router=self.router, keys=self._keys)
+            limits = ListenerLimits(header_timeout=hook.read_header_timeout, max_connections=hook.max_connections)
+            self._webhook, _site = await start_listener(app, name="webhook", limits=limits, host=hook.host,
+                                                        port=hook.port, ssl_context=hook.web.ssl_context)
             log.info("webhook_listening", listen=f"{hook.host}:{hook.port}", path=hook.path,
-                     tls=hook.web.ssl_context is not None)
+                     tls=hook.web.ssl_context is not None, max_connections=hook.max_connections)
 
     @property
     def webhook_port(self) -> int | None:
         """The webhook listener's port (when it runs), for tests that ask for port 0."""
-        if self._webhook is None:
-            return None
-        return int(self._webhook.addresses[0][1])
+        return None if self._webhook is None else bound_port(self._webhook)
 
     async def close(self) -> None:
         """Stop any reload under way (first: it could start loops again), the loops, the events, then close the
@@ -244,6 +239,9 @@ class Exporter:
         if self._webhook is not None:
             await self._webhook.cleanup()
             self._webhook = None
+        if self._keys is not None:
+            await self._keys.close()
+            self._keys = None
         await self.router.close()
         if self._session is not None:
             await self._session.close()

@@ -21,6 +21,7 @@ from exporter.backoff import full_jitter
 from exporter.bodies import decode, read_capped
 from exporter.errors import AuthError, PayloadError
 from exporter.model import clean_text
+from exporter.redaction import redactor, safe_text
 from exporter.selfmetrics import SelfMetrics
 from exporter.transport import describe_failure
 from exporter.values import Secret
@@ -64,6 +65,8 @@ class TokenProvider:
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
         self._token: str | None = None
         self._issued: list[str] = []  # tokens handed out so far (the newest few): redacted from upstream text
+        self._pattern = redactor([client_secret.reveal()], client_id)
+        self._pattern_for = 0  # how many tokens the pattern knows
         self._renew_at = 0.0
         self._expires_at = 0.0
         self._inflight: asyncio.Task[str] | None = None
@@ -85,13 +88,13 @@ class TokenProvider:
         self._renew_at = 0.0
         return await self._renew()
 
-    def redact(self, text: str) -> str:
-        """``text`` (from upstream: an error title, a message) with the client secret and every token this
-        provider was issued replaced by ``<redacted>``."""
-        for secret in (self._secret.reveal(), *self._issued):
-            if secret and secret in text:
-                text = text.replace(secret, "<redacted>")
-        return text
+    def redact(self, text: str, limit: int = 300) -> str:
+        """``text`` (from upstream: an error title, a message) safe to show: the client secret and every token this
+        provider was issued redacted in every encoding, before it is cut to ``limit``; its controls escaped."""
+        if self._pattern_for != len(self._issued):
+            self._pattern = redactor([self._secret.reveal(), *self._issued], self._client_id)
+            self._pattern_for = len(self._issued)
+        return safe_text(text, self._pattern, limit)
 
     def invalidate(self) -> None:
         """Forget the token (a config reload with new credentials)."""
@@ -131,9 +134,9 @@ class TokenProvider:
         if status != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
             self._metrics.token_failures.inc()
             error = body.get("error") if isinstance(body, dict) else None
-            error = self.redact(clean_text(str(error), 64)) if error else "no access_token in answer"
+            error = self.redact(str(error), 64) if error else "no access_token in answer"
             described = body.get("error_description") if isinstance(body, dict) else None
-            description = self.redact(clean_text(str(described), 300)) if described else ""
+            description = self.redact(str(described), 300) if described else ""
             log.error("token_request_failed", status=status, error=error, description=description)
             text = f"IMS refused the token request: HTTP {status} ({error})"
             if description:

@@ -15,6 +15,8 @@ import signal
 import socket
 import ssl
 import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +47,7 @@ from exporter.config import (
     parse_listen,
 )
 from exporter.errors import ConfigError, ExporterError, StateError
+from exporter.listeners import ListenerLimits, connection_budget_problem, raise_file_limit, start_listener
 from exporter.simulator import Credentials, Faults, SimClock, Simulator, World
 from exporter.simulator.events import ADOBE_RETRY_AFTER, JOURNAL_PATH
 from exporter.simulator.server import (
@@ -259,16 +262,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"aep-flow-exporter: cannot listen on {listen}: {reason} (another process has the port? "
               "change server.listen or --web.listen-address)", file=sys.stderr)
         return 1
+    limit = raise_file_limit()
+    caps = {"server.max_connections": config.server.max_connections}
+    if config.events.webhook is not None:
+        caps["events.webhook.max_connections"] = config.events.webhook.max_connections
+    problem = connection_budget_problem(caps, limit)
+    if problem:
+        sock.close()
+        print(f"aep-flow-exporter: {problem}", file=sys.stderr)
+        return 1
     tune_interpreter()
     exporter = Exporter(config, config_path=path, config_overrides=overrides)
     for warning in config_warnings(config):
         log.warning("config_warning", problem=warning)
     log.info("starting", version=__version__, config=str(path), listen=listen,
              tls=config.server.web.ssl_context is not None, basic_auth=bool(config.server.web.users),
-             proxy=host_port(config.adobe.proxy) if config.adobe.proxy else None,
+             proxy=host_port(config.adobe.proxy) if config.adobe.proxy else None, open_files_limit=limit,
              sandboxes=[s.name for s in config.sandboxes], shard=f"{config.shard.index}/{config.shard.total}")
-    web.run_app(exporter.web_app(), sock=sock, print=None, access_log=None, handle_signals=True,
-                ssl_context=config.server.web.ssl_context, keepalive_timeout=config.server.read_header_timeout)
+    limits = ListenerLimits(header_timeout=config.server.read_header_timeout,
+                            max_connections=config.server.max_connections, backlog=512)
+
+    async def serve() -> None:
+        runner, _site = await start_listener(exporter.web_app(), name="metrics", limits=limits, sock=sock,
+                                             ssl_context=config.server.web.ssl_context)
+        await _serve_until_signal([runner])
+
+    asyncio.run(serve())
     return 0
 
 
@@ -310,13 +329,29 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # loopback, our own process: liveness, not identity
-    try:
-        with urllib.request.urlopen(url, timeout=args.timeout, context=context) as resp:  # noqa: S310 -- http(s) only
-            ok = resp.status == 200
-    except OSError as exc:
-        print(f"aep-flow-exporter: {url}: {exc}", file=sys.stderr)
+    # Never through a proxy (HTTP_PROXY would send our own loopback request away), and --timeout bounds the whole
+    # check, not each socket operation (a port that trickles bytes could otherwise hold it for ever).
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
+    deadline = time.monotonic() + args.timeout
+    done: list[int] = []
+
+    def check() -> None:
+        try:
+            with opener.open(url, timeout=args.timeout) as resp:
+                while resp.read(65536) and time.monotonic() < deadline:
+                    pass
+                done.append(0 if resp.status == 200 else 1)
+        except OSError as exc:
+            print(f"aep-flow-exporter: {url}: {exc}", file=sys.stderr)
+            done.append(1)
+
+    worker = threading.Thread(target=check, name="healthcheck", daemon=True)
+    worker.start()
+    worker.join(args.timeout)
+    if not done:
+        print(f"aep-flow-exporter: {url}: no answer within {args.timeout:g} s", file=sys.stderr)
         return 1
-    return 0 if ok else 1
+    return done[0]
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -369,10 +404,11 @@ async def _serve_until_signal(runners: list[web.AppRunner]) -> None:
             await runner.cleanup()
 
 
+DEMO_LIMITS = ListenerLimits(header_timeout=30.0, max_connections=256)
+
+
 async def _start(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    runner, _site = await start_listener(app, name="demo", limits=DEMO_LIMITS, host=host, port=port)
     return runner
 
 

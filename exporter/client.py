@@ -42,6 +42,8 @@ MAX_PAGES = 1000
 """A listing never follows more pages than this, so a server that always says "next" cannot trap a poll."""
 
 Params = Sequence[tuple[str, str]]
+TITLE_BOUND = 64 * 1024
+"""An error title is read at most this far (then redacted, then cut to what a message shows)."""
 
 
 class RateLimiter:
@@ -155,7 +157,7 @@ class FlowServiceClient:
         if 300 <= status < 400:
             raise RedirectError(endpoint, status, _host_of(headers.get("Location", "")))
         code, detail = _error_code(await decode_text(raw, encoding, self._max_bytes, endpoint))
-        detail = self._auth.redact(detail)
+        detail = self._auth.redact(detail, 200)
         if status == 429:
             raise ThrottledError(endpoint, status, code, detail)
         if status >= 500:
@@ -236,4 +238,5 @@ def _error_code(body: bytes) -> tuple[str | None, str]:
     title = data.get("title") or data.get("message") or ""
     if isinstance(code, str) and "/" in code:  # RFC-7807 "type" is a URL ending in the code
         code = code.rstrip("/").rsplit("/", 1)[-1]
-    return (clean_text(str(code), 64) if code else None), clean_text(str(title), 200)
+    # The title is cut only after redaction (a cut inside a secret would show part of it): here, just bounded.
+    return (clean_text(str(code), 64) if code else None), str(title)[:TITLE_BOUND]

@@ -145,6 +145,7 @@ class ServerConfig:
     web: WebConfig = field(default_factory=WebConfig)
     enable_lifecycle: bool = False  # POST /-/reload, as Prometheus's --web.enable-lifecycle
     read_header_timeout: float = 30.0  # a client must send a whole request within this, and not idle longer
+    max_connections: int = 512  # connections over this are closed at once (the file limit must hold them all)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,9 +165,13 @@ class WebhookConfig:
     port: int = 9849
     path: str = "/adobe-events"
     web_config_file: str | None = None
+    web_config_path: Path | None = None  # web_config_file resolved against the config file's folder
     web: WebConfig = field(default_factory=WebConfig)
     public_key_base_url: str = ADOBE_KEY_HOST
     max_body_bytes: int = 1024 * 1024
+    read_header_timeout: float = 10.0  # a whole request head within this (and no longer idle); Adobe posts at once
+    read_body_timeout: float = 10.0  # a whole body within this once the head is in
+    max_connections: int = 128  # connections over this are closed at once: a flood cannot take /metrics down
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -654,16 +659,22 @@ class _ConfigParser(_Reader):
             self.problem("shard.index", problem)
         return ShardConfig(index=index, total=total)
 
-    def web_config(self, sec: dict[str, Any], path: str) -> tuple[str | None, WebConfig]:
-        """A listener's ``web_config_file`` (relative to the config's folder) and what it sets up."""
+    def web_config(self, sec: dict[str, Any], path: str, *,
+                   users_refused: str | None = None) -> tuple[str | None, WebConfig]:
+        """A listener's ``web_config_file`` (relative to the config's folder) and what it sets up; its problems are
+        reported under ``<path>.web_config_file``. ``users_refused`` says why the listener cannot honour
+        ``basic_auth_users`` (it is then a problem, never silently ignored)."""
         name = self.get(sec, "web_config_file", path, _string, "") or None
         if not name:
             return None, WebConfig()
         try:
-            return name, load_web_config(self.base_dir / name)
+            web = load_web_config(self.base_dir / name, f"{path}.web_config_file")
         except ConfigError as exc:
             self.problems.extend(exc.problems)
             return name, WebConfig()
+        if web.users and users_refused:
+            self.problem(f"{path}.web_config_file.basic_auth_users", users_refused)
+        return name, web
 
     def server(self, raw: object) -> ServerConfig:
         sec = self.section(raw, "server", _keys(ServerConfig, add=("listen",),
@@ -674,23 +685,35 @@ class _ConfigParser(_Reader):
                             web_config_path=self.base_dir / web_config if web_config else None, web=web,
                             enable_lifecycle=self.get(sec, "enable_lifecycle", "server", _bool, False),
                             read_header_timeout=self.get(sec, "read_header_timeout", "server", _positive_duration,
-                                                         ServerConfig.read_header_timeout))
+                                                         ServerConfig.read_header_timeout),
+                            max_connections=self.get(sec, "max_connections", "server", _int_at_least(1),
+                                                     ServerConfig.max_connections))
 
     def events(self, raw: object) -> EventsConfig:
         sec = self.section(raw, "events", {"journal_url", "journal_wait", "webhook"})
         webhook = None
         if sec.get("webhook") is not None:
             wsec = self.section(sec["webhook"], "events.webhook", _keys(WebhookConfig, add=("listen",),
-                                                                          drop=("host", "port", "web")))
+                                                                          drop=("host", "port", "web",
+                                                                                "web_config_path")))
             host, port = self.get(wsec, "listen", "events.webhook", parse_listen, ("0.0.0.0", 9849))  # noqa: S104
             path = self.get(wsec, "path", "events.webhook", _string, WebhookConfig.path)
             if not re.match(r"^/[A-Za-z0-9/_.-]*$", path) or path.startswith("/metrics"):
                 self.problem("events.webhook.path", f"{path!r} is not a path such as /adobe-events")
-            web_config, web = self.web_config(wsec, "events.webhook")
+            web_config, web = self.web_config(wsec, "events.webhook", users_refused=(
+                "not on the webhook listener: Adobe I/O Events sends no credentials (a delivery is proven by its "
+                "signature), so every delivery would be refused and the registration disabled"))
             webhook = WebhookConfig(
                 host=host, port=port, path=path, web_config_file=web_config, web=web,
                 public_key_base_url=self.get(wsec, "public_key_base_url", "events.webhook", _url, ADOBE_KEY_HOST),
-                max_body_bytes=self.get(wsec, "max_body_bytes", "events.webhook", _size, 1024 * 1024))
+                max_body_bytes=self.get(wsec, "max_body_bytes", "events.webhook", _size, 1024 * 1024),
+                web_config_path=self.base_dir / web_config if web_config else None,
+                read_header_timeout=self.get(wsec, "read_header_timeout", "events.webhook", _positive_duration,
+                                             WebhookConfig.read_header_timeout),
+                read_body_timeout=self.get(wsec, "read_body_timeout", "events.webhook", _positive_duration,
+                                           WebhookConfig.read_body_timeout),
+                max_connections=self.get(wsec, "max_connections", "events.webhook", _int_at_least(1),
+                                         WebhookConfig.max_connections))
         return EventsConfig(journal_url=self.get(sec, "journal_url", "events", _url, None) or None,
                             journal_wait=self.get(sec, "journal_wait", "events", _positive_duration,
                                                   EventsConfig.journal_wait),

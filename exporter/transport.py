@@ -23,12 +23,13 @@ import aiohttp
 from exporter.config import host_port
 
 
-def client_session(*, headers: dict[str, str], proxy: str | None, ca_file: Path | None) -> aiohttp.ClientSession:
-    """The session every Adobe request goes through (see the module docstring)."""
+def client_session(*, headers: dict[str, str], proxy: str | None, ca_file: Path | None,
+                   limit: int = 100) -> aiohttp.ClientSession:
+    """A session to Adobe (see the module docstring), of at most ``limit`` connections."""
     context = ssl.create_default_context()
     if ca_file is not None:
         context.load_verify_locations(cafile=ca_file)
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context), auto_decompress=False,
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=limit), auto_decompress=False,
                                  headers=headers, trust_env=True, proxy=proxy)
 
 
@@ -44,11 +45,14 @@ def proxy_for(url: str, proxy: str | None) -> str | None:
 
 def describe_failure(exc: BaseException, url: str, *, timeout: float | None = None, proxy: str | None = None) -> str:
     """Why a request to ``url`` failed, naming the host (and the proxy, when one was in the way)."""
-    host = host_port(url)
-    proxy = proxy_for(url, proxy)
+    return _why(exc, host_port(url), proxy_for(url, proxy), timeout)
+
+
+def _why(exc: BaseException, host: str, proxy: str | None, timeout: float | None) -> str:
+    via = f" through proxy {host_port(proxy)}" if proxy else ""  # host_port never shows a proxy's credentials
     if isinstance(exc, asyncio.TimeoutError):
         within = f" within {timeout:g} s" if timeout else ""
-        return f"{host} did not answer{within} (poll.timeout; check the network path to it)"
+        return f"{host} did not answer{within}{via} (poll.timeout; check the network path to it)"
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         where = host_port(proxy) if proxy else "the proxy"
         hint = " (the proxy wants credentials: put them in the proxy URL)" if exc.status == 407 else ""
@@ -57,17 +61,15 @@ def describe_failure(exc: BaseException, url: str, *, timeout: float | None = No
         where = host_port(proxy) if proxy else "the proxy"
         return f"cannot connect to proxy {where}: {_os_reason(exc)} (check HTTPS_PROXY or adobe.proxy)"
     if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
-        return (f"TLS to {host} failed: {_ssl_reason(exc)} (behind a proxy that intercepts TLS? trust its CA with "
-                "adobe.ca_file)")
+        return (f"TLS to {host}{via} failed: {_ssl_reason(exc)} (behind a proxy that intercepts TLS? trust its CA "
+                "with adobe.ca_file)")
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, socket.gaierror):
             return f"cannot resolve {exc.host}: {exc.os_error.strerror} (DNS; behind a proxy? set HTTPS_PROXY)"
-        return f"cannot connect to {host}: {_os_reason(exc)}"
+        return f"cannot connect to {host}{via}: {_os_reason(exc)}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return f"{host} closed the connection before answering"
-    if isinstance(exc, aiohttp.ClientError):
-        return f"request to {host} failed: {type(exc).__name__}"
-    return f"request to {host} failed: {type(exc).__name__}"
+        return f"{host} closed the connection before answering{via}"
+    return f"request to {host}{via} failed: {type(exc).__name__}"
 
 
 def _os_reason(exc: aiohttp.ClientConnectorError) -> str:

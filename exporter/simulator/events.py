@@ -17,7 +17,7 @@ and ``204`` alike, carries ``Link: <...?since=<last>>; rel="next"`` (``limit`` k
 with no events answers ``204`` to a call without parameters. Positions are opaque strings, as Adobe's are.
 
 With a webhook URL, a background task delivers each event there, signed with the simulator's own two RSA keys
-(served at ``/keys/pub-key-1.pem`` and ``-2``), with ``recipient_client_id`` added, as Adobe's "Introduction to
+(served at ``KEY_PATHS``), with ``recipient_client_id`` added, as Adobe's "Introduction to
 Adobe I/O Events Webhooks" page describes.
 
 Faults: events lost, duplicated, reordered within a batch, or published before the run is visible as ended in
@@ -47,7 +47,9 @@ if TYPE_CHECKING:
     from exporter.simulator.world import SimRun, World
 
 JOURNAL_PATH = "/events/journal"
-KEY_PATHS = ("/keys/pub-key-1.pem", "/keys/pub-key-2.pem")
+KEY_PATHS = ("/prod/keys/pub-key-1b4e28ba-2fa1-11d2-883f-0016d3cca427.pem",
+             "/prod/keys/pub-key-6fa459ea-ee8a-3ca4-894e-db77e160355e.pem")
+"""Where the keys are, in the shape Adobe's webhooks page gives: ``/prod/keys/pub-key-<random-uuid>.pem``."""
 RETENTION_MS = 7 * 86400 * 1000
 """Adobe's "Journaling API": a journal keeps events for up to 7 days."""
 ADOBE_RETRY_AFTER = "10"
@@ -86,6 +88,7 @@ class EventFaults:
     journal_event: str = "delivery"  # a journal entry's "event": the whole webhook body, or "inner" (its event)
     links: str = "fields"  # Link header: "fields" (one field per link, as Adobe shows) or "joined" (comma-joined)
     absolute_links: bool = False  # Link targets as absolute URLs instead of Adobe's relative paths
+    key_delay_s: float = 0.0  # the key host answers this late (a slow static.adobeioevents.com)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class SimEvents:
         self.faults = EventFaults()
         self.webhook_url: str | None = None
         self.deliveries: dict[str, int] = {}  # kind -> count, for tests
+        self.key_requests = 0  # requests to the key host, for tests
         self._seed = seed
         self._rng = random.Random(f"{seed}:events")
         self._log: list[Published] = []
@@ -267,6 +271,10 @@ class SimEvents:
         return CIMultiDict([("Link", value) for value in values])
 
     async def public_key(self, request: web.Request) -> web.Response:
+        """A signing key, at the documented path shape (any other path under /prod/keys/ is a 404)."""
+        self.key_requests += 1
+        if self.faults.key_delay_s:
+            await asyncio.sleep(self.faults.key_delay_s)
         path = request.path
         if path not in KEY_PATHS:
             return web.Response(status=404)

@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.simulator.events import JOURNAL_PATH, KEY_PATHS, SimEvents
+from exporter.simulator.events import JOURNAL_PATH, SimEvents
 from exporter.simulator.query import (
     MAX_LIMIT,
     QueryError,
@@ -216,8 +216,7 @@ class Simulator:
         app.router.add_post("/_sim/flows/{id}/status", self._force_status)
         app.router.add_post("/_sim/flows/{id}/state", self._set_state)
         app.router.add_get(JOURNAL_PATH, self._journal)
-        for path in KEY_PATHS:
-            app.router.add_get(path, self.events.public_key)
+        app.router.add_get("/prod/keys/{name}", self.events.public_key)
         app.cleanup_ctx.append(self.events.deliver_loop)
         app.router.add_get("/", self._index)
         return app
