@@ -44,13 +44,19 @@ async def runs_total(session: aiohttp.ClientSession, url: str, flow_id: str) -> 
         text = await resp.text()
     for family in text_string_to_metric_families(text):
         if family.name == "aep_flow_runs":
-            return sum(s.value for s in family.samples if s.labels.get("flow_id") == flow_id
-                       and s.name == "aep_flow_runs_total")
+            return sum(
+                s.value
+                for s in family.samples
+                if s.labels.get("flow_id") == flow_id and s.name == "aep_flow_runs_total"
+            )
     return 0.0
 
 
-PATHS = {"journal, retry-after 10 s (Adobe's)": ("journal", "10"), "journal, retry-after 1 s": ("journal", "1"),
-         "webhook": ("webhook", None)}
+PATHS = {
+    "journal, retry-after 10 s (Adobe's)": ("journal", "10"),
+    "journal, retry-after 1 s": ("journal", "1"),
+    "webhook": ("webhook", None),
+}
 
 
 async def measure(name: str, trials: int) -> list[float]:
@@ -63,8 +69,11 @@ async def measure(name: str, trials: int) -> list[float]:
     await web.TCPSite(sim_runner, "127.0.0.1", 0).start()
     sim_url = f"http://127.0.0.1:{sim_runner.addresses[0][1]}"
     config = demo_config(sim_url=sim_url, sandboxes=["prod"], listen=("127.0.0.1", 0), interval=POLL_INTERVAL)
-    events = (EventsConfig(journal_url=f"{sim_url}{JOURNAL_PATH}") if path == "journal" else
-              EventsConfig(webhook=WebhookConfig(host="127.0.0.1", port=0, path=HOOK, public_key_base_url=sim_url)))
+    events = (
+        EventsConfig(journal_url=f"{sim_url}{JOURNAL_PATH}")
+        if path == "journal"
+        else EventsConfig(webhook=WebhookConfig(host="127.0.0.1", port=0, path=HOOK, public_key_base_url=sim_url))
+    )
     config = dataclasses.replace(config, events=events)
     exporter = Exporter(config, registry=CollectorRegistry(), tuning=Tuning(seed=1))
     exp_runner = web.AppRunner(exporter.web_app(), access_log=None)
@@ -116,14 +125,17 @@ async def main() -> None:
     args = parser.parse_args()
     configure_logging("error", "console")
     results = {name: await measure(name, args.trials) for name in PATHS}
-    print(f"poll.interval {POLL_INTERVAL:.0f} s (without events a run waits up to that long); {args.trials} runs "
-          "per path, each ending a second after it is started\n")
+    print(
+        f"poll.interval {POLL_INTERVAL:.0f} s (without events a run waits up to that long); {args.trials} runs "
+        "per path, each ending a second after it is started\n"
+    )
     print("| path | median s | p99 s | max s | within 30 s |")
     print("|---|---:|---:|---:|---:|")
     for path, lags in results.items():
         seen = [lag for lag in lags if lag != float("inf")]
-        print(f"| {path} | {statistics.median(lags):.2f} | {p99(lags):.2f} | {max(lags):.2f} | "
-              f"{len(seen)}/{len(lags)} |")
+        print(
+            f"| {path} | {statistics.median(lags):.2f} | {p99(lags):.2f} | {max(lags):.2f} | {len(seen)}/{len(lags)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,11 @@ def main() -> None:
         time.sleep(0.02)
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99)] if latencies else None
-    print(json.dumps({"max_ms": latencies[-1] if latencies else None, "p99_ms": p99, "samples": len(latencies),
-                      "errors": errors}))
+    print(
+        json.dumps(
+            {"max_ms": latencies[-1] if latencies else None, "p99_ms": p99, "samples": len(latencies), "errors": errors}
+        )
+    )
 
 
 if __name__ == "__main__":

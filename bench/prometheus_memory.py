@@ -53,10 +53,14 @@ log: {{level: warning, format: json}}
 
 
 def prometheus_config(path: Path, target: str | None, interval: float) -> None:
-    jobs = (f"""scrape_configs:
+    jobs = (
+        f"""scrape_configs:
   - job_name: aep-flow-exporter
     static_configs: [{{targets: ["{target}"]}}]
-""" if target else "scrape_configs: []\n")
+"""
+        if target
+        else "scrape_configs: []\n"
+    )
     every = f"{round(interval * 1000)}ms"
     path.write_text(f"global: {{scrape_interval: {every}, scrape_timeout: {every}}}\n{jobs}")
 
@@ -115,8 +119,23 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
     sim_url = f"http://127.0.0.1:{sim_port}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(start([*PY, "simulate", "--port", str(sim_port), "--sandboxes", ",".join(SANDBOXES),
-                            "--flows", str(per_sandbox), "--speed", "0"], work / "sim.log"))
+        procs.append(
+            start(
+                [
+                    *PY,
+                    "simulate",
+                    "--port",
+                    str(sim_port),
+                    "--sandboxes",
+                    ",".join(SANDBOXES),
+                    "--flows",
+                    str(per_sandbox),
+                    "--speed",
+                    "0",
+                ],
+                work / "sim.log",
+            )
+        )
         exporters: dict[str, str] = {}
         for profile in ("lean", "full"):
             port = free_port()
@@ -132,10 +151,18 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
             for name, target in (("baseline", None), *exporters.items()):
                 port = free_port()
                 prometheus_config(work / f"prometheus-{name}.yml", target, args.scrape_interval)
-                procs.append(start(["prometheus", f"--config.file={work / f'prometheus-{name}.yml'}",
-                                    f"--storage.tsdb.path={work / f'tsdb-{name}'}",
-                                    f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                                   work / f"prometheus-{name}.log"))
+                procs.append(
+                    start(
+                        [
+                            "prometheus",
+                            f"--config.file={work / f'prometheus-{name}.yml'}",
+                            f"--storage.tsdb.path={work / f'tsdb-{name}'}",
+                            f"--web.listen-address=127.0.0.1:{port}",
+                            "--log.level=warn",
+                        ],
+                        work / f"prometheus-{name}.log",
+                    )
+                )
                 proms[name] = f"http://127.0.0.1:{port}/metrics"
             for url in proms.values():
                 await wait_ready(session, url.replace("/metrics", "/-/ready"), deadline)
@@ -152,15 +179,25 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
     report(flows, per_flow, readings, args)
 
 
-def report(flows: int, per_flow: dict[str, tuple[int, int]], readings: dict[str, list[dict[str, float]]],
-           args: argparse.Namespace) -> None:
-    median = {name: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in PROMETHEUS_FIGURES}
-              for name, rs in readings.items()}
+def report(
+    flows: int,
+    per_flow: dict[str, tuple[int, int]],
+    readings: dict[str, list[dict[str, float]]],
+    args: argparse.Namespace,
+) -> None:
+    median = {
+        name: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in PROMETHEUS_FIGURES}
+        for name, rs in readings.items()
+    }
     base = median["baseline"]
-    print(f"{flows} flows (simulator default mix, 6 h of history); Prometheus "
-          f"{args.scrape_interval:g} s scrapes, medians over the last {args.seconds / 3:.0f} s of {args.seconds} s\n")
-    print("| profile | exporter flow series per flow | Prometheus head series per flow | "
-          "Prometheus RSS KiB per flow | Go heap in use KiB per flow |")
+    print(
+        f"{flows} flows (simulator default mix, 6 h of history); Prometheus "
+        f"{args.scrape_interval:g} s scrapes, medians over the last {args.seconds / 3:.0f} s of {args.seconds} s\n"
+    )
+    print(
+        "| profile | exporter flow series per flow | Prometheus head series per flow | "
+        "Prometheus RSS KiB per flow | Go heap in use KiB per flow |"
+    )
     print("|---|---:|---:|---:|---:|")
     for name in ("lean", "full"):
         tracked, series = per_flow[name]
@@ -174,8 +211,10 @@ def report(flows: int, per_flow: dict[str, tuple[int, int]], readings: dict[str,
     print("| server | head series | RSS MiB | heap in use MiB |")
     print("|---|---:|---:|---:|")
     for name, m in median.items():
-        print(f"| {name} | {m['prometheus_tsdb_head_series']:.0f} | "
-              f"{m['process_resident_memory_bytes'] / 2**20:.1f} | {m['go_memstats_heap_inuse_bytes'] / 2**20:.1f} |")
+        print(
+            f"| {name} | {m['prometheus_tsdb_head_series']:.0f} | "
+            f"{m['process_resident_memory_bytes'] / 2**20:.1f} | {m['go_memstats_heap_inuse_bytes'] / 2**20:.1f} |"
+        )
 
 
 def main() -> None:

@@ -81,20 +81,30 @@ def exact(exporter: Exporter, world: World) -> bool:
 
 
 async def measure(mode: str, behaviour: dict[str, Any], flows: int, history_s: float) -> Row:
-    world = World(seed=5, sandboxes=("prod",), flows_per_sandbox=flows, history_s=history_s,
-                  clock=SimClock(speed=0), min_interval_s=3600, max_duration_s=90)
+    world = World(
+        seed=5,
+        sandboxes=("prod",),
+        flows_per_sandbox=flows,
+        history_s=history_s,
+        clock=SimClock(speed=0),
+        min_interval_s=3600,
+        max_duration_s=90,
+    )
     sim = Simulator(world, faults=Faults(**behaviour))
     runner = web.AppRunner(sim.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    config = demo_config(sim_url=f"http://127.0.0.1:{port}", sandboxes=["prod"], listen=("127.0.0.1", 0),
-                         interval=60.0)
+    config = demo_config(sim_url=f"http://127.0.0.1:{port}", sandboxes=["prod"], listen=("127.0.0.1", 0), interval=60.0)
     # Calls are what is measured here, not pacing: lift the client-side rate limit.
     config = dataclasses.replace(config, poll=dataclasses.replace(config.poll, requests_per_second=10_000.0))
-    exporter = Exporter(config, registry=CollectorRegistry(), tuning=Tuning(backoff_base=0.01, seed=1),
-                        clock=lambda: world.now_ms() / 1000.0)
+    exporter = Exporter(
+        config,
+        registry=CollectorRegistry(),
+        tuning=Tuning(backoff_base=0.01, seed=1),
+        clock=lambda: world.now_ms() / 1000.0,
+    )
     row = Row(mode=mode)
     try:
         await exporter.start()
@@ -122,17 +132,24 @@ async def main() -> None:
     parser.add_argument("--history", default="7d", help="runs already made, one an hour per flow")
     args = parser.parse_args()
     configure_logging("warning", "console")
-    rows = [await measure(mode, behaviour, args.flows, parse_duration(args.history))
-            for mode, behaviour in MODES.items()]
+    rows = [
+        await measure(mode, behaviour, args.flows, parse_duration(args.history)) for mode, behaviour in MODES.items()
+    ]
     floor = math.ceil(args.flows / 100)
-    print(f"{args.flows} flows in one sandbox, a run every hour, {args.history} of history "
-          f"({args.flows * int(parse_duration(args.history) // 3600)} runs)\n")
-    print("| mode | strategy | cold cycle | first incremental | quiet cycle (floor) | 5% changed (floor) "
-          "| refused requests | counts exact |")
+    print(
+        f"{args.flows} flows in one sandbox, a run every hour, {args.history} of history "
+        f"({args.flows * int(parse_duration(args.history) // 3600)} runs)\n"
+    )
+    print(
+        "| mode | strategy | cold cycle | first incremental | quiet cycle (floor) | 5% changed (floor) "
+        "| refused requests | counts exact |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.mode} | {r.strategy} | {r.cold} | {r.probe} | {r.quiet} ({floor}) "
-              f"| {r.changed} ({floor + r.changed_flows}) | {r.refused} | {'yes' if r.exact else 'NO'} |")
+        print(
+            f"| {r.mode} | {r.strategy} | {r.cold} | {r.probe} | {r.quiet} ({floor}) "
+            f"| {r.changed} ({floor + r.changed_flows}) | {r.refused} | {'yes' if r.exact else 'NO'} |"
+        )
 
 
 if __name__ == "__main__":

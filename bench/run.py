@@ -122,10 +122,19 @@ async def one_scrape(session: aiohttp.ClientSession, url: str) -> float:
 async def storm(url: str, seconds: float, *, gzip: bool = True, connections: int = SCRAPERS) -> dict[str, float]:
     """wrk with ``connections`` for ``seconds``: requests, p50 and p99 latency (ms) as wrk measured them."""
     proc = await asyncio.create_subprocess_exec(
-        "wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-        "--timeout", "120s",
-        "-H", f"Accept-Encoding: {'gzip' if gzip else 'identity'}", url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        "wrk",
+        f"-t{min(2, connections)}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "--timeout",
+        "120s",
+        "-H",
+        f"Accept-Encoding: {'gzip' if gzip else 'identity'}",
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=seconds + 120)
     text = out.decode()
     requests = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s)", text)
@@ -133,15 +142,22 @@ async def storm(url: str, seconds: float, *, gzip: bool = True, connections: int
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
     if not (requests and p50 and p99):
         raise RuntimeError(f"unexpected wrk output:\n{text}")
-    return {"n": float(requests.group(1)), "seconds": float(requests.group(2)) * _UNITS[requests.group(3)] / 1000,
-            "p50_ms": float(p50.group(1)) * _UNITS[p50.group(2)], "p99_ms": float(p99.group(1)) * _UNITS[p99.group(2)]}
+    return {
+        "n": float(requests.group(1)),
+        "seconds": float(requests.group(2)) * _UNITS[requests.group(3)] / 1000,
+        "p50_ms": float(p50.group(1)) * _UNITS[p50.group(2)],
+        "p99_ms": float(p99.group(1)) * _UNITS[p99.group(2)],
+    }
 
 
 def summarize(rounds: list[dict[str, float]]) -> dict[str, float]:
     """Throughput over all rounds; the median round's p50 and the worst round's p99."""
-    return {"rps": sum(r["n"] for r in rounds) / sum(r["seconds"] for r in rounds),
-            "p50_ms": statistics.median(r["p50_ms"] for r in rounds), "p99_ms": max(r["p99_ms"] for r in rounds),
-            "n": sum(r["n"] for r in rounds)}
+    return {
+        "rps": sum(r["n"] for r in rounds) / sum(r["seconds"] for r in rounds),
+        "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
+        "p99_ms": max(r["p99_ms"] for r in rounds),
+        "n": sum(r["n"] for r in rounds),
+    }
 
 
 def rss_mb(pid: int) -> float:
@@ -151,8 +167,17 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def write_config(path: Path, sim_url: str, ids: dict[str, list[str]], *, port: int, state: Path, interval: float,
-                 rps: float, concurrency: int) -> None:
+def write_config(
+    path: Path,
+    sim_url: str,
+    ids: dict[str, list[str]],
+    *,
+    port: int,
+    state: Path,
+    interval: float,
+    rps: float,
+    concurrency: int,
+) -> None:
     sandboxes = "\n".join(
         f"  - name: {sb}\n    flows:\n" + "\n".join(f"      - {fid}" for fid in flow_ids)
         for sb, flow_ids in ids.items()
@@ -196,9 +221,31 @@ async def bench_size(flows: int, work: Path, args: argparse.Namespace) -> Result
     procs: list[subprocess.Popen[bytes]] = []
     try:
         sandbox_names = ",".join(f"sb{i}" for i in range(SANDBOXES))
-        procs.append(start([*PY, "simulate", "--port", str(sim_port), "--sandboxes", sandbox_names, "--flows",
-                            str(per_sandbox), "--speed", "0", "--latency", str(LATENCY), "--min-interval", "1d",
-                            "--max-duration", "60s", "--log-format", "json"], work / f"sim-{flows}.log"))
+        procs.append(
+            start(
+                [
+                    *PY,
+                    "simulate",
+                    "--port",
+                    str(sim_port),
+                    "--sandboxes",
+                    sandbox_names,
+                    "--flows",
+                    str(per_sandbox),
+                    "--speed",
+                    "0",
+                    "--latency",
+                    str(LATENCY),
+                    "--min-interval",
+                    "1d",
+                    "--max-duration",
+                    "60s",
+                    "--log-format",
+                    "json",
+                ],
+                work / f"sim-{flows}.log",
+            )
+        )
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
             await wait_http(session, f"{sim_url}/")
             ids = await get_json(session, f"{sim_url}/_sim/flows")
@@ -208,8 +255,16 @@ async def bench_size(flows: int, work: Path, args: argparse.Namespace) -> Result
             interval = max(10.0, bound * 1.5 + 5)
             state = work / f"state-{flows}.db"
             config = work / f"config-{flows}.yaml"
-            write_config(config, sim_url, ids, port=exp_port, state=state, interval=interval, rps=args.rps,
-                         concurrency=args.concurrency)
+            write_config(
+                config,
+                sim_url,
+                ids,
+                port=exp_port,
+                state=state,
+                interval=interval,
+                rps=args.rps,
+                concurrency=args.concurrency,
+            )
             await get_json(session, f"{sim_url}/_sim/requests/reset", "POST")
 
             # Cold start, with a scrape storm and the lag probe running through it.
@@ -217,8 +272,17 @@ async def bench_size(flows: int, work: Path, args: argparse.Namespace) -> Result
             exporter = start([*PY, "run", "--config", str(config)], work / f"exporter-{flows}.log")
             procs.append(exporter)
             await wait_http(session, f"{exp_url}/healthz")
-            probe = subprocess.Popen([sys.executable, str(ROOT / "bench" / "probe.py"), "--port", str(exp_port),
-                                      "--seconds", str(bound * 1.3 + 4)], stdout=subprocess.PIPE)
+            probe = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "probe.py"),
+                    "--port",
+                    str(exp_port),
+                    "--seconds",
+                    str(bound * 1.3 + 4),
+                ],
+                stdout=subprocess.PIPE,
+            )
             storm_task = asyncio.create_task(storm(f"{exp_url}/metrics", bound * 1.3 + 4))
             metrics = await wait_cycle(session, f"{exp_url}/metrics", started)
             counts = (await get_json(session, f"{sim_url}/_sim/requests"))["requests"]
@@ -253,8 +317,11 @@ async def bench_size(flows: int, work: Path, args: argparse.Namespace) -> Result
                 payload = await resp.read()
             result.payload_mb = len(payload) / 1e6
             result.series = sum(1 for line in payload.split(b"\n") if line and not line.startswith(b"#"))
-            procs.append(start(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{pgw_port}"],
-                               work / f"pgw-{flows}.log"))
+            procs.append(
+                start(
+                    ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{pgw_port}"], work / f"pgw-{flows}.log"
+                )
+            )
             await wait_http(session, f"http://127.0.0.1:{pgw_port}/-/ready")
             async with session.put(f"http://127.0.0.1:{pgw_port}/metrics/job/bench", data=payload) as resp:
                 if resp.status >= 300:
@@ -275,14 +342,26 @@ async def bench_size(flows: int, work: Path, args: argparse.Namespace) -> Result
             with sqlite3.connect(state) as src, sqlite3.connect(copy) as dst:
                 src.backup(dst)
             result.state_mb = sum(p.stat().st_size for p in state.parent.glob(f"{state.name}*")) / 1e6
-            procs.append(start([sys.executable, str(ROOT / "bench" / "naive_server.py"), "--state", str(copy),
-                                "--port", str(naive_port)], work / f"naive-{flows}.log"))
+            procs.append(
+                start(
+                    [
+                        sys.executable,
+                        str(ROOT / "bench" / "naive_server.py"),
+                        "--state",
+                        str(copy),
+                        "--port",
+                        str(naive_port),
+                    ],
+                    work / f"naive-{flows}.log",
+                )
+            )
             await wait_http(session, f"http://127.0.0.1:{naive_port}/metrics")
             naive_url = f"http://127.0.0.1:{naive_port}/metrics"
             # One connection: a CPU-bound single-threaded server's throughput does not grow with concurrency,
             # and 8 connections would need minutes per round at 5,000 flows.
-            naive = await storm(naive_url, max(args.scrape_seconds, 3 * await one_scrape(session, naive_url)),
-                                gzip=False, connections=1)
+            naive = await storm(
+                naive_url, max(args.scrape_seconds, 3 * await one_scrape(session, naive_url)), gzip=False, connections=1
+            )
             result.scrape["generate_latest"] = summarize([naive])
     finally:
         for proc in reversed(procs):

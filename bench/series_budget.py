@@ -39,10 +39,12 @@ SETTINGS: dict[str, MetricsConfig] = {
 
 async def series_by_family(world: World, sim_url: str, metrics: MetricsConfig) -> tuple[int, Counter[str]]:
     config = demo_config(sim_url=sim_url, sandboxes=list(world.flows), listen=("127.0.0.1", 0), interval=60.0)
-    config = dataclasses.replace(config, metrics=metrics,
-                                 poll=dataclasses.replace(config.poll, requests_per_second=10_000.0))
-    exporter = Exporter(config, registry=CollectorRegistry(), tuning=Tuning(seed=1),
-                        clock=lambda: world.now_ms() / 1000.0)
+    config = dataclasses.replace(
+        config, metrics=metrics, poll=dataclasses.replace(config.poll, requests_per_second=10_000.0)
+    )
+    exporter = Exporter(
+        config, registry=CollectorRegistry(), tuning=Tuning(seed=1), clock=lambda: world.now_ms() / 1000.0
+    )
     try:
         await exporter.start()
         for _ in range(3):

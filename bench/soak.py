@@ -48,10 +48,16 @@ def wait(url: str, timeout: float = 60.0) -> None:
 
 
 def sample(pid: int, state: Path) -> dict[str, float]:
-    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmRSS:"))
-    return {"rss_mb": rss / 1024, "fds": len(os.listdir(f"/proc/{pid}/fd")),
-            "state_kb": sum(p.stat().st_size for p in state.parent.glob(f"{state.name}*")) / 1024}
+    rss = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    return {
+        "rss_mb": rss / 1024,
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "state_kb": sum(p.stat().st_size for p in state.parent.glob(f"{state.name}*")) / 1024,
+    }
 
 
 def soak(flows: int, sim_hours: float, seconds: float, every: float) -> dict[str, Any]:
@@ -62,10 +68,31 @@ def soak(flows: int, sim_hours: float, seconds: float, every: float) -> dict[str
         work = Path(tmp)
         state = work / "state.db"
         names = ",".join(f"sb{i}" for i in range(sandboxes))
-        sim = subprocess.Popen([*PY, "simulate", "--port", str(sim_port), "--sandboxes", names, "--flows",
-                                str(flows // sandboxes), "--speed", str(speed), "--min-interval", "15m",
-                                "--max-duration", "10m", "--history", "1h", "--log-format", "json"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        sim = subprocess.Popen(
+            [
+                *PY,
+                "simulate",
+                "--port",
+                str(sim_port),
+                "--sandboxes",
+                names,
+                "--flows",
+                str(flows // sandboxes),
+                "--speed",
+                str(speed),
+                "--min-interval",
+                "15m",
+                "--max-duration",
+                "10m",
+                "--history",
+                "1h",
+                "--log-format",
+                "json",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
         exporter = None
         try:
             wait(f"http://127.0.0.1:{sim_port}/")
@@ -85,8 +112,9 @@ state: {{path: {state}}}
 server: {{listen: "127.0.0.1:{port}"}}
 log: {{level: warning, format: json}}
 """)
-            exporter = subprocess.Popen([*PY, "run", "--config", str(config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, cwd=ROOT)
+            exporter = subprocess.Popen(
+                [*PY, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+            )
             wait(f"http://127.0.0.1:{port}/readyz")
             samples = []
             started = time.monotonic()
@@ -102,10 +130,17 @@ log: {{level: warning, format: json}}
                     proc.wait(timeout=30)
     warm = samples[len(samples) // 3]
     last = samples[-1]
-    return {"flows": flows, "sim_hours": sim_hours, "seconds": seconds, "samples": samples,
-            "after_warmup": warm, "end": last,
-            "growth_after_warmup": {k: (last[k] - warm[k]) / warm[k] if warm[k] else 0.0
-                                    for k in ("rss_mb", "fds", "state_kb")}}
+    return {
+        "flows": flows,
+        "sim_hours": sim_hours,
+        "seconds": seconds,
+        "samples": samples,
+        "after_warmup": warm,
+        "end": last,
+        "growth_after_warmup": {
+            k: (last[k] - warm[k]) / warm[k] if warm[k] else 0.0 for k in ("rss_mb", "fds", "state_kb")
+        },
+    }
 
 
 def main() -> None:
@@ -125,8 +160,10 @@ def main() -> None:
     for s in result["samples"]:
         print(f"| {s['t']} | {s['rss_mb']:.0f} | {s['fds']} | {s['state_kb']:.0f} |")
     growth = result["growth_after_warmup"]
-    print(f"\ngrowth after warm-up: RSS {growth['rss_mb']:+.1%}, fds {growth['fds']:+.1%}, "
-          f"state file {growth['state_kb']:+.1%}")
+    print(
+        f"\ngrowth after warm-up: RSS {growth['rss_mb']:+.1%}, fds {growth['fds']:+.1%}, "
+        f"state file {growth['state_kb']:+.1%}"
+    )
 
 
 if __name__ == "__main__":

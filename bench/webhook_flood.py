@@ -53,16 +53,20 @@ class KeyHost:
     async def handle(self, request: web.Request) -> web.Response:
         self.requests += 1
         if request.path == KEY_PATH:
-            pem = self.key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+            pem = self.key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             return web.Response(body=pem)
         await asyncio.sleep(self.delay)
         return web.Response(status=404)
 
     def signed(self, body: bytes) -> dict[str, str]:
         signature = base64.b64encode(self.key.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
-        return {"x-adobe-digital-signature-1": signature, "x-adobe-public-key1-path": KEY_PATH,
-                "Content-Type": "application/json"}
+        return {
+            "x-adobe-digital-signature-1": signature,
+            "x-adobe-public-key1-path": KEY_PATH,
+            "Content-Type": "application/json",
+        }
 
 
 def rss_kib(pid: int) -> int:
@@ -104,9 +108,28 @@ async def longest_poll_gap(session: aiohttp.ClientSession, metrics: str, seconds
 async def measure(source: Path, keys: KeyHost, key_url: str, seconds: float, tmp: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(source)}
     sim_port, port, hook_port = free_port(), free_port(), free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "exporter", "simulate", "--port", str(sim_port), "--speed", "0",
-                            "--flows", "20", "--sandboxes", "prod", "--log-format", "json"], cwd=source, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "simulate",
+            "--port",
+            str(sim_port),
+            "--speed",
+            "0",
+            "--flows",
+            "20",
+            "--sandboxes",
+            "prod",
+            "--log-format",
+            "json",
+        ],
+        cwd=source,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     sim_url = f"http://127.0.0.1:{sim_port}"
     config = tmp / f"config-{source.name}.yaml"
     config.write_text(f"""adobe:
@@ -125,13 +148,23 @@ events: {{webhook: {{listen: "127.0.0.1:{hook_port}", public_key_base_url: "{key
     exporter = None
     try:
         await wait_http(f"{sim_url}/")
-        exporter = subprocess.Popen([sys.executable, "-m", "exporter", "run", "--config", str(config)], cwd=source,
-                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        exporter = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "run", "--config", str(config)],
+            cwd=source,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         await wait_http(f"http://127.0.0.1:{port}/readyz")
         hook = f"http://127.0.0.1:{hook_port}/adobe-events"
         metrics = f"http://127.0.0.1:{port}/metrics"
-        body = json.dumps({"event_id": "bench", "recipient_client_id": CLIENT_ID,
-                           "event": {"flowId": "00000000-0000-4000-8000-00000000beef"}}).encode()
+        body = json.dumps(
+            {
+                "event_id": "bench",
+                "recipient_client_id": CLIENT_ID,
+                "event": {"flowId": "00000000-0000-4000-8000-00000000beef"},
+            }
+        ).encode()
         signed = keys.signed(body)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             latencies: list[float] = []
@@ -152,10 +185,12 @@ events: {{webhook: {{listen: "127.0.0.1:{hook_port}", public_key_base_url: "{key
             rng = random.Random(1)
             forged = 300
             for i in range(forged):  # what an attacker sends: a well-formed signature that verifies with no key
-                headers = {"x-adobe-digital-signature-1": base64.b64encode(rng.randbytes(256)).decode(),
-                           "x-adobe-public-key1-path": f"/prod/keys/pub-key-forged-{i}.pem",
-                           "x-adobe-digital-signature-2": base64.b64encode(rng.randbytes(256)).decode(),
-                           "x-adobe-public-key2-path": f"/prod/keys/pub-key-forged-{i}-b.pem"}
+                headers = {
+                    "x-adobe-digital-signature-1": base64.b64encode(rng.randbytes(256)).decode(),
+                    "x-adobe-public-key1-path": f"/prod/keys/pub-key-forged-{i}.pem",
+                    "x-adobe-digital-signature-2": base64.b64encode(rng.randbytes(256)).decode(),
+                    "x-adobe-public-key2-path": f"/prod/keys/pub-key-forged-{i}-b.pem",
+                }
                 async with session.post(hook, data=body, headers=headers) as resp:
                     await resp.read()
             fetches = (keys.requests - before_keys) / forged
@@ -163,11 +198,14 @@ events: {{webhook: {{listen: "127.0.0.1:{hook_port}", public_key_base_url: "{key
             keys.delay = 8.0  # the key host hangs; 150 forged deliveries wait on it
 
             async def wait_on_key(i: int) -> None:
-                headers = {"x-adobe-digital-signature-1": base64.b64encode(rng.randbytes(256)).decode(),
-                           "x-adobe-public-key1-path": f"/prod/keys/pub-key-slow-{i}.pem"}
+                headers = {
+                    "x-adobe-digital-signature-1": base64.b64encode(rng.randbytes(256)).decode(),
+                    "x-adobe-public-key1-path": f"/prod/keys/pub-key-slow-{i}.pem",
+                }
                 try:
-                    async with session.post(hook, data=body, headers=headers,
-                                            timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                    async with session.post(
+                        hook, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+                    ) as resp:
                         await resp.read()
                 except (aiohttp.ClientError, TimeoutError):
                     pass
@@ -178,8 +216,14 @@ events: {{webhook: {{listen: "127.0.0.1:{hook_port}", public_key_base_url: "{key
             rss_after = rss_kib(exporter.pid)
             await asyncio.gather(*flood)
             keys.delay = 0.0
-        return {"held": held, "p99_ms": p99, "fetches_per_forged": fetches, "poll_quiet_s": quiet,
-                "poll_flood_s": during, "rss_growth_mib": (rss_after - rss_before) / 1024}
+        return {
+            "held": held,
+            "p99_ms": p99,
+            "fetches_per_forged": fetches,
+            "poll_quiet_s": quiet,
+            "poll_flood_s": during,
+            "rss_growth_mib": (rss_after - rss_before) / 1024,
+        }
     finally:
         for proc in (exporter, sim):
             if proc is not None:
@@ -206,12 +250,16 @@ async def main() -> None:
             rows.append((source, await measure(source, keys, f"http://127.0.0.1:{key_port}", args.seconds, tmp)))
     finally:
         await runner.cleanup()
-    print("| checkout | signed deliveries/s (p99 ms) | key fetches per forged delivery | longest time without a "
-          "poll (2 s interval), quiet / during a forged flood on a hanging key host | RSS growth over the flood |")
+    print(
+        "| checkout | signed deliveries/s (p99 ms) | key fetches per forged delivery | longest time without a "
+        "poll (2 s interval), quiet / during a forged flood on a hanging key host | RSS growth over the flood |"
+    )
     print("|---|---:|---:|---:|---:|")
     for source, r in rows:
-        print(f"| {source.name} | {r['held']:.0f} ({r['p99_ms']:.1f}) | {r['fetches_per_forged']:.2f} | "
-              f"{r['poll_quiet_s']:.1f} s / {r['poll_flood_s']:.1f} s | {r['rss_growth_mib']:.1f} MiB |")
+        print(
+            f"| {source.name} | {r['held']:.0f} ({r['p99_ms']:.1f}) | {r['fetches_per_forged']:.2f} | "
+            f"{r['poll_quiet_s']:.1f} s / {r['poll_flood_s']:.1f} s | {r['rss_growth_mib']:.1f} MiB |"
+        )
 
 
 if __name__ == "__main__":

@@ -54,26 +54,43 @@ class Tuning:
 
 def _options(config: Config) -> CollectorOptions:
     m = config.metrics
-    return CollectorOptions(lean=m.profile == "lean", activities=m.activities, sparse_status=m.sparse_status,
-                            histogram=m.duration_histogram, audiences=m.audiences)
+    return CollectorOptions(
+        lean=m.profile == "lean",
+        activities=m.activities,
+        sparse_status=m.sparse_status,
+        histogram=m.duration_histogram,
+        audiences=m.audiences,
+    )
 
 
 def _settings(config: Config) -> PollSettings:
     m = config.metrics
-    return PollSettings(lookback_s=config.poll.initial_lookback, buckets=m.duration_buckets,
-                        max_error_codes=m.max_error_codes_per_flow, max_flows=m.max_flows_per_sandbox,
-                        max_activities=m.max_activities_per_flow,
-                        max_audiences=m.max_audiences_per_flow if m.audiences else 0,
-                        shard_index=config.shard.index, shard_total=config.shard.total)
+    return PollSettings(
+        lookback_s=config.poll.initial_lookback,
+        buckets=m.duration_buckets,
+        max_error_codes=m.max_error_codes_per_flow,
+        max_flows=m.max_flows_per_sandbox,
+        max_activities=m.max_activities_per_flow,
+        max_audiences=m.max_audiences_per_flow if m.audiences else 0,
+        shard_index=config.shard.index,
+        shard_total=config.shard.total,
+    )
 
 
 class Exporter:
     """The daemon: state, pollers and web app for one config. ``start()`` opens what it needs (the state file, the
     HTTP session) and, when asked, starts polling; ``close()`` stops and releases everything it started."""
 
-    def __init__(self, config: Config, *, registry: CollectorRegistry | None = None,
-                 tuning: Tuning | None = None, clock: Callable[[], float] = time.time,
-                 config_path: str | Path | None = None, config_overrides: Overrides | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        registry: CollectorRegistry | None = None,
+        tuning: Tuning | None = None,
+        clock: Callable[[], float] = time.time,
+        config_path: str | Path | None = None,
+        config_overrides: Overrides | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.config_overrides = config_overrides  # command-line flags, applied again on every reload
@@ -82,8 +99,9 @@ class Exporter:
         self.registry = registry or CollectorRegistry()
         self.metrics = SelfMetrics(self.registry)
         self.tracker = Tracker(MemoryStore(), [s.name for s in config.sandboxes])  # the state file opens in start()
-        self.renderer = MetricsRenderer(self.tracker.snapshot, _options(config), self.registry,
-                                        self_ttl=self.tuning.self_metrics_ttl)
+        self.renderer = MetricsRenderer(
+            self.tracker.snapshot, _options(config), self.registry, self_ttl=self.tuning.self_metrics_ttl
+        )
         self.web_security = WebSecurity(config.server.web_config_path, config.server.web)
         self.once = OnceLog()
         self.pollers: list[SandboxPoller] = []
@@ -92,8 +110,13 @@ class Exporter:
         self._auth_for: tuple[str, ...] = ()
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[object]] = set()  # reloads asked for by SIGHUP
-        self.router = EventRouter(pollers=lambda: self.pollers, tracker=self.tracker, metrics=self.metrics,
-                                  clock=clock, retry_delays=self.tuning.event_retries)
+        self.router = EventRouter(
+            pollers=lambda: self.pollers,
+            tracker=self.tracker,
+            metrics=self.metrics,
+            clock=clock,
+            retry_delays=self.tuning.event_retries,
+        )
         self._journal: asyncio.Task[None] | None = None
         self._client: FlowServiceClient | None = None
         self._webhook: web.AppRunner | None = None
@@ -114,7 +137,9 @@ class Exporter:
             # The session does not decompress: bodies.py does, with a cap on the inflated size (gzip bombs).
             self._session = client_session(
                 headers={"User-Agent": f"aep-flow-exporter/{__version__}", "Accept-Encoding": ACCEPT_ENCODING},
-                proxy=self.config.adobe.proxy, ca_file=self.config.adobe.ca_file)
+                proxy=self.config.adobe.proxy,
+                ca_file=self.config.adobe.ca_file,
+            )
             self._build_pollers()
         if poll and not self._loops:
             self._start_loops()
@@ -123,18 +148,24 @@ class Exporter:
     async def _open_state(self) -> None:
         config = self.config
         path = config.state.path
-        states, resets = await self.tracker.attach(lambda: open_store(path), config.metrics.duration_buckets,
-                                                   int(self.clock() * 1000))
+        states, resets = await self.tracker.attach(
+            lambda: open_store(path), config.metrics.duration_buckets, int(self.clock() * 1000)
+        )
         by_name = {s.name: s for s in config.sandboxes}
         self.tracker.restore(
             dataclasses.replace(s, labels=by_name[s.sandbox].labels_for(s.flow_id), up=True)
-            for s in states if s.sandbox in by_name
+            for s in states
+            if s.sandbox in by_name
         )
         await self.tracker.purge(s.key for s in states if s.sandbox not in by_name)  # sandboxes no longer configured
         for sandbox, flow_id in resets:
-            log.warning("histogram_reset", sandbox=sandbox, flow_id=flow_id,
-                        reason="metrics.duration_buckets changed since the state file was written, "
-                               "or the stored histogram was not valid")
+            log.warning(
+                "histogram_reset",
+                sandbox=sandbox,
+                flow_id=flow_id,
+                reason="metrics.duration_buckets changed since the state file was written, "
+                "or the stored histogram was not valid",
+            )
         if states:
             log.info("state_loaded", path=path, flows=len(states))
 
@@ -142,30 +173,62 @@ class Exporter:
         assert self._session is not None  # noqa: S101 -- start() opened it
         config = self.config
         rng = random.Random(self.tuning.seed)  # noqa: S311 -- jitter, not cryptography
-        credentials = (config.adobe.ims_token_url, config.adobe.client_id, config.adobe.client_secret.reveal(),
-                       config.adobe.scopes)
+        credentials = (
+            config.adobe.ims_token_url,
+            config.adobe.client_id,
+            config.adobe.client_secret.reveal(),
+            config.adobe.scopes,
+        )
         if self._auth is None or credentials != self._auth_for:
             if self._auth is not None:
                 self._auth.invalidate()  # a token of the old credentials is never used again
-            self._auth = TokenProvider(session=self._session, url=config.adobe.ims_token_url,
-                                       client_id=config.adobe.client_id, client_secret=config.adobe.client_secret,
-                                       scopes=config.adobe.scopes, metrics=self.metrics, timeout=config.poll.timeout,
-                                       retries=min(config.poll.retries, 2), backoff_base=self.tuning.backoff_base,
-                                       clock=self.clock, rng=rng, proxy=config.adobe.proxy)
+            self._auth = TokenProvider(
+                session=self._session,
+                url=config.adobe.ims_token_url,
+                client_id=config.adobe.client_id,
+                client_secret=config.adobe.client_secret,
+                scopes=config.adobe.scopes,
+                metrics=self.metrics,
+                timeout=config.poll.timeout,
+                retries=min(config.poll.retries, 2),
+                backoff_base=self.tuning.backoff_base,
+                clock=self.clock,
+                rng=rng,
+                proxy=config.adobe.proxy,
+            )
             self._auth_for = credentials
-        client = FlowServiceClient(session=self._session, base_url=config.adobe.flow_service_url, auth=self._auth,
-                                   client_id=config.adobe.client_id, org_id=config.adobe.org_id,
-                                   metrics=self.metrics, timeout=config.poll.timeout, retries=config.poll.retries,
-                                   requests_per_second=config.poll.requests_per_second,
-                                   max_concurrency=config.poll.max_concurrency,
-                                   backoff_base=self.tuning.backoff_base, backoff_cap=self.tuning.backoff_cap,
-                                   rng=rng, max_response_bytes=config.poll.max_response_bytes,
-                                   proxy=config.adobe.proxy)
+        client = FlowServiceClient(
+            session=self._session,
+            base_url=config.adobe.flow_service_url,
+            auth=self._auth,
+            client_id=config.adobe.client_id,
+            org_id=config.adobe.org_id,
+            metrics=self.metrics,
+            timeout=config.poll.timeout,
+            retries=config.poll.retries,
+            requests_per_second=config.poll.requests_per_second,
+            max_concurrency=config.poll.max_concurrency,
+            backoff_base=self.tuning.backoff_base,
+            backoff_cap=self.tuning.backoff_cap,
+            rng=rng,
+            max_response_bytes=config.poll.max_response_bytes,
+            proxy=config.adobe.proxy,
+        )
         self._client = client
         settings = _settings(config)
-        self.pollers = [SandboxPoller(sandbox=sb, settings=settings, client=client, tracker=self.tracker,
-                                      metrics=self.metrics, once=self.once, clock=self.clock, rng=rng)
-                        for sb in config.sandboxes]
+        self.pollers = [
+            SandboxPoller(
+                sandbox=sb,
+                settings=settings,
+                client=client,
+                tracker=self.tracker,
+                metrics=self.metrics,
+                once=self.once,
+                clock=self.clock,
+                rng=rng,
+            )
+            for sb in config.sandboxes
+        ]
 
     async def survey(self) -> list[Survey]:
         """What the credential can see in each sandbox (``check-config --online``): a token first (AuthError when
@@ -209,19 +272,33 @@ class Exporter:
         self.metrics.start_events(sources)
         if events.journal_url and self._journal is None:
             assert self._client is not None  # noqa: S101 -- start() made it
-            reader = JournalReader(client=self._client, url=events.journal_url, org_id=adobe.org_id,
-                                   router=self.router, tracker=self.tracker, metrics=self.metrics,
-                                   wait=events.journal_wait, clock=self.clock, on_gap=self.poll_all_now)
+            reader = JournalReader(
+                client=self._client,
+                url=events.journal_url,
+                org_id=adobe.org_id,
+                router=self.router,
+                tracker=self.tracker,
+                metrics=self.metrics,
+                wait=events.journal_wait,
+                clock=self.clock,
+                on_gap=self.poll_all_now,
+            )
             self._journal = asyncio.get_running_loop().create_task(reader.run(), name="events-journal")
         hook = events.webhook
         if hook is not None and self._webhook is None:
             self._keys = KeyCache(hook.public_key_base_url, proxy=adobe.proxy, ca_file=adobe.ca_file)
             app = webhook_app(hook, client_id=adobe.client_id, router=self.router, keys=self._keys)
             limits = ListenerLimits(header_timeout=hook.read_header_timeout, max_connections=hook.max_connections)
-            self._webhook, _site = await start_listener(app, name="webhook", limits=limits, host=hook.host,
-                                                        port=hook.port, ssl_context=hook.web.ssl_context)
-            log.info("webhook_listening", listen=f"{hook.host}:{hook.port}", path=hook.path,
-                     tls=hook.web.ssl_context is not None, max_connections=hook.max_connections)
+            self._webhook, _site = await start_listener(
+                app, name="webhook", limits=limits, host=hook.host, port=hook.port, ssl_context=hook.web.ssl_context
+            )
+            log.info(
+                "webhook_listening",
+                listen=f"{hook.host}:{hook.port}",
+                path=hook.path,
+                tls=hook.web.ssl_context is not None,
+                max_connections=hook.max_connections,
+            )
 
     @property
     def webhook_port(self) -> int | None:
@@ -284,21 +361,31 @@ class Exporter:
     def _warn_unreloadable(self, new: Config) -> None:
         old = self.config.server
         if (new.server.host, new.server.port, new.server.web_config_file, new.server.enable_lifecycle) != (
-                old.host, old.port, old.web_config_file, old.enable_lifecycle):
-            log.warning("server_settings_not_reloaded", hint="listen, web_config_file and enable_lifecycle "
-                        "take effect at the next restart")
+            old.host,
+            old.port,
+            old.web_config_file,
+            old.enable_lifecycle,
+        ):
+            log.warning(
+                "server_settings_not_reloaded",
+                hint="listen, web_config_file and enable_lifecycle take effect at the next restart",
+            )
         if new.events != self.config.events:
             log.warning("events_settings_not_reloaded", hint="events: takes effect at the next restart")
         if (new.adobe.proxy, new.adobe.ca_file) != (self.config.adobe.proxy, self.config.adobe.ca_file):
-            log.warning("network_settings_not_reloaded", hint="adobe.proxy and adobe.ca_file take effect at the next "
-                        "restart")
+            log.warning(
+                "network_settings_not_reloaded", hint="adobe.proxy and adobe.ca_file take effect at the next restart"
+            )
 
     def web_app(self, *, poll: bool = True) -> web.Application:
         """The aiohttp app; its cleanup context starts the exporter (and its polling loops) and closes it."""
         server = self.config.server
-        app = create_web_app(renderer=self.renderer, snapshot=self.snapshot,
-                             security=self.web_security,
-                             reload=self.reload if server.enable_lifecycle else None)
+        app = create_web_app(
+            renderer=self.renderer,
+            snapshot=self.snapshot,
+            security=self.web_security,
+            reload=self.reload if server.enable_lifecycle else None,
+        )
 
         async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
             await self.start(poll=poll)

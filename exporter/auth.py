@@ -34,12 +34,12 @@ IMS_MAX_BYTES = 1024 * 1024
 
 IMS_HINTS = {
     "invalid_client": "Check adobe.client_id and the client secret: both come from the project's OAuth "
-                      "Server-to-Server credential in the Adobe Developer Console (a rotated secret must be updated "
-                      "here too); see docs/adobe-setup.md",
+    "Server-to-Server credential in the Adobe Developer Console (a rotated secret must be updated "
+    "here too); see docs/adobe-setup.md",
     "invalid_scope": "The credential may not ask for these scopes: copy the scopes the Developer Console lists for "
-                     "the credential into adobe.scopes",
+    "the credential into adobe.scopes",
     "unauthorized_client": "The credential is not allowed the client_credentials grant: use an OAuth "
-                           "Server-to-Server credential (docs/adobe-setup.md)",
+    "Server-to-Server credential (docs/adobe-setup.md)",
 }
 """What to do about each OAuth error IMS may answer with."""
 
@@ -47,10 +47,22 @@ IMS_HINTS = {
 class TokenProvider:
     """Hands out a valid bearer token; see the module docstring."""
 
-    def __init__(self, *, session: aiohttp.ClientSession, url: str, client_id: str, client_secret: Secret,
-                 scopes: str, metrics: SelfMetrics, timeout: float = 30.0, retries: int = 2,
-                 backoff_base: float = 0.5, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None, proxy: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        url: str,
+        client_id: str,
+        client_secret: Secret,
+        scopes: str,
+        metrics: SelfMetrics,
+        timeout: float = 30.0,
+        retries: int = 2,
+        backoff_base: float = 0.5,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        proxy: str | None = None,
+    ) -> None:
         self._session = session
         self._url = url
         self._proxy = proxy
@@ -125,8 +137,10 @@ class TokenProvider:
             host = urlsplit(location).hostname if location else None
             where = clean_text(host, 128) if host else "(no Location)"
             log.error("token_request_failed", status=status, redirect_to=where)
-            raise AuthError(f"IMS token request answered HTTP {status}, a redirect to {where}: refused, the "
-                            "client secret is never sent anywhere but adobe.ims_token_url (check that URL)")
+            raise AuthError(
+                f"IMS token request answered HTTP {status}, a redirect to {where}: refused, the "
+                "client secret is never sent anywhere but adobe.ims_token_url (check that URL)"
+            )
         if status >= 500:
             self._metrics.token_failures.inc()
             log.warning("token_request_failed", status=status)
@@ -158,8 +172,9 @@ class TokenProvider:
         code = "error"
         try:
             # Never follow a redirect: this request carries the client secret.
-            async with self._session.post(self._url, data=form, allow_redirects=False,
-                                          timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
+            async with self._session.post(
+                self._url, data=form, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self._timeout)
+            ) as resp:
                 code = str(resp.status)
                 raw = await read_capped(resp, IMS_MAX_BYTES, "token")
                 body = None

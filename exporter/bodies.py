@@ -25,8 +25,9 @@ ACCEPT_ENCODING = "gzip, deflate"
 """What the client advertises: exactly what ``inflate`` can decode."""
 
 
-async def read_capped(resp: aiohttp.ClientResponse, limit: int, what: str, *,
-                      cap: str = "poll.max_response_bytes") -> bytes:
+async def read_capped(
+    resp: aiohttp.ClientResponse, limit: int, what: str, *, cap: str = "poll.max_response_bytes"
+) -> bytes:
     """The raw body, or TooLargeError once it passes ``limit`` bytes (checked against Content-Length first);
     ``cap`` names the limit in the message."""
     declared = resp.content_length

@@ -107,33 +107,41 @@ class _StdlibToStructlog(logging.Handler):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aep-flow-exporter",
-                                     description="Prometheus exporter for Adobe Experience Platform dataflows.")
+    parser = argparse.ArgumentParser(
+        prog="aep-flow-exporter", description="Prometheus exporter for Adobe Experience Platform dataflows."
+    )
     parser.add_argument("--version", action="version", version=f"aep-flow-exporter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the exporter daemon")
     _config_arg(run)
-    run.add_argument("--web.listen-address", "--listen", dest="listen",
-                     help="host:port to serve on (overrides server.listen)")
-    run.add_argument("--web.config.file", dest="web_config_file",
-                     help="exporter-toolkit web config: TLS, basic auth (overrides server.web_config_file)")
-    run.add_argument("--log.level", dest="log_level", choices=("debug", "info", "warning", "error"),
-                     help="overrides log.level")
+    run.add_argument(
+        "--web.listen-address", "--listen", dest="listen", help="host:port to serve on (overrides server.listen)"
+    )
+    run.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        help="exporter-toolkit web config: TLS, basic auth (overrides server.web_config_file)",
+    )
+    run.add_argument(
+        "--log.level", dest="log_level", choices=("debug", "info", "warning", "error"), help="overrides log.level"
+    )
     run.add_argument("--log.format", dest="log_format", choices=("json", "console"), help="overrides log.format")
     run.add_argument("--shard-index", type=int, help="this process's shard (overrides shard.index)")
     run.add_argument("--total-shards", type=int, help="number of shards (overrides shard.total)")
 
     check = sub.add_parser("check-config", help="validate a config and exit")
     _config_arg(check)
-    check.add_argument("--online", action="store_true",
-                       help="also get a token and list what the credential can see in each sandbox")
+    check.add_argument(
+        "--online", action="store_true", help="also get a token and list what the credential can see in each sandbox"
+    )
 
     once = sub.add_parser("once", help="poll every sandbox once and print the exposition")
     _config_arg(once)
 
-    health = sub.add_parser("healthcheck", help="exit 0 when the exporter of this config answers /healthz "
-                                                "(for Docker's HEALTHCHECK)")
+    health = sub.add_parser(
+        "healthcheck", help="exit 0 when the exporter of this config answers /healthz (for Docker's HEALTHCHECK)"
+    )
     _config_arg(health)
     health.add_argument("--timeout", type=float, default=4.0, help="seconds (default %(default)s)")
 
@@ -148,8 +156,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help=f"path of the YAML config (default: ${CONFIG_ENV}, else ./config.yaml, else "
-                                    f"{DEFAULT_CONFIG_PATHS[1]})")
+    p.add_argument(
+        "--config",
+        help=f"path of the YAML config (default: ${CONFIG_ENV}, else ./config.yaml, else {DEFAULT_CONFIG_PATHS[1]})",
+    )
 
 
 def _simulator_args(p: argparse.ArgumentParser, *, port: int) -> None:
@@ -158,8 +168,12 @@ def _simulator_args(p: argparse.ArgumentParser, *, port: int) -> None:
     p.add_argument("--seed", type=int, default=1, help="makes flows and runs reproducible (default %(default)s)")
     p.add_argument("--sandboxes", default="prod,dev", help="comma-separated sandbox names (default %(default)s)")
     p.add_argument("--flows", type=int, default=8, help="flows per sandbox (default %(default)s)")
-    p.add_argument("--speed", type=float, default=60.0,
-                   help="simulated seconds per real second (default %(default)s: a 15-minute schedule runs every 15 s)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=60.0,
+        help="simulated seconds per real second (default %(default)s: a 15-minute schedule runs every 15 s)",
+    )
     p.add_argument("--history", default="6h", help="runs already made at start (default %(default)s)")
     p.add_argument("--min-interval", default=None, help="put every scheduled flow on this interval, e.g. 15m")
     p.add_argument("--max-duration", default="2h", help="longest run duration (default %(default)s)")
@@ -170,33 +184,69 @@ def _simulator_args(p: argparse.ArgumentParser, *, port: int) -> None:
     p.add_argument("--slow-rate", type=float, default=0.0, help="probability of a slow answer")
     p.add_argument("--slow-seconds", type=float, default=0.0, help="how slow a slow answer is")
     p.add_argument("--token-lifetime", type=float, default=86399.0, help="seconds an issued token is valid")
-    p.add_argument("--runs-filters", default="honour", choices=RUNS_FILTER_MODES,
-                   help="how /runs treats time filters and order: honour them, refuse the createdAt ones (400), "
-                        "refuse every time filter, or ignore them and list runs unordered (default %(default)s)")
-    p.add_argument("--refuse-shape", default="platform", choices=("platform", "gateway"),
-                   help="error body of a refused filter: RFC-7807 platform error or gateway error_code")
-    p.add_argument("--omit-created-at", type=float, default=0.0,
-                   help="share of runs whose payload has no createdAt (half of them no updatedAt either)")
-    p.add_argument("--missing-created-at", default="interleaved", choices=MISSING_CREATED_AT_PLACES,
-                   help="where /runs lists runs without createdAt (default %(default)s)")
-    p.add_argument("--default-order", default="newest_first", choices=DEFAULT_ORDERS,
-                   help="order of /runs without orderby (default %(default)s)")
-    p.add_argument("--journal-retry-after", default=ADOBE_RETRY_AFTER,
-                   help="retry-after of the events journal's 204 answers, in seconds (default %(default)s, Adobe's)")
+    p.add_argument(
+        "--runs-filters",
+        default="honour",
+        choices=RUNS_FILTER_MODES,
+        help="how /runs treats time filters and order: honour them, refuse the createdAt ones (400), "
+        "refuse every time filter, or ignore them and list runs unordered (default %(default)s)",
+    )
+    p.add_argument(
+        "--refuse-shape",
+        default="platform",
+        choices=("platform", "gateway"),
+        help="error body of a refused filter: RFC-7807 platform error or gateway error_code",
+    )
+    p.add_argument(
+        "--omit-created-at",
+        type=float,
+        default=0.0,
+        help="share of runs whose payload has no createdAt (half of them no updatedAt either)",
+    )
+    p.add_argument(
+        "--missing-created-at",
+        default="interleaved",
+        choices=MISSING_CREATED_AT_PLACES,
+        help="where /runs lists runs without createdAt (default %(default)s)",
+    )
+    p.add_argument(
+        "--default-order",
+        default="newest_first",
+        choices=DEFAULT_ORDERS,
+        help="order of /runs without orderby (default %(default)s)",
+    )
+    p.add_argument(
+        "--journal-retry-after",
+        default=ADOBE_RETRY_AFTER,
+        help="retry-after of the events journal's 204 answers, in seconds (default %(default)s, Adobe's)",
+    )
     p.add_argument("--log-format", default="console", choices=("json", "console"))
 
 
 def _build_simulator(args: argparse.Namespace) -> Simulator:
     min_interval = int(parse_duration(args.min_interval)) if args.min_interval else None
-    world = World(seed=args.seed, sandboxes=tuple(s.strip() for s in args.sandboxes.split(",") if s.strip()),
-                  flows_per_sandbox=args.flows, history_s=parse_duration(args.history),
-                  clock=SimClock(speed=args.speed), min_interval_s=min_interval,
-                  max_duration_s=parse_duration(args.max_duration))
-    faults = Faults(latency_s=args.latency, error_rate=args.error_rate, throttle_rate=args.throttle_rate,
-                    retry_after=args.retry_after, slow_rate=args.slow_rate, slow_s=args.slow_seconds,
-                    runs_filters=args.runs_filters, refuse_shape=args.refuse_shape,
-                    omit_created_at=args.omit_created_at, missing_created_at=args.missing_created_at,
-                    default_order=args.default_order)
+    world = World(
+        seed=args.seed,
+        sandboxes=tuple(s.strip() for s in args.sandboxes.split(",") if s.strip()),
+        flows_per_sandbox=args.flows,
+        history_s=parse_duration(args.history),
+        clock=SimClock(speed=args.speed),
+        min_interval_s=min_interval,
+        max_duration_s=parse_duration(args.max_duration),
+    )
+    faults = Faults(
+        latency_s=args.latency,
+        error_rate=args.error_rate,
+        throttle_rate=args.throttle_rate,
+        retry_after=args.retry_after,
+        slow_rate=args.slow_rate,
+        slow_s=args.slow_seconds,
+        runs_filters=args.runs_filters,
+        refuse_shape=args.refuse_shape,
+        omit_created_at=args.omit_created_at,
+        missing_created_at=args.missing_created_at,
+        default_order=args.default_order,
+    )
     sim = Simulator(world, faults=faults, token_lifetime_s=args.token_lifetime, seed=args.seed)
     sim.events.faults.retry_after = args.journal_retry_after
     return sim
@@ -206,10 +256,19 @@ def demo_config(*, sim_url: str, sandboxes: Sequence[str], listen: tuple[str, in
     """The exporter config ``demo`` runs with: discover every flow of the simulator's sandboxes."""
     creds = Credentials()
     return Config(
-        adobe=AdobeConfig(client_id=creds.client_id, client_secret=Secret(creds.client_secret), org_id=creds.org_id,
-                          ims_token_url=f"{sim_url}{IMS_PATH}", flow_service_url=f"{sim_url}{API_PREFIX}"),
-        sandboxes=tuple(SandboxConfig(name=name, labels={"env": "demo"}, discover=DiscoverConfig(enabled=True),
-                                      interval=interval, jitter=0.1) for name in sandboxes),
+        adobe=AdobeConfig(
+            client_id=creds.client_id,
+            client_secret=Secret(creds.client_secret),
+            org_id=creds.org_id,
+            ims_token_url=f"{sim_url}{IMS_PATH}",
+            flow_service_url=f"{sim_url}{API_PREFIX}",
+        ),
+        sandboxes=tuple(
+            SandboxConfig(
+                name=name, labels={"env": "demo"}, discover=DiscoverConfig(enabled=True), interval=interval, jitter=0.1
+            )
+            for name in sandboxes
+        ),
         poll=PollConfig(interval=interval),
         state=StateConfig(path=None),
         server=ServerConfig(host=listen[0], port=listen[1]),
@@ -259,8 +318,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sock = bind(config.server.host, config.server.port)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        print(f"aep-flow-exporter: cannot listen on {listen}: {reason} (another process has the port? "
-              "change server.listen or --web.listen-address)", file=sys.stderr)
+        print(
+            f"aep-flow-exporter: cannot listen on {listen}: {reason} (another process has the port? "
+            "change server.listen or --web.listen-address)",
+            file=sys.stderr,
+        )
         return 1
     limit = raise_file_limit()
     caps = {"server.max_connections": config.server.max_connections}
@@ -275,16 +337,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     exporter = Exporter(config, config_path=path, config_overrides=overrides)
     for warning in config_warnings(config):
         log.warning("config_warning", problem=warning)
-    log.info("starting", version=__version__, config=str(path), listen=listen,
-             tls=config.server.web.ssl_context is not None, basic_auth=bool(config.server.web.users),
-             proxy=host_port(config.adobe.proxy) if config.adobe.proxy else None, open_files_limit=limit,
-             sandboxes=[s.name for s in config.sandboxes], shard=f"{config.shard.index}/{config.shard.total}")
-    limits = ListenerLimits(header_timeout=config.server.read_header_timeout,
-                            max_connections=config.server.max_connections, backlog=512)
+    log.info(
+        "starting",
+        version=__version__,
+        config=str(path),
+        listen=listen,
+        tls=config.server.web.ssl_context is not None,
+        basic_auth=bool(config.server.web.users),
+        proxy=host_port(config.adobe.proxy) if config.adobe.proxy else None,
+        open_files_limit=limit,
+        sandboxes=[s.name for s in config.sandboxes],
+        shard=f"{config.shard.index}/{config.shard.total}",
+    )
+    limits = ListenerLimits(
+        header_timeout=config.server.read_header_timeout, max_connections=config.server.max_connections, backlog=512
+    )
 
     async def serve() -> None:
-        runner, _site = await start_listener(exporter.web_app(), name="metrics", limits=limits, sock=sock,
-                                             ssl_context=config.server.web.ssl_context)
+        runner, _site = await start_listener(
+            exporter.web_app(), name="metrics", limits=limits, sock=sock, ssl_context=config.server.web.ssl_context
+        )
         await _serve_until_signal([runner])
 
     asyncio.run(serve())
@@ -305,12 +377,15 @@ def _cmd_once(args: argparse.Namespace) -> int:
             snapshot = exporter.snapshot()
             failed = [s.name for s in snapshot.sandboxes if s.last_ok is False]
             if failed or not ok:
-                print(f"aep-flow-exporter: could not poll sandbox {', '.join(failed) or '(see the log)'}",
-                      file=sys.stderr)
+                print(
+                    f"aep-flow-exporter: could not poll sandbox {', '.join(failed) or '(see the log)'}", file=sys.stderr
+                )
                 return 1
             if snapshot.flows and not any(f.up for f in snapshot.flows):
-                print(f"aep-flow-exporter: none of the {len(snapshot.flows)} flows could be read (see the log)",
-                      file=sys.stderr)
+                print(
+                    f"aep-flow-exporter: none of the {len(snapshot.flows)} flows could be read (see the log)",
+                    file=sys.stderr,
+                )
                 return 1
             return 0
         finally:
@@ -382,9 +457,17 @@ async def _online(config: Config) -> int:
         if s.error:
             rows.append((s.sandbox, "-", "-", "-", "-", "-", s.error))
         else:
-            rows.append((s.sandbox, str(sum(s.kinds.values())), str(s.kinds.get("source", 0)),
-                         str(s.kinds.get("destination", 0)), str(s.discovered),
-                         ", ".join(s.missing) or "none", "none" if not s.missing else "configured ids not found"))
+            rows.append(
+                (
+                    s.sandbox,
+                    str(sum(s.kinds.values())),
+                    str(s.kinds.get("source", 0)),
+                    str(s.kinds.get("destination", 0)),
+                    str(s.discovered),
+                    ", ".join(s.missing) or "none",
+                    "none" if not s.missing else "configured ids not found",
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths, strict=True)) + "  " + row[6])
@@ -419,9 +502,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     async def serve() -> None:
         runner = await _start(sim.app(), args.host, args.port)
         url = f"http://{args.host}:{args.port}"
-        log.info("simulator_started", url=url, sandboxes=list(sim.world.flows), client_id=sim.credentials.client_id,
-                 org_id=sim.credentials.org_id, ims_token_url=f"{url}{IMS_PATH}",
-                 flow_service_url=f"{url}{API_PREFIX}")
+        log.info(
+            "simulator_started",
+            url=url,
+            sandboxes=list(sim.world.flows),
+            client_id=sim.credentials.client_id,
+            org_id=sim.credentials.org_id,
+            ims_token_url=f"{url}{IMS_PATH}",
+            flow_service_url=f"{url}{API_PREFIX}",
+        )
         await _serve_until_signal([runner])
 
     asyncio.run(serve())
@@ -444,12 +533,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         sim_runner = await _start(sim.app(), args.host, args.port)
         exp_runner = await _start(exporter.web_app(), config.server.host, config.server.port)
         url = f"http://{config.server.host}:{config.server.port}"
-        print(f"""
+        print(
+            f"""
 aep-flow-exporter demo is running (Ctrl-C to stop)
   exporter landing page : {url}/
   metrics               : {url}/metrics
   simulator (fake Adobe): {sim_url}/   ground truth: {sim_url}/_sim/truth
-""", file=sys.stderr, flush=True)
+""",
+            file=sys.stderr,
+            flush=True,
+        )
         await _serve_until_signal([sim_runner, exp_runner])
 
     asyncio.run(serve())
@@ -464,8 +557,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        handler = {"run": _cmd_run, "once": _cmd_once, "check-config": _cmd_check_config,
-                   "healthcheck": _cmd_healthcheck, "simulate": _cmd_simulate, "demo": _cmd_demo}[args.command]
+        handler = {
+            "run": _cmd_run,
+            "once": _cmd_once,
+            "check-config": _cmd_check_config,
+            "healthcheck": _cmd_healthcheck,
+            "simulate": _cmd_simulate,
+            "demo": _cmd_demo,
+        }[args.command]
         return handler(args)
     except ConfigError as exc:
         return _print_problems(exc)

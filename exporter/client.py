@@ -65,12 +65,26 @@ class RateLimiter:
 class FlowServiceClient:
     """``GET`` on the Flow Service with everything a polite, robust client does."""
 
-    def __init__(self, *, session: aiohttp.ClientSession, base_url: str, auth: TokenProvider, client_id: str,
-                 org_id: str, metrics: SelfMetrics, timeout: float = 30.0, retries: int = 3,
-                 requests_per_second: float = 10.0, max_concurrency: int = 8, backoff_base: float = 0.5,
-                 backoff_cap: float = 30.0, rng: random.Random | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 max_response_bytes: int = DEFAULT_MAX_BYTES, proxy: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        auth: TokenProvider,
+        client_id: str,
+        org_id: str,
+        metrics: SelfMetrics,
+        timeout: float = 30.0,
+        retries: int = 3,
+        requests_per_second: float = 10.0,
+        max_concurrency: int = 8,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_response_bytes: int = DEFAULT_MAX_BYTES,
+        proxy: str | None = None,
+    ) -> None:
         self._session = session
         self._proxy = proxy
         self._base = base_url.rstrip("/")
@@ -90,23 +104,42 @@ class FlowServiceClient:
 
     async def get(self, sandbox: str, endpoint: str, path: str, params: Params) -> dict[str, Any]:
         """One GET, retried on 429/5xx/timeouts/connection errors, renewing the token once on 401."""
-        status, resp_headers, raw = await self._exchange(sandbox, endpoint, f"{self._base}{path}", params,
-                                                         lambda token: self._headers(sandbox, token))
+        status, resp_headers, raw = await self._exchange(
+            sandbox, endpoint, f"{self._base}{path}", params, lambda token: self._headers(sandbox, token)
+        )
         return await self._answer(sandbox, endpoint, status, resp_headers, raw)
 
-    async def fetch(self, endpoint: str, url: str, headers: Mapping[str, str],
-                    max_bytes: int | None = None) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    async def fetch(
+        self, endpoint: str, url: str, headers: Mapping[str, str], max_bytes: int | None = None
+    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         """A GET to another Adobe service with the same token (the events journal): this client's rate limit,
         concurrency cap, retries, token renewal and request metrics; the caller reads the status and every
         header field (several ``Link`` fields, say). ``headers`` come on top of the token and API key; the body is
         read up to ``max_bytes`` (default: ``poll.max_response_bytes``)."""
-        return await self._exchange("", endpoint, url, (),
-                                    lambda token: {"Authorization": f"Bearer {token}", "x-api-key": self._client_id,
-                                                   "Accept": "application/json", **headers}, max_bytes=max_bytes)
+        return await self._exchange(
+            "",
+            endpoint,
+            url,
+            (),
+            lambda token: {
+                "Authorization": f"Bearer {token}",
+                "x-api-key": self._client_id,
+                "Accept": "application/json",
+                **headers,
+            },
+            max_bytes=max_bytes,
+        )
 
-    async def _exchange(self, sandbox: str, endpoint: str, url: str, params: Params,
-                        headers_for: Callable[[str], Mapping[str, str]], *,
-                        max_bytes: int | None = None) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    async def _exchange(
+        self,
+        sandbox: str,
+        endpoint: str,
+        url: str,
+        params: Params,
+        headers_for: Callable[[str], Mapping[str, str]],
+        *,
+        max_bytes: int | None = None,
+    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         """The final answer to a GET: transport failures, 429 and 5xx retried with backoff, a 401 renewing the
         token once; TransportError when the network never answered."""
         renewed = False
@@ -114,8 +147,9 @@ class FlowServiceClient:
         while True:
             token = await self._auth.token()
             try:
-                status, resp_headers, raw = await self._send(sandbox, endpoint, url, params, dict(headers_for(token)),
-                                                             max_bytes=max_bytes or self._max_bytes)
+                status, resp_headers, raw = await self._send(
+                    sandbox, endpoint, url, params, dict(headers_for(token)), max_bytes=max_bytes or self._max_bytes
+                )
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
                 if attempt >= self._retries:
@@ -130,8 +164,9 @@ class FlowServiceClient:
                 await self._auth.renew(token)
                 continue
             if (status == 429 or status >= 500) and attempt < self._retries:
-                await self._backoff(endpoint, "throttled" if status == 429 else "server_error", attempt,
-                                    resp_headers.get("Retry-After"))
+                await self._backoff(
+                    endpoint, "throttled" if status == 429 else "server_error", attempt, resp_headers.get("Retry-After")
+                )
                 attempt += 1
                 continue
             return status, resp_headers, raw
@@ -145,8 +180,9 @@ class FlowServiceClient:
             "Accept": "application/json",
         }
 
-    async def _answer(self, sandbox: str, endpoint: str, status: int, headers: Mapping[str, str],
-                      raw: bytes) -> dict[str, Any]:
+    async def _answer(
+        self, sandbox: str, endpoint: str, status: int, headers: Mapping[str, str], raw: bytes
+    ) -> dict[str, Any]:
         """A final answer: the JSON object of a 200, else the error it stands for (never a redirect followed)."""
         encoding = headers.get("Content-Encoding", "")
         if status == 200:
@@ -169,15 +205,17 @@ class FlowServiceClient:
             raise NotFoundError(endpoint, status, code, text)
         raise ApiError(endpoint, status, code, text)
 
-    async def _send(self, sandbox: str, endpoint: str, url: str, params: Params, headers: dict[str, str], *,
-                    max_bytes: int) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    async def _send(
+        self, sandbox: str, endpoint: str, url: str, params: Params, headers: dict[str, str], *, max_bytes: int
+    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         async with self._slots:
             await self._limiter.acquire()
             started = time.perf_counter()
             code = "error"
             try:
-                async with self._session.get(url, params=list(params), headers=headers,
-                                             timeout=self._timeout, allow_redirects=False) as resp:
+                async with self._session.get(
+                    url, params=list(params), headers=headers, timeout=self._timeout, allow_redirects=False
+                ) as resp:
                     code = str(resp.status)
                     body = await read_capped(resp, max_bytes, endpoint)
                     return resp.status, resp.headers, body

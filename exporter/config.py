@@ -34,9 +34,25 @@ FULL_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 
 LEAN_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 14400.0)
 DEFAULT_SCOPES = "openid,AdobeID,read_organizations,additional_info.projectedProductContext,session"
 RESERVED_LABELS = frozenset(
-    {"sandbox", "flow_id", "flow_name", "status", "code", "activity", "le", "quantile", "kind", "state",
-     "flow_spec_id", "source_connection_spec_id", "target_connection_spec_id", "job", "instance", "outcome",
-     "audience_id"}
+    {
+        "sandbox",
+        "flow_id",
+        "flow_name",
+        "status",
+        "code",
+        "activity",
+        "le",
+        "quantile",
+        "kind",
+        "state",
+        "flow_spec_id",
+        "source_connection_spec_id",
+        "target_connection_spec_id",
+        "job",
+        "instance",
+        "outcome",
+        "audience_id",
+    }
 )
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -126,8 +142,10 @@ class MetricsConfig:
     max_flows_per_sandbox: int = 5000
 
 
-PROFILES = {"lean": MetricsConfig(),
-            "full": MetricsConfig(profile="full", sparse_status=False, duration_buckets=FULL_BUCKETS)}
+PROFILES = {
+    "lean": MetricsConfig(),
+    "full": MetricsConfig(profile="full", sparse_status=False, duration_buckets=FULL_BUCKETS),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,8 +223,10 @@ def config_warnings(config: Config) -> list[str]:
     warnings = []
     if config.poll.initial_lookback > ADOBE_RUN_RETENTION_S:
         days = config.poll.initial_lookback / 86400
-        warnings.append(f"poll.initial_lookback: {days:g}d is longer than Adobe's 90-day run retention; runs older "
-                        "than 90 days cannot be read, so the first counts cover at most 90 days")
+        warnings.append(
+            f"poll.initial_lookback: {days:g}d is longer than Adobe's 90-day run retention; runs older "
+            "than 90 days cannot be read, so the first counts cover at most 90 days"
+        )
     return warnings
 
 
@@ -551,9 +571,12 @@ class _ConfigParser(_Reader):
             if not ident:
                 self.problem(where, "flow id is empty")
             elif not _UUID_RE.match(ident):
-                self.problem(where, f"{ident!r} is not a flow id: Adobe's flow ids are UUIDs such as "
-                                    "c9cef9cb-c934-4467-8ef9-cbc934546741 (copy it from the dataflow's page in the "
-                                    "Experience Platform UI, or let discover: find flows by name)")
+                self.problem(
+                    where,
+                    f"{ident!r} is not a flow id: Adobe's flow ids are UUIDs such as "
+                    "c9cef9cb-c934-4467-8ef9-cbc934546741 (copy it from the dataflow's page in the "
+                    "Experience Platform UI, or let discover: find flows by name)",
+                )
             elif ident in seen:
                 self.problem(where, f"duplicate flow id {ident}")
             else:
@@ -640,14 +663,18 @@ class _ConfigParser(_Reader):
             duration_buckets=buckets,
             duration_histogram=self.get(sec, "duration_histogram", "metrics", _bool, d.duration_histogram),
             audiences=self.get(sec, "audiences", "metrics", _bool, d.audiences),
-            max_audiences_per_flow=self.get(sec, "max_audiences_per_flow", "metrics", _int_at_least(1),
-                                            d.max_audiences_per_flow),
-            max_error_codes_per_flow=self.get(sec, "max_error_codes_per_flow", "metrics", _int_at_least(1),
-                                              d.max_error_codes_per_flow),
-            max_activities_per_flow=self.get(sec, "max_activities_per_flow", "metrics", _int_at_least(1),
-                                             d.max_activities_per_flow),
-            max_flows_per_sandbox=self.get(sec, "max_flows_per_sandbox", "metrics", _int_at_least(1),
-                                           d.max_flows_per_sandbox),
+            max_audiences_per_flow=self.get(
+                sec, "max_audiences_per_flow", "metrics", _int_at_least(1), d.max_audiences_per_flow
+            ),
+            max_error_codes_per_flow=self.get(
+                sec, "max_error_codes_per_flow", "metrics", _int_at_least(1), d.max_error_codes_per_flow
+            ),
+            max_activities_per_flow=self.get(
+                sec, "max_activities_per_flow", "metrics", _int_at_least(1), d.max_activities_per_flow
+            ),
+            max_flows_per_sandbox=self.get(
+                sec, "max_flows_per_sandbox", "metrics", _int_at_least(1), d.max_flows_per_sandbox
+            ),
         )
 
     def shard(self, raw: object) -> ShardConfig:
@@ -659,8 +686,9 @@ class _ConfigParser(_Reader):
             self.problem("shard.index", problem)
         return ShardConfig(index=index, total=total)
 
-    def web_config(self, sec: dict[str, Any], path: str, *,
-                   users_refused: str | None = None) -> tuple[str | None, WebConfig]:
+    def web_config(
+        self, sec: dict[str, Any], path: str, *, users_refused: str | None = None
+    ) -> tuple[str | None, WebConfig]:
         """A listener's ``web_config_file`` (relative to the config's folder) and what it sets up; its problems are
         reported under ``<path>.web_config_file``. ``users_refused`` says why the listener cannot honour
         ``basic_auth_users`` (it is then a problem, never silently ignored)."""
@@ -677,47 +705,69 @@ class _ConfigParser(_Reader):
         return name, web
 
     def server(self, raw: object) -> ServerConfig:
-        sec = self.section(raw, "server", _keys(ServerConfig, add=("listen",),
-                                                drop=("host", "port", "web_config_path", "web")))
+        sec = self.section(
+            raw, "server", _keys(ServerConfig, add=("listen",), drop=("host", "port", "web_config_path", "web"))
+        )
         host, port = self.get(sec, "listen", "server", parse_listen, ("0.0.0.0", 9847))  # noqa: S104 -- see ServerConfig
         web_config, web = self.web_config(sec, "server")
-        return ServerConfig(host=host, port=port, web_config_file=web_config,
-                            web_config_path=self.base_dir / web_config if web_config else None, web=web,
-                            enable_lifecycle=self.get(sec, "enable_lifecycle", "server", _bool, False),
-                            read_header_timeout=self.get(sec, "read_header_timeout", "server", _positive_duration,
-                                                         ServerConfig.read_header_timeout),
-                            max_connections=self.get(sec, "max_connections", "server", _int_at_least(1),
-                                                     ServerConfig.max_connections))
+        return ServerConfig(
+            host=host,
+            port=port,
+            web_config_file=web_config,
+            web_config_path=self.base_dir / web_config if web_config else None,
+            web=web,
+            enable_lifecycle=self.get(sec, "enable_lifecycle", "server", _bool, False),
+            read_header_timeout=self.get(
+                sec, "read_header_timeout", "server", _positive_duration, ServerConfig.read_header_timeout
+            ),
+            max_connections=self.get(sec, "max_connections", "server", _int_at_least(1), ServerConfig.max_connections),
+        )
 
     def events(self, raw: object) -> EventsConfig:
         sec = self.section(raw, "events", {"journal_url", "journal_wait", "webhook"})
         webhook = None
         if sec.get("webhook") is not None:
-            wsec = self.section(sec["webhook"], "events.webhook", _keys(WebhookConfig, add=("listen",),
-                                                                          drop=("host", "port", "web",
-                                                                                "web_config_path")))
+            wsec = self.section(
+                sec["webhook"],
+                "events.webhook",
+                _keys(WebhookConfig, add=("listen",), drop=("host", "port", "web", "web_config_path")),
+            )
             host, port = self.get(wsec, "listen", "events.webhook", parse_listen, ("0.0.0.0", 9849))  # noqa: S104
             path = self.get(wsec, "path", "events.webhook", _string, WebhookConfig.path)
             if not re.match(r"^/[A-Za-z0-9/_.-]*$", path) or path.startswith("/metrics"):
                 self.problem("events.webhook.path", f"{path!r} is not a path such as /adobe-events")
-            web_config, web = self.web_config(wsec, "events.webhook", users_refused=(
-                "not on the webhook listener: Adobe I/O Events sends no credentials (a delivery is proven by its "
-                "signature), so every delivery would be refused and the registration disabled"))
+            web_config, web = self.web_config(
+                wsec,
+                "events.webhook",
+                users_refused=(
+                    "not on the webhook listener: Adobe I/O Events sends no credentials (a delivery is proven by its "
+                    "signature), so every delivery would be refused and the registration disabled"
+                ),
+            )
             webhook = WebhookConfig(
-                host=host, port=port, path=path, web_config_file=web_config, web=web,
+                host=host,
+                port=port,
+                path=path,
+                web_config_file=web_config,
+                web=web,
                 public_key_base_url=self.get(wsec, "public_key_base_url", "events.webhook", _url, ADOBE_KEY_HOST),
                 max_body_bytes=self.get(wsec, "max_body_bytes", "events.webhook", _size, 1024 * 1024),
                 web_config_path=self.base_dir / web_config if web_config else None,
-                read_header_timeout=self.get(wsec, "read_header_timeout", "events.webhook", _positive_duration,
-                                             WebhookConfig.read_header_timeout),
-                read_body_timeout=self.get(wsec, "read_body_timeout", "events.webhook", _positive_duration,
-                                           WebhookConfig.read_body_timeout),
-                max_connections=self.get(wsec, "max_connections", "events.webhook", _int_at_least(1),
-                                         WebhookConfig.max_connections))
-        return EventsConfig(journal_url=self.get(sec, "journal_url", "events", _url, None) or None,
-                            journal_wait=self.get(sec, "journal_wait", "events", _positive_duration,
-                                                  EventsConfig.journal_wait),
-                            webhook=webhook)
+                read_header_timeout=self.get(
+                    wsec, "read_header_timeout", "events.webhook", _positive_duration, WebhookConfig.read_header_timeout
+                ),
+                read_body_timeout=self.get(
+                    wsec, "read_body_timeout", "events.webhook", _positive_duration, WebhookConfig.read_body_timeout
+                ),
+                max_connections=self.get(
+                    wsec, "max_connections", "events.webhook", _int_at_least(1), WebhookConfig.max_connections
+                ),
+            )
+        return EventsConfig(
+            journal_url=self.get(sec, "journal_url", "events", _url, None) or None,
+            journal_wait=self.get(sec, "journal_wait", "events", _positive_duration, EventsConfig.journal_wait),
+            webhook=webhook,
+        )
 
     def log(self, raw: object) -> LogConfig:
         sec = self.section(raw, "log", _keys(LogConfig))
@@ -733,8 +783,9 @@ class _ConfigParser(_Reader):
 def parse_config(raw: object, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
     """Validate a loaded YAML document; raises ConfigError listing every problem."""
     parser = _ConfigParser(os.environ if env is None else env, base_dir or Path.cwd())
-    top = parser.section(raw, "", {"adobe", "sandboxes", "poll", "state", "metrics", "shard", "server", "log",
-                                   "events"})
+    top = parser.section(
+        raw, "", {"adobe", "sandboxes", "poll", "state", "metrics", "shard", "server", "log", "events"}
+    )
     if raw is None or not isinstance(raw, dict):
         if raw is not None:
             parser.problems.clear()
@@ -778,17 +829,22 @@ def find_config(given: str | None, env: Mapping[str, str] | None = None) -> Path
     for candidate in DEFAULT_CONFIG_PATHS:
         if candidate.is_file():
             return candidate
-    raise ConfigError([f"no config file: give --config PATH, set {CONFIG_ENV}, or create ./config.yaml or "
-                       f"{DEFAULT_CONFIG_PATHS[1]} (config.example.yaml shows every key; `aep-flow-exporter demo` "
-                       "runs without one)"])
+    raise ConfigError(
+        [
+            f"no config file: give --config PATH, set {CONFIG_ENV}, or create ./config.yaml or "
+            f"{DEFAULT_CONFIG_PATHS[1]} (config.example.yaml shows every key; `aep-flow-exporter demo` "
+            "runs without one)"
+        ]
+    )
 
 
 Overrides = Mapping[str, Mapping[str, object]]
 """Command-line flags as config values: section -> key -> value, applied over the file's (on reload too)."""
 
 
-def load_config(path: str | Path, *, env: Mapping[str, str] | None = None,
-                overrides: Overrides | None = None) -> Config:
+def load_config(
+    path: str | Path, *, env: Mapping[str, str] | None = None, overrides: Overrides | None = None
+) -> Config:
     """Read and validate a YAML config file, with ``overrides`` over its values; raises ConfigError (never a yaml
     or OS error)."""
     file = Path(path)

@@ -37,8 +37,9 @@ from exporter.values import (
 )
 
 
-def new_flow_state(*, sandbox: str, flow_id: str, now_ms: int, lookback_s: float,
-                   buckets: tuple[float, ...]) -> FlowState:
+def new_flow_state(
+    *, sandbox: str, flow_id: str, now_ms: int, lookback_s: float, buckets: tuple[float, ...]
+) -> FlowState:
     """The state of a flow seen for the first time: counting starts ``lookback`` before now."""
     start = now_ms - int(lookback_s * 1000)
     return FlowState(
@@ -130,7 +131,7 @@ class _Fold:
             self.last_failure = _max(self.last_failure, run.completed_at_ms)
         if end is not None and (self.last_completed is None or end >= self.last_completed.ended_ms):
             # Activities are capped like error codes: one run with thousands cannot flood the exposition.
-            kept = run.activities[:self.max_activities]
+            kept = run.activities[: self.max_activities]
             self.activities_dropped = len(run.activities) - len(kept)
             self.last_completed = CompletedRun(id=run.id, ended_ms=end, counts=run.counts, activities=kept)
 
@@ -193,8 +194,17 @@ def _capped(code: str, seen: Mapping[str, object], limit: int) -> str:
     return "other"
 
 
-def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int, max_error_codes: int,
-               window: Window = EVERYTHING, max_activities: int = 20, max_audiences: int = 0) -> Update:
+def apply_runs(
+    state: FlowState,
+    flow: Flow,
+    runs: Iterable[Run],
+    *,
+    now_ms: int,
+    max_error_codes: int,
+    window: Window = EVERYTHING,
+    max_activities: int = 20,
+    max_audiences: int = 0,
+) -> Update:
     """Fold one runs answer into a flow's state, counting each newly completed run exactly once.
 
     ``window`` says which runs the answer is known to hold: tracked in-progress runs it should hold but does not
@@ -235,9 +245,12 @@ def apply_runs(state: FlowState, flow: Flow, runs: Iterable[Run], *, now_ms: int
         audiences=fold.audiences,
         undated_runs=state.undated_runs or any(run.created_at_ms is None for run in ordered),
     )
-    return Update(state=new_state, counted=tuple(fold.newly_counted),
-                  unknown_statuses=tuple(dict.fromkeys(fold.unknown_statuses)),
-                  activities_dropped=fold.activities_dropped)
+    return Update(
+        state=new_state,
+        counted=tuple(fold.newly_counted),
+        unknown_statuses=tuple(dict.fromkeys(fold.unknown_statuses)),
+        activities_dropped=fold.activities_dropped,
+    )
 
 
 def _last_details_end(flow: Flow, statuses: tuple[str, ...]) -> int | None:
@@ -269,8 +282,12 @@ def _as_last_run(run: Run) -> LastRun:
 def _details_as_last_run(details: LastRunDetails) -> LastRun:
     status = normalize_status(details.state) or ("other" if details.completed_at_ms is not None else "in_progress")
     running = status in ("in_progress", "scheduled")
-    return LastRun(id=details.id, status=status, started_ms=details.started_at_ms,
-                   ended_ms=None if running else details.completed_at_ms)
+    return LastRun(
+        id=details.id,
+        status=status,
+        started_ms=details.started_at_ms,
+        ended_ms=None if running else details.completed_at_ms,
+    )
 
 
 def still_countable(state: FlowState, run_id: str, ended_ms: int | None) -> bool:

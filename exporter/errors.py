@@ -69,8 +69,13 @@ class RedirectError(ApiError):
     """A 3xx: never followed, since every request carries a token (or, to IMS, the client secret)."""
 
     def __init__(self, endpoint: str, status: int, host: str) -> None:
-        super().__init__(endpoint, status, None, f"redirect to {host} refused: requests carrying credentials "
-                                                 "never follow a redirect (check the configured URL)")
+        super().__init__(
+            endpoint,
+            status,
+            None,
+            f"redirect to {host} refused: requests carrying credentials "
+            "never follow a redirect (check the configured URL)",
+        )
         self.host = host
 
 

@@ -93,25 +93,28 @@ def parse_events(payload: object, now_ms: int | None = None) -> list[Event | Unu
         if len(found) >= MAX_EVENTS_PER_PAYLOAD:
             found.append(Unusable(outcome="invalid", reason=f"over {MAX_EVENTS_PER_PAYLOAD} events in one payload"))
             break
-        found.append(_event(node, event_id, code, now) if isinstance(node, dict) else
-                     Unusable(outcome="invalid", reason="an event is not a JSON object"))
+        found.append(
+            _event(node, event_id, code, now)
+            if isinstance(node, dict)
+            else Unusable(outcome="invalid", reason="an event is not a JSON object")
+        )
     return found
 
 
-def _event_objects(node: object, event_id: object, code: object,
-                   depth: int) -> Iterator[tuple[object, object, object]]:
+def _event_objects(node: object, event_id: object, code: object, depth: int) -> Iterator[tuple[object, object, object]]:
     """(event object, the event id and code its envelope gave) for each event in ``node``."""
     if depth > _DEPTH:
         yield node, event_id, code
     elif isinstance(node, list):
-        for item in node[:MAX_EVENTS_PER_PAYLOAD + 1]:
+        for item in node[: MAX_EVENTS_PER_PAYLOAD + 1]:
             yield from _event_objects(item, event_id, code, depth + 1)
     elif isinstance(node, dict) and isinstance(node.get("messages"), list):
-        for message in node["messages"][:MAX_EVENTS_PER_PAYLOAD + 1]:
+        for message in node["messages"][: MAX_EVENTS_PER_PAYLOAD + 1]:
             meta = _obj(_obj(message).get("_eventNotificationMeta"))
             value = _obj(message).get("value")
-            yield from _event_objects(value if value is not None else message, event_id,
-                                      meta.get("type") or code, depth + 1)
+            yield from _event_objects(
+                value if value is not None else message, event_id, meta.get("type") or code, depth + 1
+            )
     elif isinstance(node, dict) and isinstance(node.get("event"), dict):
         yield from _event_objects(node["event"], node.get("event_id") or event_id, code, depth + 1)
     else:
@@ -128,8 +131,12 @@ def _event(node: dict[str, Any], event_id: object, envelope_code: object, now_ms
     if flow_id is None:
         return Unusable(outcome="invalid", reason="the flow id is not usable")
     is_run = isinstance(owner.get("metrics"), dict) or isinstance(owner.get("activities"), list)
-    run_id = (_clean_id(owner.get("flowRunId")) or _clean_id(owner.get("runId")) or _clean_id(owner.get("run_id"))
-              or (_clean_id(owner.get("id")) if is_run else None))
+    run_id = (
+        _clean_id(owner.get("flowRunId"))
+        or _clean_id(owner.get("runId"))
+        or _clean_id(owner.get("run_id"))
+        or (_clean_id(owner.get("id")) if is_run else None)
+    )
     code = _code(node, envelope_code)
     metrics = _obj(owner.get("metrics"))
     duration = _obj(metrics.get("durationSummary"))
@@ -139,10 +146,15 @@ def _event(node: dict[str, Any], event_id: object, envelope_code: object, now_ms
         final = status not in ("in_progress", "scheduled")
     else:
         final = code is None or any(word in code.lower() for word in ("success", "fail", "error"))
-    return Event(key=_key(flow_id, run_id, code, event_id, node), flow_id=flow_id, run_id=run_id,
-                 sandbox=clean_text(sandbox, 64) if isinstance(sandbox, str) and sandbox.strip() else None,
-                 code=code, ended_ms=adobe_ms(duration.get("completedAtUTC", owner.get("completedAtUTC")), now_ms),
-                 final=final)
+    return Event(
+        key=_key(flow_id, run_id, code, event_id, node),
+        flow_id=flow_id,
+        run_id=run_id,
+        sandbox=clean_text(sandbox, 64) if isinstance(sandbox, str) and sandbox.strip() else None,
+        code=code,
+        ended_ms=adobe_ms(duration.get("completedAtUTC", owner.get("completedAtUTC")), now_ms),
+        final=final,
+    )
 
 
 def _code(node: dict[str, Any], envelope_code: object) -> str | None:
@@ -210,8 +222,15 @@ def _clean_id(value: object) -> str | None:
 class EventRouter:
     """Applies events to the pollers (see the module docstring)."""
 
-    def __init__(self, *, pollers: Callable[[], Sequence[SandboxPoller]], tracker: Tracker, metrics: SelfMetrics,
-                 clock: Callable[[], float] = time.time, retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
+    def __init__(
+        self,
+        *,
+        pollers: Callable[[], Sequence[SandboxPoller]],
+        tracker: Tracker,
+        metrics: SelfMetrics,
+        clock: Callable[[], float] = time.time,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
+    ) -> None:
         self._pollers = pollers
         self._tracker = tracker
         self._metrics = metrics
@@ -234,8 +253,11 @@ class EventRouter:
                     outcomes.append(self.count(source, "duplicate"))
                     continue
                 if self._once.first("event_unusable", item.outcome, item.reason):
-                    log.warning("event_not_a_flow" if item.outcome == "not_a_flow" else "event_invalid",
-                                source=source, reason=item.reason)
+                    log.warning(
+                        "event_not_a_flow" if item.outcome == "not_a_flow" else "event_invalid",
+                        source=source,
+                        reason=item.reason,
+                    )
                 outcomes.append(self.count(source, item.outcome))
             else:
                 outcomes.append(self.count(source, self._route(item, source)))
@@ -270,8 +292,9 @@ class EventRouter:
         else:
             self._wanted[key] = [event]
             self._again[key] = asyncio.Event()
-            task = asyncio.get_running_loop().create_task(self._apply(poller, key, source),
-                                                          name=f"event-{event.flow_id}")
+            task = asyncio.get_running_loop().create_task(
+                self._apply(poller, key, source), name=f"event-{event.flow_id}"
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return "applied"
@@ -314,8 +337,9 @@ class EventRouter:
                         self._metrics.event_lag.labels(source).observe(now - run.completed_at_ms / 1000.0)
                 if again.is_set():
                     continue
-                self._wanted[key] = [e for e in self._wanted.get(key, [])
-                                     if e.final and e.run_id is not None and self._countable(key, e)]
+                self._wanted[key] = [
+                    e for e in self._wanted.get(key, []) if e.final and e.run_id is not None and self._countable(key, e)
+                ]
                 if not self._wanted[key]:
                     return
                 delay = next(retries, None)

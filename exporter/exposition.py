@@ -107,8 +107,12 @@ class FlowExposition:
             # with aep_exporter_flow_up 0 saying so, and every other flow is served.
             if state.key not in self._failed:
                 self._failed.add(state.key)
-                log.error("flow_render_failed", sandbox=state.sandbox, flow_id=state.flow_id,  # noqa: TRY400 -- no traceback: it could quote the bad value
-                          error=type(exc).__name__)
+                log.error(  # noqa: TRY400 -- no traceback: it could quote the bad value
+                    "flow_render_failed",
+                    sandbox=state.sandbox,
+                    flow_id=state.flow_id,
+                    error=type(exc).__name__,
+                )
             split = self._split(dataclasses.replace(state, flow=None, up=False))
         else:
             self._failed.discard(state.key)
@@ -142,6 +146,7 @@ class FlowExposition:
 
 
 # --- the /metrics body: flow block per snapshot version and format, the self block, gzip reuse -------------
+
 
 class Format(Enum):
     """The two exposition formats, with their content types."""
@@ -180,8 +185,14 @@ class _Rendered:
 class MetricsRenderer:
     """Caches the flow block per snapshot version and format; see the module docstring."""
 
-    def __init__(self, source: Callable[[], Snapshot], options: CollectorOptions,
-                 self_registry: CollectorRegistry, *, self_ttl: float = SELF_TTL) -> None:
+    def __init__(
+        self,
+        source: Callable[[], Snapshot],
+        options: CollectorOptions,
+        self_registry: CollectorRegistry,
+        *,
+        self_ttl: float = SELF_TTL,
+    ) -> None:
         self._source = source
         self._self_registry = self_registry
         self._self_ttl = self_ttl
@@ -215,7 +226,8 @@ class MetricsRenderer:
             exposition = self._expositions[fmt]
             self._cache.pop(fmt, None)  # let the old block go before the new one is built (peak memory)
             rendered = await asyncio.get_running_loop().run_in_executor(
-                None, _render_block, exposition, snapshot, self._gzip_wanted)
+                None, _render_block, exposition, snapshot, self._gzip_wanted
+            )
             self.renders += 1
             self._cache[fmt] = rendered
             return rendered

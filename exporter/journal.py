@@ -93,7 +93,8 @@ def same_url(a: str, b: str) -> bool:
     """Whether two URLs name the same resource and query, whatever the order of their parameters."""
     pa, pb = urlsplit(a), urlsplit(b)
     return (pa.scheme, pa.netloc, pa.path) == (pb.scheme, pb.netloc, pb.path) and sorted(
-        parse_qsl(pa.query, keep_blank_values=True)) == sorted(parse_qsl(pb.query, keep_blank_values=True))
+        parse_qsl(pa.query, keep_blank_values=True)
+    ) == sorted(parse_qsl(pb.query, keep_blank_values=True))
 
 
 def query_value(url: str, name: str) -> str | None:
@@ -103,11 +104,24 @@ def query_value(url: str, name: str) -> str | None:
 class JournalReader:
     """Reads the events journal forever (see the module docstring)."""
 
-    def __init__(self, *, client: FlowServiceClient, url: str, org_id: str, router: EventRouter, tracker: Tracker,
-                 metrics: SelfMetrics, wait: float, clock: Callable[[], float] = time.time,
-                 on_gap: Callable[[], None] = lambda: None, limit: int = JOURNAL_LIMIT,
-                 max_bytes: int = JOURNAL_MAX_BYTES, max_wait: float = MAX_WAIT,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        client: FlowServiceClient,
+        url: str,
+        org_id: str,
+        router: EventRouter,
+        tracker: Tracker,
+        metrics: SelfMetrics,
+        wait: float,
+        clock: Callable[[], float] = time.time,
+        on_gap: Callable[[], None] = lambda: None,
+        limit: int = JOURNAL_LIMIT,
+        max_bytes: int = JOURNAL_MAX_BYTES,
+        max_wait: float = MAX_WAIT,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         base = urlsplit(url)
         self._client = client
         self._base = with_query(url, {}, drop=("since", "latest", "limit"))
@@ -148,10 +162,14 @@ class JournalReader:
         """One read; the seconds to wait before the next (0 while the journal has more)."""
         url, constructed = await self._url()
         try:
-            status, headers, body = await self._client.fetch("journal", url, {"x-ims-org-id": self._org_id},
-                                                             self._max_bytes)
-            data = await decode(body, headers.get("Content-Encoding", ""), self._max_bytes, "journal") \
-                if status == 200 else None
+            status, headers, body = await self._client.fetch(
+                "journal", url, {"x-ims-org-id": self._org_id}, self._max_bytes
+            )
+            data = (
+                await decode(body, headers.get("Content-Encoding", ""), self._max_bytes, "journal")
+                if status == 200
+                else None
+            )
         except TooLargeError:
             if self._limit == 1:
                 raise
@@ -209,8 +227,9 @@ class JournalReader:
             absolute = urljoin(current, target)
             parts = urlsplit(absolute)
             path = parts.path.rstrip("/")
-            if (parts.scheme, parts.netloc) == self._origin and (path == self._prefix
-                                                                 or path.startswith(self._prefix + "/")):
+            if (parts.scheme, parts.netloc) == self._origin and (
+                path == self._prefix or path.startswith(self._prefix + "/")
+            ):
                 return absolute
         return None
 
@@ -238,9 +257,13 @@ class JournalReader:
         """The position is older than the journal keeps: start from the oldest event, and poll everything now."""
         if query_value(url, "since") is None:
             raise PayloadError(f"journal answered HTTP {status} to a read from its oldest event")
-        log.warning("journal_position_expired", status=status, position=clean_text(query_value(url, "since") or "", 80),
-                    hint="the events after the stored position are gone (kept 7 days): reading from the oldest event "
-                         "kept, and polling every sandbox now")
+        log.warning(
+            "journal_position_expired",
+            status=status,
+            position=clean_text(query_value(url, "since") or "", 80),
+            hint="the events after the stored position are gone (kept 7 days): reading from the oldest event "
+            "kept, and polling every sandbox now",
+        )
         self._next = None
         self._position = None
         self._from_oldest = True
@@ -255,13 +278,20 @@ class JournalReader:
         if self._next is not None:
             self._link_failures += 1
             if self._link_failures >= LINK_ATTEMPTS:
-                log.warning("journal_next_link_abandoned", attempts=self._link_failures,
-                            hint="resuming from the stored position")
+                log.warning(
+                    "journal_next_link_abandoned",
+                    attempts=self._link_failures,
+                    hint="resuming from the stored position",
+                )
                 self._next = None
                 self._link_failures = 0
         delay = max(self._wait, full_jitter(min(self._failures, 6), base=self._wait, cap=self._max_wait, rng=self._rng))
-        log.warning("journal_read_failed", error=clean_text(str(exc), 300), error_type=type(exc).__name__,
-                    retry_in=round(delay, 1))
+        log.warning(
+            "journal_read_failed",
+            error=clean_text(str(exc), 300),
+            error_type=type(exc).__name__,
+            retry_in=round(delay, 1),
+        )
         return min(self._max_wait, delay)
 
     def _read_ok(self) -> None:

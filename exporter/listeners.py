@@ -62,16 +62,23 @@ def connection_budget_problem(caps: dict[str, int], soft_limit: int) -> str | No
     if needed <= soft_limit:
         return None
     listed = ", ".join(f"{name} {cap}" for name, cap in caps.items())
-    return (f"the connection caps ({listed}) plus {FD_RESERVE} kept in reserve need {needed} open files, over the "
-            f"process's limit of {soft_limit}: lower them or raise the limit (ulimit -n, LimitNOFILE=)")
+    return (
+        f"the connection caps ({listed}) plus {FD_RESERVE} kept in reserve need {needed} open files, over the "
+        f"process's limit of {soft_limit}: lower them or raise the limit (ulimit -n, LimitNOFILE=)"
+    )
 
 
 class _QuietHandler(RequestHandler):
     """aiohttp's request handler, but an error answer carries only its status and reason: never the message
     aiohttp builds from what the client sent."""
 
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:  # noqa: ARG002 -- the message is what we drop
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,  # noqa: ARG002 -- the message is what we drop
+    ) -> web.StreamResponse:
         response = super().handle_error(request, status, exc, None)  # logs it, checks nothing was sent yet
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
         quiet = web.Response(status=status, text=f"{status} {phrase}\n")
@@ -90,9 +97,17 @@ class _Refused(asyncio.Protocol):
 class CappedSite(web.BaseSite):
     """A TCP site whose connections are capped (see the module docstring)."""
 
-    def __init__(self, runner: web.BaseRunner, *, host: str | None = None, port: int | None = None,
-                 sock: socket.socket | None = None, ssl_context: ssl.SSLContext | None = None,
-                 limits: ListenerLimits, name: str) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        sock: socket.socket | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: ListenerLimits,
+        name: str,
+    ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=limits.backlog)
         self._host, self._port, self._sock = host, port, sock
         self._limits = limits
@@ -109,8 +124,12 @@ class CappedSite(web.BaseSite):
         if len(server.connections) >= self._limits.max_connections:
             self.refused += 1
             if self.refused == 1 or self.refused % 1000 == 0:
-                log.warning("connections_refused", listener=self._listener, cap=self._limits.max_connections,
-                            refused=self.refused)
+                log.warning(
+                    "connections_refused",
+                    listener=self._listener,
+                    cap=self._limits.max_connections,
+                    refused=self.refused,
+                )
             return _Refused()
         # aiohttp's Server builds RequestHandler(server, loop=..., **kwargs); the same, with quiet error answers.
         return _QuietHandler(server, loop=server._loop, **server._kwargs)  # noqa: SLF001
@@ -119,20 +138,35 @@ class CappedSite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         if self._sock is not None:
-            self._server = await loop.create_server(self._protocol, sock=self._sock, ssl=self._ssl_context,
-                                                    backlog=self._backlog)
+            self._server = await loop.create_server(
+                self._protocol, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog
+            )
         else:
-            self._server = await loop.create_server(self._protocol, self._host, self._port or 0,
-                                                    ssl=self._ssl_context, backlog=self._backlog, reuse_address=True)
+            self._server = await loop.create_server(
+                self._protocol,
+                self._host,
+                self._port or 0,
+                ssl=self._ssl_context,
+                backlog=self._backlog,
+                reuse_address=True,
+            )
 
 
-async def start_listener(app: web.Application, *, name: str, limits: ListenerLimits, host: str | None = None,
-                         port: int | None = None, sock: socket.socket | None = None,
-                         ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, CappedSite]:
+async def start_listener(
+    app: web.Application,
+    *,
+    name: str,
+    limits: ListenerLimits,
+    host: str | None = None,
+    port: int | None = None,
+    sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[web.AppRunner, CappedSite]:
     """Set ``app`` up and serve it with ``limits``, on ``sock`` (bound already) or ``host:port``; OSError when the
     port cannot be bound (the runner is cleaned up then)."""
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.header_timeout,
-                           lingering_time=limits.lingering)
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=limits.header_timeout, lingering_time=limits.lingering
+    )
     await runner.setup()
     site = CappedSite(runner, host=host, port=port, sock=sock, ssl_context=ssl_context, limits=limits, name=name)
     try:

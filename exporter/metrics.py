@@ -40,13 +40,24 @@ class Family(NamedTuple):
     @classmethod
     def of(cls, name: str, typ: str, help_text: str, labels: tuple[str, ...] = (), *, lean: bool = True) -> Family:
         """A family whose unit is its name's base-unit suffix, as the naming conventions have it."""
-        unit = next((u for u in ("seconds", "bytes", "records", "files") if name.removesuffix("_total")
-                     .endswith(u) or f"_{u}_" in name), "")
+        unit = next(
+            (
+                u
+                for u in ("seconds", "bytes", "records", "files")
+                if name.removesuffix("_total").endswith(u) or f"_{u}_" in name
+            ),
+            "",
+        )
         return cls(name, typ, help_text, labels, unit, lean)
 
 
-ACTIVITY_KEYS = (CountKey.RECORDS_INPUT, CountKey.RECORDS_OUTPUT, CountKey.RECORDS_FAILED, CountKey.BYTES_INPUT,
-                 CountKey.BYTES_OUTPUT)
+ACTIVITY_KEYS = (
+    CountKey.RECORDS_INPUT,
+    CountKey.RECORDS_OUTPUT,
+    CountKey.RECORDS_FAILED,
+    CountKey.BYTES_INPUT,
+    CountKey.BYTES_OUTPUT,
+)
 # The lean profile keeps what the shipped alerts and dashboards read, and every counter: of the newest completed
 # run's counts its records in, out and failed; of its activities their duration and output records. What it leaves
 # out is in the counters (the newest run's bytes and files are their increase, its newest failure is when
@@ -56,99 +67,204 @@ LEAN_LAST_RUN_KEYS = frozenset({CountKey.RECORDS_INPUT, CountKey.RECORDS_OUTPUT,
 LEAN_ACTIVITY_KEYS = frozenset({CountKey.RECORDS_OUTPUT})
 
 FAMILIES: tuple[Family, ...] = (
-    Family.of("aep_flow_info", "gauge", "Description of a dataflow (always 1); join on sandbox, flow_id for flow_name.",
-              ("flow_name", "flow_spec_id", "source_connection_spec_id", "target_connection_spec_id", "kind",
-               "state")),
+    Family.of(
+        "aep_flow_info",
+        "gauge",
+        "Description of a dataflow (always 1); join on sandbox, flow_id for flow_name.",
+        ("flow_name", "flow_spec_id", "source_connection_spec_id", "target_connection_spec_id", "kind", "state"),
+    ),
     Family.of("aep_flow_enabled", "gauge", "1 when the flow's state is enabled, else 0."),
-    Family.of("aep_flow_schedule_interval_seconds", "gauge",
-              "Expected time between runs: from scheduleParams, or for a segment export the shortest fixed "
-              "interval among its audiences' schedules still in effect."),
-    Family.of("aep_flow_schedule_end_timestamp_seconds", "gauge",
-              "When a segment export's last audience schedule ends (when every scheduled audience has an end)."),
+    Family.of(
+        "aep_flow_schedule_interval_seconds",
+        "gauge",
+        "Expected time between runs: from scheduleParams, or for a segment export the shortest fixed "
+        "interval among its audiences' schedules still in effect.",
+    ),
+    Family.of(
+        "aep_flow_schedule_end_timestamp_seconds",
+        "gauge",
+        "When a segment export's last audience schedule ends (when every scheduled audience has an end).",
+    ),
     Family.of("aep_flow_last_run_status", "gauge", "Status of the newest run (one-hot).", ("status",)),
     Family.of("aep_flow_last_run_start_timestamp_seconds", "gauge", "Start of the newest run.", lean=False),
-    Family.of("aep_flow_last_run_end_timestamp_seconds", "gauge", "End of the newest run; absent while it runs.",
-              lean=False),
-    Family.of("aep_flow_last_run_duration_seconds", "gauge", "Duration of the newest run; absent while it runs.",
-              lean=False),
+    Family.of(
+        "aep_flow_last_run_end_timestamp_seconds", "gauge", "End of the newest run; absent while it runs.", lean=False
+    ),
+    Family.of(
+        "aep_flow_last_run_duration_seconds", "gauge", "Duration of the newest run; absent while it runs.", lean=False
+    ),
     Family.of("aep_flow_last_success_timestamp_seconds", "gauge", "End of the newest success or partial_success run."),
     Family.of("aep_flow_last_failure_timestamp_seconds", "gauge", "End of the newest failed run.", lean=False),
     Family.of("aep_flow_runs_in_progress", "gauge", "Runs seen that have not completed yet."),
-    Family.of("aep_flow_oldest_in_progress_run_start_timestamp_seconds", "gauge",
-              "Start of the oldest run in progress."),
-    *[Family.of(f"aep_flow_last_run_{k.field}_{k.group}", "gauge",
-                f"{k.field.capitalize()} {k.group} of the newest completed run.", lean=k in LEAN_LAST_RUN_KEYS)
-      for k in COUNT_KEYS],
-    Family.of("aep_flow_last_run_activity_duration_seconds", "gauge",
-              "Duration of each activity of the newest completed run.", ("activity",)),
-    Family.of("aep_flow_last_run_activity_status", "gauge",
-              "Status of each activity of the newest completed run (one-hot).", ("activity", "status"), lean=False),
-    *[Family.of(f"aep_flow_last_run_activity_{k.field}_{k.group}", "gauge",
-                f"{k.field.capitalize()} {k.group} of each activity of the newest completed run.", ("activity",),
-                lean=k in LEAN_ACTIVITY_KEYS) for k in ACTIVITY_KEYS],
+    Family.of(
+        "aep_flow_oldest_in_progress_run_start_timestamp_seconds", "gauge", "Start of the oldest run in progress."
+    ),
+    *[
+        Family.of(
+            f"aep_flow_last_run_{k.field}_{k.group}",
+            "gauge",
+            f"{k.field.capitalize()} {k.group} of the newest completed run.",
+            lean=k in LEAN_LAST_RUN_KEYS,
+        )
+        for k in COUNT_KEYS
+    ],
+    Family.of(
+        "aep_flow_last_run_activity_duration_seconds",
+        "gauge",
+        "Duration of each activity of the newest completed run.",
+        ("activity",),
+    ),
+    Family.of(
+        "aep_flow_last_run_activity_status",
+        "gauge",
+        "Status of each activity of the newest completed run (one-hot).",
+        ("activity", "status"),
+        lean=False,
+    ),
+    *[
+        Family.of(
+            f"aep_flow_last_run_activity_{k.field}_{k.group}",
+            "gauge",
+            f"{k.field.capitalize()} {k.group} of each activity of the newest completed run.",
+            ("activity",),
+            lean=k in LEAN_ACTIVITY_KEYS,
+        )
+        for k in ACTIVITY_KEYS
+    ],
     Family.of("aep_flow_runs", "counter", "Completed runs by final status.", ("status",)),
-    *[Family.of(f"aep_flow_{k.field}_{k.group}", "counter",
-                f"{k.field.capitalize()} {k.group}, summed over completed runs.") for k in COUNT_KEYS],
+    *[
+        Family.of(
+            f"aep_flow_{k.field}_{k.group}", "counter", f"{k.field.capitalize()} {k.group}, summed over completed runs."
+        )
+        for k in COUNT_KEYS
+    ],
     Family.of("aep_flow_run_duration_seconds", "histogram", "Durations of completed runs."),
-    Family.of("aep_flow_run_errors", "counter",
-              "Completed runs that reported each error code (once per run and code).", ("code",)),
-    Family.of("aep_flow_record_codes", "counter",
-              "Records skipped, failed or warned about, by outcome and code (destination runs' recordSummary "
-              "skippedInfo, failedInfo, warningInfo), summed over counted runs.", ("outcome", "code")),
-    Family.of("aep_flow_audience_records", "counter",
-              "Records of each audience (segment) by outcome, from destination runs' entitySummaries, summed over "
-              "counted runs; opt-in (metrics.audiences).", ("audience_id", "outcome")),
+    Family.of(
+        "aep_flow_run_errors",
+        "counter",
+        "Completed runs that reported each error code (once per run and code).",
+        ("code",),
+    ),
+    Family.of(
+        "aep_flow_record_codes",
+        "counter",
+        "Records skipped, failed or warned about, by outcome and code (destination runs' recordSummary "
+        "skippedInfo, failedInfo, warningInfo), summed over counted runs.",
+        ("outcome", "code"),
+    ),
+    Family.of(
+        "aep_flow_audience_records",
+        "counter",
+        "Records of each audience (segment) by outcome, from destination runs' entitySummaries, summed over "
+        "counted runs; opt-in (metrics.audiences).",
+        ("audience_id", "outcome"),
+    ),
     Family.of("aep_exporter_flow_up", "gauge", "1 when the flow was read on the last poll, 0 when it could not be."),
 )
 """Every family the flow collector can produce, in exposition order."""
 
 # The exporter's own families (instrumented directly in selfmetrics.py, which takes their definitions from here).
-BUILD_INFO = Family.of("aep_exporter_build_info", "gauge", "Version of the exporter and of the Python running it.",
-                       ("version", "python_version"))
-API_REQUESTS = Family.of("aep_exporter_api_requests", "counter",
-                         "Requests to Adobe APIs, by HTTP status (or error for transport failures).",
-                         ("sandbox", "endpoint", "code"))
-API_LATENCY = Family.of("aep_exporter_api_request_duration_seconds", "histogram",
-                        "Duration of requests to Adobe APIs.", ("endpoint",))
+BUILD_INFO = Family.of(
+    "aep_exporter_build_info",
+    "gauge",
+    "Version of the exporter and of the Python running it.",
+    ("version", "python_version"),
+)
+API_REQUESTS = Family.of(
+    "aep_exporter_api_requests",
+    "counter",
+    "Requests to Adobe APIs, by HTTP status (or error for transport failures).",
+    ("sandbox", "endpoint", "code"),
+)
+API_LATENCY = Family.of(
+    "aep_exporter_api_request_duration_seconds", "histogram", "Duration of requests to Adobe APIs.", ("endpoint",)
+)
 API_RETRIES = Family.of("aep_exporter_api_retries", "counter", "Requests retried, by reason.", ("endpoint", "reason"))
 POLLS = Family.of("aep_exporter_polls", "counter", "Poll cycles started.", ("sandbox",))
 POLL_FAILURES = Family.of("aep_exporter_poll_failures", "counter", "Poll cycles that failed.", ("sandbox",))
-POLL_INTERVAL = Family.of("aep_exporter_poll_interval_seconds", "gauge",
-                          "Configured time between poll cycles (for 'no successful poll for N intervals').",
-                          ("sandbox",))
-POLL_DURATION = Family.of("aep_exporter_poll_duration_seconds", "gauge", "Duration of the last poll cycle.",
-                          ("sandbox",))
-LAST_POLL_SUCCESS = Family.of("aep_exporter_last_poll_success_timestamp_seconds", "gauge",
-                              "Unix time of the last successful poll cycle.", ("sandbox",))
+POLL_INTERVAL = Family.of(
+    "aep_exporter_poll_interval_seconds",
+    "gauge",
+    "Configured time between poll cycles (for 'no successful poll for N intervals').",
+    ("sandbox",),
+)
+POLL_DURATION = Family.of(
+    "aep_exporter_poll_duration_seconds", "gauge", "Duration of the last poll cycle.", ("sandbox",)
+)
+LAST_POLL_SUCCESS = Family.of(
+    "aep_exporter_last_poll_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last successful poll cycle.",
+    ("sandbox",),
+)
 FLOWS = Family.of("aep_exporter_flows", "gauge", "Flows tracked.", ("sandbox",))
-FLOWS_DROPPED = Family.of("aep_exporter_flows_dropped", "gauge",
-                          "Flows not tracked because of metrics.max_flows_per_sandbox.", ("sandbox",))
-TOKEN_EXPIRY = Family.of("aep_exporter_token_expiry_timestamp_seconds", "gauge",
-                         "Unix time at which the current IMS access token expires.")
+FLOWS_DROPPED = Family.of(
+    "aep_exporter_flows_dropped", "gauge", "Flows not tracked because of metrics.max_flows_per_sandbox.", ("sandbox",)
+)
+TOKEN_EXPIRY = Family.of(
+    "aep_exporter_token_expiry_timestamp_seconds", "gauge", "Unix time at which the current IMS access token expires."
+)
 TOKEN_REQUESTS = Family.of("aep_exporter_token_requests", "counter", "IMS token requests.")
 TOKEN_FAILURES = Family.of("aep_exporter_token_request_failures", "counter", "IMS token requests that failed.")
 SHARD_INDEX = Family.of("aep_exporter_shard_index", "gauge", "This process's shard.")
 # Named like kube-state-metrics' kube_state_metrics_total_shards: a gauge may not end in _total.
 TOTAL_SHARDS = Family.of("aep_exporter_total_shards", "gauge", "Number of shards.")
-RELOAD_OK = Family.of("aep_exporter_config_last_reload_successful", "gauge",
-                      "1 when the last config (re)load succeeded.")
-RELOAD_TIME = Family.of("aep_exporter_config_last_reload_success_timestamp_seconds", "gauge",
-                        "Unix time of the last successful config (re)load.")
-RUNS_STRATEGY = Family.of("aep_exporter_runs_query_strategy", "gauge",
-                          "How /runs is queried in each sandbox (one-hot): created_at, started_at, newest_first "
-                          "or full.", ("sandbox", "strategy"))
-EVENTS = Family.of("aep_exporter_events", "counter",
-                   "Adobe I/O Events received, by source (journal, webhook) and outcome (applied, duplicate, "
-                   "already_counted, untracked, not_a_flow, rejected_signature, rejected_recipient, invalid).",
-                   ("source", "outcome"))
-EVENT_LAG = Family.of("aep_exporter_event_lag_seconds", "histogram",
-                      "From a run's end to its counts on /metrics, for runs an event announced.", ("source",))
-JOURNAL_READ = Family.of("aep_exporter_journal_last_read_success_timestamp_seconds", "gauge",
-                         "Unix time of the last successful read of the Adobe I/O Events journal.")
-SELF_FAMILIES = (BUILD_INFO, API_REQUESTS, API_LATENCY, API_RETRIES, POLLS, POLL_FAILURES, POLL_INTERVAL,
-                 POLL_DURATION, LAST_POLL_SUCCESS, FLOWS, FLOWS_DROPPED, TOKEN_EXPIRY, TOKEN_REQUESTS,
-                 TOKEN_FAILURES, SHARD_INDEX, TOTAL_SHARDS, RELOAD_OK, RELOAD_TIME, RUNS_STRATEGY, EVENTS, EVENT_LAG,
-                 JOURNAL_READ)
+RELOAD_OK = Family.of(
+    "aep_exporter_config_last_reload_successful", "gauge", "1 when the last config (re)load succeeded."
+)
+RELOAD_TIME = Family.of(
+    "aep_exporter_config_last_reload_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last successful config (re)load.",
+)
+RUNS_STRATEGY = Family.of(
+    "aep_exporter_runs_query_strategy",
+    "gauge",
+    "How /runs is queried in each sandbox (one-hot): created_at, started_at, newest_first or full.",
+    ("sandbox", "strategy"),
+)
+EVENTS = Family.of(
+    "aep_exporter_events",
+    "counter",
+    "Adobe I/O Events received, by source (journal, webhook) and outcome (applied, duplicate, "
+    "already_counted, untracked, not_a_flow, rejected_signature, rejected_recipient, invalid).",
+    ("source", "outcome"),
+)
+EVENT_LAG = Family.of(
+    "aep_exporter_event_lag_seconds",
+    "histogram",
+    "From a run's end to its counts on /metrics, for runs an event announced.",
+    ("source",),
+)
+JOURNAL_READ = Family.of(
+    "aep_exporter_journal_last_read_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last successful read of the Adobe I/O Events journal.",
+)
+SELF_FAMILIES = (
+    BUILD_INFO,
+    API_REQUESTS,
+    API_LATENCY,
+    API_RETRIES,
+    POLLS,
+    POLL_FAILURES,
+    POLL_INTERVAL,
+    POLL_DURATION,
+    LAST_POLL_SUCCESS,
+    FLOWS,
+    FLOWS_DROPPED,
+    TOKEN_EXPIRY,
+    TOKEN_REQUESTS,
+    TOKEN_FAILURES,
+    SHARD_INDEX,
+    TOTAL_SHARDS,
+    RELOAD_OK,
+    RELOAD_TIME,
+    RUNS_STRATEGY,
+    EVENTS,
+    EVENT_LAG,
+    JOURNAL_READ,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,8 +297,14 @@ class _Families:
             return
         metric.add_sample(sample or metric.name, dict(labels), float(value))
 
-    def one_hot(self, family: str, labels: Mapping[str, str], status: str | None, sparse: bool,
-                statuses: tuple[str, ...] = STATUSES) -> None:
+    def one_hot(
+        self,
+        family: str,
+        labels: Mapping[str, str],
+        status: str | None,
+        sparse: bool,
+        statuses: tuple[str, ...] = STATUSES,
+    ) -> None:
         if status is None:
             return
         for candidate in statuses:
@@ -190,8 +312,9 @@ class _Families:
                 continue
             self.add(family, {**labels, "status": candidate}, 1 if candidate == status else 0)
 
-    def counts(self, prefix: str, labels: Mapping[str, str], counts: Counts,
-               keys: tuple[CountKey, ...] = COUNT_KEYS) -> None:
+    def counts(
+        self, prefix: str, labels: Mapping[str, str], counts: Counts, keys: tuple[CountKey, ...] = COUNT_KEYS
+    ) -> None:
         for key in keys:
             self.add(f"{prefix}{key.field}_{key.group}", labels, key.of(counts))
 
@@ -217,10 +340,19 @@ def _flow(fam: _Families, state: FlowState, options: CollectorOptions) -> None:
     if flow is None:  # never read (a configured id the API does not know): only flow_up says so
         return
     base = {"sandbox": state.sandbox, "flow_id": state.flow_id, **state.labels}
-    fam.add("aep_flow_info", {**base, "flow_name": flow.name, "flow_spec_id": flow.flow_spec_id,
-                              "source_connection_spec_id": flow.source_connection_spec_id,
-                              "target_connection_spec_id": flow.target_connection_spec_id,
-                              "kind": flow.kind, "state": flow.state}, 1)
+    fam.add(
+        "aep_flow_info",
+        {
+            **base,
+            "flow_name": flow.name,
+            "flow_spec_id": flow.flow_spec_id,
+            "source_connection_spec_id": flow.source_connection_spec_id,
+            "target_connection_spec_id": flow.target_connection_spec_id,
+            "kind": flow.kind,
+            "state": flow.state,
+        },
+        1,
+    )
     fam.add("aep_flow_enabled", base, 1 if flow.state == "enabled" else 0)
     fam.add("aep_flow_schedule_interval_seconds", base, flow.schedule_interval_seconds)
     fam.add("aep_flow_schedule_end_timestamp_seconds", base, _seconds(flow.schedule_end_ms))
@@ -250,8 +382,9 @@ def _newest_run(fam: _Families, base: Mapping[str, str], state: FlowState, optio
     fam.add("aep_flow_oldest_in_progress_run_start_timestamp_seconds", base, _seconds(min(starts, default=None)))
 
 
-def _newest_completed(fam: _Families, base: Mapping[str, str], completed: CompletedRun,
-                      options: CollectorOptions) -> None:
+def _newest_completed(
+    fam: _Families, base: Mapping[str, str], completed: CompletedRun, options: CollectorOptions
+) -> None:
     fam.counts("aep_flow_last_run_", base, completed.counts)
     if not options.activities:
         return
@@ -266,8 +399,12 @@ def _histogram(fam: _Families, base: Mapping[str, str], hist: Histogram) -> None
     cumulative = 0
     for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
         cumulative += count
-        fam.add("aep_flow_run_duration_seconds", {**base, "le": _le(bound)}, cumulative,
-                "aep_flow_run_duration_seconds_bucket")
+        fam.add(
+            "aep_flow_run_duration_seconds",
+            {**base, "le": _le(bound)},
+            cumulative,
+            "aep_flow_run_duration_seconds_bucket",
+        )
     fam.add("aep_flow_run_duration_seconds", base, hist.count, "aep_flow_run_duration_seconds_count")
     fam.add("aep_flow_run_duration_seconds", base, hist.sum, "aep_flow_run_duration_seconds_sum")
 
@@ -284,15 +421,23 @@ def _all_completed(fam: _Families, base: Mapping[str, str], state: FlowState) ->
         fam.add("aep_flow_run_errors", {**base, "code": code}, state.error_codes[code], "aep_flow_run_errors_total")
     for outcome in sorted(state.record_codes):
         for code, count in sorted(state.record_codes[outcome].items()):
-            fam.add("aep_flow_record_codes", {**base, "outcome": outcome, "code": code}, count,
-                    "aep_flow_record_codes_total")
+            fam.add(
+                "aep_flow_record_codes",
+                {**base, "outcome": outcome, "code": code},
+                count,
+                "aep_flow_record_codes_total",
+            )
 
 
 def _audiences(fam: _Families, base: Mapping[str, str], state: FlowState) -> None:
     for audience in sorted(state.audiences):
         for outcome, count in sorted(state.audiences[audience].items()):
-            fam.add("aep_flow_audience_records", {**base, "audience_id": audience, "outcome": outcome}, count,
-                    "aep_flow_audience_records_total")
+            fam.add(
+                "aep_flow_audience_records",
+                {**base, "audience_id": audience, "outcome": outcome},
+                count,
+                "aep_flow_audience_records_total",
+            )
 
 
 class FlowCollector(Collector):

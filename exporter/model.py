@@ -68,8 +68,12 @@ RECORD_FIELDS = {
     "deleted": "deletedRecordCount",
 }
 BYTE_FIELDS = {"input": "inputBytes", "output": "outputBytes", "skipped": "skippedBytes", "failed": "failedBytes"}
-FILE_FIELDS = {"input": "inputFileCount", "output": "outputFileCount", "failed": "failedFileCount",
-               "skipped": "skippedFileCount"}
+FILE_FIELDS = {
+    "input": "inputFileCount",
+    "output": "outputFileCount",
+    "failed": "failedFileCount",
+    "skipped": "skippedFileCount",
+}
 RECORD_CODE_LISTS = {"skipped": "skippedInfo", "failed": "failedInfo", "warning": "warningInfo"}
 """``recordSummary`` lists of ``{code, count}`` in destination runs, by outcome."""
 
@@ -205,8 +209,11 @@ class Run:
     def latest_ms(self) -> int | None:
         """The latest time the run reports (of created, updated, started, completed): how far Adobe's clock had
         got when it answered, at least."""
-        times = [t for t in (self.created_at_ms, self.updated_at_ms, self.started_at_ms, self.completed_at_ms)
-                 if t is not None]
+        times = [
+            t
+            for t in (self.created_at_ms, self.updated_at_ms, self.started_at_ms, self.completed_at_ms)
+            if t is not None
+        ]
         return max(times) if times else None
 
     @property
@@ -385,8 +392,7 @@ def _list_of(section: dict[str, Any], key: str, check: _Checker, where: str = "r
     return value
 
 
-def _audience_entity(entity: dict[str, Any], totals: dict[tuple[str, str], int], check: _Checker,
-                     key: str) -> None:
+def _audience_entity(entity: dict[str, Any], totals: dict[tuple[str, str], int], check: _Checker, key: str) -> None:
     raw_id = entity.get("id")
     if not isinstance(raw_id, str) or not raw_id.strip():
         check.invalid.append(f"recordSummary.{key}.entitySummaries.id")
@@ -484,7 +490,8 @@ def _schedule_interval(params: object, check: _Checker) -> float | None:
     except (TypeError, ValueError, OverflowError):
         interval = None
     unit = check.text(sched.get("frequency"), "scheduleParams.frequency") or check.text(
-        sched.get("timeUnit"), "scheduleParams.timeUnit")
+        sched.get("timeUnit"), "scheduleParams.timeUnit"
+    )
     seconds = _SCHEDULE_UNITS.get(unit.lower().rstrip("s"))
     if seconds is None:  # "once", streaming flows (no scheduleParams), or an unknown unit
         return None
@@ -496,8 +503,14 @@ def _schedule_interval(params: object, check: _Checker) -> float | None:
     return interval * seconds
 
 
-SELECTOR_FREQUENCIES = {"DAILY": 86400.0, "EVERY_3_HOURS": 10800.0, "EVERY_6_HOURS": 21600.0,
-                        "EVERY_8_HOURS": 28800.0, "EVERY_12_HOURS": 43200.0, "ONCE": None}
+SELECTOR_FREQUENCIES = {
+    "DAILY": 86400.0,
+    "EVERY_3_HOURS": 10800.0,
+    "EVERY_6_HOURS": 21600.0,
+    "EVERY_8_HOURS": 28800.0,
+    "EVERY_12_HOURS": 43200.0,
+    "ONCE": None,
+}
 LATEST_DATE_MS = 7_258_118_400_000
 """2200-01-01: an audience's endDate may be years ahead, but not centuries."""
 
@@ -546,8 +559,10 @@ def _date_end_ms(value: object, check: _Checker) -> int | None:
     if day is None:
         check.invalid.append("selectors.schedule.endDate")
         return None
-    end = int(datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(),
-                                        tzinfo=datetime.UTC).timestamp() * 1000)
+    end = int(
+        datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(), tzinfo=datetime.UTC).timestamp()
+        * 1000
+    )
     if not EARLIEST_MS <= end <= LATEST_DATE_MS:
         check.invalid.append("selectors.schedule.endDate")
         return None
@@ -557,8 +572,7 @@ def _date_end_ms(value: object, check: _Checker) -> int | None:
 def _connection_spec(attrs: dict[str, Any], key: str, check: _Checker) -> str:
     conns = attrs.get(key)
     if isinstance(conns, list) and conns:
-        return check.text(_obj(_obj(conns[0]).get("connectionSpec")).get("id"), f"{key}.connectionSpec.id",
-                          limit=128)
+        return check.text(_obj(_obj(conns[0]).get("connectionSpec")).get("id"), f"{key}.connectionSpec.id", limit=128)
     return ""
 
 

@@ -96,9 +96,18 @@ class Survey:
 class SandboxPoller:
     """Polls one sandbox; ``cycle`` is one poll, ``run`` repeats it forever."""
 
-    def __init__(self, *, sandbox: SandboxConfig, settings: PollSettings, client: FlowServiceClient,
-                 tracker: Tracker, metrics: SelfMetrics, once: OnceLog | None = None,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        sandbox: SandboxConfig,
+        settings: PollSettings,
+        client: FlowServiceClient,
+        tracker: Tracker,
+        metrics: SelfMetrics,
+        once: OnceLog | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
         self.sandbox = sandbox
         self.settings = settings
         self._client = client
@@ -112,9 +121,14 @@ class SandboxPoller:
         metrics.poll_interval.labels(sandbox.name).set(sandbox.interval)
         self._flow_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._wake = asyncio.Event()
-        self.runs = RunsReader(sandbox=sandbox.name, client=client, on_change=self._strategy_changed,
-                               on_bad_item=self._bad_run_item, clock=clock,
-                               knowledge=tracker.meta(self._knowledge_key))
+        self.runs = RunsReader(
+            sandbox=sandbox.name,
+            client=client,
+            on_change=self._strategy_changed,
+            on_bad_item=self._bad_run_item,
+            clock=clock,
+            knowledge=tracker.meta(self._knowledge_key),
+        )
         self._strategy_changed(self.runs.strategy)
 
     @property
@@ -184,8 +198,16 @@ class SandboxPoller:
         self._metrics.last_poll_success.labels(name).set(now)
         self._metrics.flows.labels(name).set(len(wanted))
         status = self._tracker.sandbox(name)
-        self._tracker.update_sandbox(name, flows=len(wanted), dropped=dropped, polls=status.polls + 1, last_ok=True,
-                                     last_success_s=now, last_error=None, runs_strategy=self.runs.strategy.value)
+        self._tracker.update_sandbox(
+            name,
+            flows=len(wanted),
+            dropped=dropped,
+            polls=status.polls + 1,
+            last_ok=True,
+            last_success_s=now,
+            last_error=None,
+            runs_strategy=self.runs.strategy.value,
+        )
         log.info("poll_done", sandbox=name, flows=len(wanted), seconds=round(elapsed, 3))
         return True
 
@@ -208,7 +230,7 @@ class SandboxPoller:
         found = await self._discover() if sandbox.discover.enabled else {}
         explicit = [ref.id for ref in sandbox.flows if ref.id not in found]
         for i in range(0, len(explicit), ID_BATCH):
-            batch = explicit[i:i + ID_BATCH]
+            batch = explicit[i : i + ID_BATCH]
             wanted = set(batch)
             params = [("property", "id==" + ",".join(batch))]
             async for items in self._client.pages(sandbox.name, "flows", "/flows", params):
@@ -242,10 +264,16 @@ class SandboxPoller:
         except ExporterError as exc:
             return Survey(sandbox=self.name, error=_describe(exc))
         discover = self.sandbox.discover
-        return Survey(sandbox=self.name, kinds=Counter(flow.kind for flow in flows.values()),
-                      discovered=sum(1 for f in flows.values() if discover.enabled and discover.accepts(f.name)
-                                     and (f.kind in discover.kinds or f.kind == "unknown")),
-                      missing=tuple(ref.id for ref in self.sandbox.flows if ref.id not in flows))
+        return Survey(
+            sandbox=self.name,
+            kinds=Counter(flow.kind for flow in flows.values()),
+            discovered=sum(
+                1
+                for f in flows.values()
+                if discover.enabled and discover.accepts(f.name) and (f.kind in discover.kinds or f.kind == "unknown")
+            ),
+            missing=tuple(ref.id for ref in self.sandbox.flows if ref.id not in flows),
+        )
 
     def _parse_flows(self, items: Iterable[object]) -> list[Flow]:
         flows = []
@@ -256,8 +284,9 @@ class SandboxPoller:
             except ExporterError as exc:
                 flow_id = item.get("id") if isinstance(item, dict) else None
                 if self._once.first(self.name, "flow_payload", str(flow_id), str(exc)):
-                    log.warning("flow_payload_invalid", sandbox=self.name, flow_id=clean_text(str(flow_id), 64),
-                                error=str(exc))
+                    log.warning(
+                        "flow_payload_invalid", sandbox=self.name, flow_id=clean_text(str(flow_id), 64), error=str(exc)
+                    )
                 continue
             flows.append(flow)
             if flow.invalid_fields and self._once.first(self.name, flow.id, "flow_fields", *flow.invalid_fields):
@@ -269,16 +298,24 @@ class SandboxPoller:
         were dropped by the cap."""
         settings = self.settings
         mine = sorted(
-            (f for f in flows if settings.shard_total == 1
-             or shard_of(self.name, f.id, settings.shard_total) == settings.shard_index),
+            (
+                f
+                for f in flows
+                if settings.shard_total == 1 or shard_of(self.name, f.id, settings.shard_total) == settings.shard_index
+            ),
             key=lambda f: f.id,
         )
         dropped = max(0, len(mine) - settings.max_flows)
         self._metrics.flows_dropped.labels(self.name).set(dropped)
         if dropped and self._once.first(self.name, "flows_dropped", str(dropped)):
-            log.warning("flows_dropped", sandbox=self.name, dropped=dropped, limit=settings.max_flows,
-                        hint="raise metrics.max_flows_per_sandbox or shard the exporter")
-        return {f: self.sandbox.labels_for(f.id) for f in mine[:settings.max_flows]}, dropped
+            log.warning(
+                "flows_dropped",
+                sandbox=self.name,
+                dropped=dropped,
+                limit=settings.max_flows,
+                hint="raise metrics.max_flows_per_sandbox or shard the exporter",
+            )
+        return {f: self.sandbox.labels_for(f.id) for f in mine[: settings.max_flows]}, dropped
 
     def _flow_down(self, flow_id: str, flow: Flow | None, reason: str) -> None:
         key = (self.name, flow_id)
@@ -289,8 +326,13 @@ class SandboxPoller:
             log.warning("flow_unreadable", sandbox=self.name, flow_id=flow_id, reason=reason)
 
     def _new_state(self, flow_id: str) -> FlowState:
-        return new_flow_state(sandbox=self.name, flow_id=flow_id, now_ms=int(self._clock() * 1000),
-                              lookback_s=self.settings.lookback_s, buckets=self.settings.buckets)
+        return new_flow_state(
+            sandbox=self.name,
+            flow_id=flow_id,
+            now_ms=int(self._clock() * 1000),
+            lookback_s=self.settings.lookback_s,
+            buckets=self.settings.buckets,
+        )
 
     async def refresh(self, flow_id: str) -> tuple[Run, ...]:
         """Read one tracked flow's runs now, as an event asks (through the same counting rule, never at the same
@@ -334,10 +376,16 @@ class SandboxPoller:
         if self.runs.learned:  # kept before the answer's runs are counted: a restart never re-learns at a loss
             self.runs.learned = False
             await self._tracker.set_meta(self._knowledge_key, self.runs.knowledge())
-        update = apply_runs(state, flow, answer.runs, now_ms=int(self._clock() * 1000),
-                            max_error_codes=self.settings.max_error_codes, window=answer.window,
-                            max_activities=self.settings.max_activities,
-                            max_audiences=self.settings.max_audiences)
+        update = apply_runs(
+            state,
+            flow,
+            answer.runs,
+            now_ms=int(self._clock() * 1000),
+            max_error_codes=self.settings.max_error_codes,
+            window=answer.window,
+            max_activities=self.settings.max_activities,
+            max_audiences=self.settings.max_audiences,
+        )
         self._log_once(flow.id, update)
         await self._tracker.save(update.state)
         if update.counted:
@@ -347,15 +395,26 @@ class SandboxPoller:
     def _log_once(self, flow_id: str, update: Update) -> None:
         """What an answer showed that the operator should know, each once per flow."""
         if update.activities_dropped and self._once.first(self.name, flow_id, "activities_dropped"):
-            log.warning("activities_dropped", sandbox=self.name, flow_id=flow_id, dropped=update.activities_dropped,
-                        limit=self.settings.max_activities, hint="raise metrics.max_activities_per_flow")
+            log.warning(
+                "activities_dropped",
+                sandbox=self.name,
+                flow_id=flow_id,
+                dropped=update.activities_dropped,
+                limit=self.settings.max_activities,
+                hint="raise metrics.max_activities_per_flow",
+            )
         for raw in update.unknown_statuses:
             if self._once.first(self.name, flow_id, "status", raw):
                 log.warning("run_status_unknown", sandbox=self.name, flow_id=flow_id, status=raw[:64])
         for run in update.counted:
             if run.unknown_fields and self._once.first(self.name, flow_id, "run_fields", *run.unknown_fields):
-                log.info("run_values_unknown", sandbox=self.name, flow_id=flow_id, run_id=run.id,
-                         fields=list(run.unknown_fields))
+                log.info(
+                    "run_values_unknown",
+                    sandbox=self.name,
+                    flow_id=flow_id,
+                    run_id=run.id,
+                    fields=list(run.unknown_fields),
+                )
 
     def _strategy_changed(self, strategy: Strategy) -> None:
         self._metrics.set_runs_strategy(self.name, strategy.value)

@@ -26,8 +26,14 @@ _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 def encodings(secret: str, client_id: str = "") -> set[str]:
     """Every form ``secret`` may be echoed in (see the module docstring)."""
-    forms = {secret, quote(secret, safe=""), quote_plus(secret), quote(secret), json.dumps(secret)[1:-1],
-             base64.b64encode(secret.encode()).decode().rstrip("=")}
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret),
+        quote(secret),
+        json.dumps(secret)[1:-1],
+        base64.b64encode(secret.encode()).decode().rstrip("="),
+    }
     if client_id:
         forms.add(base64.b64encode(f"{client_id}:{secret}".encode()).decode().rstrip("="))
     return {f for f in forms if len(f) >= _MIN_SECRET}
@@ -45,8 +51,13 @@ def redactor(secrets: Iterable[str], client_id: str = "") -> re.Pattern[str] | N
     for form in sorted(forms, key=len, reverse=True):
         escaped = re.escape(form)
         # %2f and %2F are the same byte: match a percent-encoding whatever the case of its hex digits
-        parts.append(re.sub(r"%([0-9A-Fa-f])([0-9A-Fa-f])", lambda m: f"%[{m[1].upper()}{m[1].lower()}]"
-                                                                      f"[{m[2].upper()}{m[2].lower()}]", escaped))
+        parts.append(
+            re.sub(
+                r"%([0-9A-Fa-f])([0-9A-Fa-f])",
+                lambda m: f"%[{m[1].upper()}{m[1].lower()}][{m[2].upper()}{m[2].lower()}]",
+                escaped,
+            )
+        )
     return re.compile("|".join(parts))
 
 
@@ -57,4 +68,4 @@ def safe_text(text: str, pattern: re.Pattern[str] | None, limit: int = 300) -> s
     text = clean_text(text, len(text))
     for char, escape in _ESCAPES.items():
         text = text.replace(char, escape)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -60,8 +60,12 @@ class Bounds:
 
     @classmethod
     def of(cls, state: FlowState) -> Bounds:
-        return cls(first_sight=state.first_sight, created_ms=state.runs_lower_bound_ms(),
-                   started_ms=state.started_lower_bound_ms(), undated=state.undated_runs)
+        return cls(
+            first_sight=state.first_sight,
+            created_ms=state.runs_lower_bound_ms(),
+            started_ms=state.started_lower_bound_ms(),
+            undated=state.undated_runs,
+        )
 
 
 @dataclass(kw_only=True)
@@ -83,10 +87,16 @@ class RunsReader:
     confirmed, whether the sandbox has runs without createdAt): :meth:`knowledge` is what the state file keeps, so
     a restart starts where the last process stopped, never re-learning at the cost of a run."""
 
-    def __init__(self, *, sandbox: str, client: FlowServiceClient,
-                 on_change: Callable[[Strategy], None] = lambda _s: None,
-                 on_bad_item: Callable[[str, str], None] = lambda _f, _e: None,
-                 clock: Callable[[], float] = time.time, knowledge: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        sandbox: str,
+        client: FlowServiceClient,
+        on_change: Callable[[Strategy], None] = lambda _s: None,
+        on_bad_item: Callable[[str, str], None] = lambda _f, _e: None,
+        clock: Callable[[], float] = time.time,
+        knowledge: str | None = None,
+    ) -> None:
         self.sandbox = sandbox
         self._clock = clock
         self._client = client
@@ -99,9 +109,14 @@ class RunsReader:
 
     def knowledge(self) -> str:
         """What this reader learned, as the state file keeps it (JSON)."""
-        return json.dumps({"failed": {s.value: reason for s, reason in self._failed.items()},
-                           "confirmed": sorted(s.value for s in self._confirmed), "undated": self._undated},
-                          sort_keys=True)
+        return json.dumps(
+            {
+                "failed": {s.value: reason for s, reason in self._failed.items()},
+                "confirmed": sorted(s.value for s in self._confirmed),
+                "undated": self._undated,
+            },
+            sort_keys=True,
+        )
 
     @property
     def strategy(self) -> Strategy:
@@ -178,8 +193,9 @@ class RunsReader:
         if not self._undated and any(run.created_at_ms is None for run in answer.runs):
             self._undated = self.learned = True
 
-    def _settle(self, answer: Answer, flow: Flow, refusals: list[tuple[Strategy, str]],
-                misses: list[tuple[Strategy, Window]]) -> None:
+    def _settle(
+        self, answer: Answer, flow: Flow, refusals: list[tuple[Strategy, str]], misses: list[tuple[Strategy, Window]]
+    ) -> None:
         """An answer came back: the refusals before it are proven (the flow itself is readable), and so is each
         miss whose window the newest run's own times fall in."""
         for strategy, reason in refusals:
@@ -200,8 +216,13 @@ class RunsReader:
         self._confirmed.discard(strategy)
         self.learned = True
         after = self.strategy
-        log.warning("runs_query_strategy_failed", sandbox=self.sandbox, strategy=strategy.value, reason=reason,
-                    now_using=after.value)
+        log.warning(
+            "runs_query_strategy_failed",
+            sandbox=self.sandbox,
+            strategy=strategy.value,
+            reason=reason,
+            now_using=after.value,
+        )
         if after is not before:
             self._on_change(after)
 
@@ -211,8 +232,11 @@ class RunsReader:
         details = flow.last_run
         if details is None or answer.strategy is Strategy.FULL or answer.truncated or answer.find(details.id):
             return False
-        if details.id in state.counted or details.id in state.in_progress or (
-                state.last_run is not None and state.last_run.id == details.id):
+        if (
+            details.id in state.counted
+            or details.id in state.in_progress
+            or (state.last_run is not None and state.last_run.id == details.id)
+        ):
             return False  # seen before: an incremental query need not return it again
         if answer.window.field == "started":  # only a run that has started can match the filter
             return details.started_at_ms is not None and details.started_at_ms >= bounds.started_ms
@@ -222,11 +246,21 @@ class RunsReader:
 
     async def _fetch(self, strategy: Strategy, flow: Flow, bounds: Bounds) -> Answer:
         if strategy is Strategy.CREATED_AT:
-            return await self._filtered(strategy, flow, "created", bounds.created_ms, [
-                ("property", f"createdAt>={bounds.created_ms}"), ("orderby", "-createdAt")])
+            return await self._filtered(
+                strategy,
+                flow,
+                "created",
+                bounds.created_ms,
+                [("property", f"createdAt>={bounds.created_ms}"), ("orderby", "-createdAt")],
+            )
         if strategy is Strategy.STARTED_AT:
-            return await self._filtered(strategy, flow, "started", bounds.started_ms, [
-                ("property", f"{STARTED_AT_PATH}>{bounds.started_ms - 1}")])
+            return await self._filtered(
+                strategy,
+                flow,
+                "started",
+                bounds.started_ms,
+                [("property", f"{STARTED_AT_PATH}>{bounds.started_ms - 1}")],
+            )
         # Paging may stop early only where runs without createdAt cannot hide further down: Adobe documents no
         # default order, and a store that sorts a missing key last lists them after every run that has one.
         early = strategy is Strategy.NEWEST_FIRST and not (bounds.first_sight or bounds.undated or self._undated)
@@ -243,8 +277,9 @@ class RunsReader:
                 yield [run for run in self._parse(flow.id, items) if run.flow_id in (None, flow.id)]
         answer.truncated = count >= MAX_PAGES
 
-    async def _filtered(self, strategy: Strategy, flow: Flow, field_name: str, bound: int,
-                        extra: list[tuple[str, str]]) -> Answer:
+    async def _filtered(
+        self, strategy: Strategy, flow: Flow, field_name: str, bound: int, extra: list[tuple[str, str]]
+    ) -> Answer:
         answer = Answer(strategy=strategy)
         ignored = False
         async for page in self._pages(flow, extra, answer):
@@ -310,11 +345,17 @@ def _known(text: str | None) -> tuple[dict[Strategy, str], set[Strategy], bool]:
         data = {}
     values = {s.value: s for s in STRATEGIES}
     failed_raw = data.get("failed")
-    failed = {values[k]: clean_text(v, 200) for k, v in (failed_raw.items() if isinstance(failed_raw, dict) else ())
-              if k in values and values[k] is not Strategy.FULL and isinstance(v, str)}
+    failed = {
+        values[k]: clean_text(v, 200)
+        for k, v in (failed_raw.items() if isinstance(failed_raw, dict) else ())
+        if k in values and values[k] is not Strategy.FULL and isinstance(v, str)
+    }
     confirmed_raw = data.get("confirmed")
-    confirmed = {values[k] for k in (confirmed_raw if isinstance(confirmed_raw, list) else ())
-                 if isinstance(k, str) and k in values and values[k] not in failed}
+    confirmed = {
+        values[k]
+        for k in (confirmed_raw if isinstance(confirmed_raw, list) else ())
+        if isinstance(k, str) and k in values and values[k] not in failed
+    }
     return failed, confirmed, data.get("undated") is True
 
 

@@ -38,8 +38,16 @@ def _gauge(family: m.Family, registry: CollectorRegistry) -> Gauge:
     return Gauge(family.name, family.help, family.labels, registry=registry)
 
 
-EVENT_OUTCOMES = ("applied", "duplicate", "already_counted", "untracked", "not_a_flow", "rejected_signature",
-                  "rejected_recipient", "invalid")
+EVENT_OUTCOMES = (
+    "applied",
+    "duplicate",
+    "already_counted",
+    "untracked",
+    "not_a_flow",
+    "rejected_signature",
+    "rejected_recipient",
+    "invalid",
+)
 EVENT_LAG_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 
@@ -55,8 +63,9 @@ class SelfMetrics:
         GCCollector(registry=registry)
         _gauge(m.BUILD_INFO, registry).labels(__version__, platform.python_version()).set(1)
         self.api_requests = _counter(m.API_REQUESTS, registry)
-        self.api_latency = Histogram(m.API_LATENCY.name, m.API_LATENCY.help, m.API_LATENCY.labels,
-                                     buckets=LATENCY_BUCKETS, registry=registry)
+        self.api_latency = Histogram(
+            m.API_LATENCY.name, m.API_LATENCY.help, m.API_LATENCY.labels, buckets=LATENCY_BUCKETS, registry=registry
+        )
         self.api_retries = _counter(m.API_RETRIES, registry)
         for endpoint in ("flows", "runs"):  # at 0 from the start, so rate() and alerts see the first retry
             for reason in RETRY_REASONS:
@@ -77,8 +86,9 @@ class SelfMetrics:
         self.reload_time = _gauge(m.RELOAD_TIME, registry)
         self.runs_strategy = _gauge(m.RUNS_STRATEGY, registry)
         self.events = _counter(m.EVENTS, registry)
-        self.event_lag = Histogram(m.EVENT_LAG.name, m.EVENT_LAG.help, m.EVENT_LAG.labels, buckets=EVENT_LAG_BUCKETS,
-                                   registry=registry)
+        self.event_lag = Histogram(
+            m.EVENT_LAG.name, m.EVENT_LAG.help, m.EVENT_LAG.labels, buckets=EVENT_LAG_BUCKETS, registry=registry
+        )
         self.journal_read: Gauge | None = None  # only with a journal configured (its alert reads it)
 
     def start_events(self, sources: tuple[str, ...]) -> None:
@@ -98,8 +108,15 @@ class SelfMetrics:
 
     def forget_sandbox(self, sandbox: str) -> None:
         """Drop the per-sandbox series of a sandbox no longer configured."""
-        for metric in (self.polls, self.poll_failures, self.poll_interval, self.poll_duration, self.last_poll_success,
-                       self.flows, self.flows_dropped):
+        for metric in (
+            self.polls,
+            self.poll_failures,
+            self.poll_interval,
+            self.poll_duration,
+            self.last_poll_success,
+            self.flows,
+            self.flows_dropped,
+        ):
             with contextlib.suppress(KeyError):
                 metric.remove(sandbox)
         for name in RUNS_STRATEGIES:

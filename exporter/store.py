@@ -46,6 +46,7 @@ SCHEMA_VERSION = 1
 
 # --- the state codec: FlowState <-> JSON, validated like a fresh answer on the way in ----------------------
 
+
 def state_to_json(state: FlowState) -> dict[str, Any]:
     """A JSON-ready dict of a flow's state (labels and ``up`` are not persisted: config and polls set them)."""
     data = dataclasses.asdict(state)
@@ -74,8 +75,12 @@ class _Loaded:
         return fallback if checked is None else checked
 
     def counts(self, data: Mapping[str, Any]) -> Counts:
-        return Counts(**{group: {self.text(k, 64): valid_count(v) for k, v in data[group].items()}
-                         for group in ("records", "bytes", "files")})
+        return Counts(
+            **{
+                group: {self.text(k, 64): valid_count(v) for k, v in data[group].items()}
+                for group in ("records", "bytes", "files")
+            }
+        )
 
     def tally(self, data: Mapping[str, Any], limit: int = 64) -> dict[str, int]:
         """A counter map with only valid keys and counts (an invalid one is dropped: unknown, not 0)."""
@@ -88,13 +93,19 @@ class _Loaded:
 
     def record_codes(self, data: Mapping[str, Any]) -> dict[str, dict[str, int]]:
         """outcome -> code -> count, for the outcomes there are."""
-        return {outcome: self.tally(codes) for outcome, codes in data.items()
-                if outcome in RECORD_CODE_LISTS and isinstance(codes, dict)}
+        return {
+            outcome: self.tally(codes)
+            for outcome, codes in data.items()
+            if outcome in RECORD_CODE_LISTS and isinstance(codes, dict)
+        }
 
     def audiences(self, data: Mapping[str, Any]) -> dict[str, dict[str, int]]:
         """audience_id -> outcome -> count, for the outcomes there are."""
-        return {self.text(audience, 128): {o: c for o, c in self.tally(counts).items() if o in RECORD_FIELDS}
-                for audience, counts in data.items() if isinstance(counts, dict)}
+        return {
+            self.text(audience, 128): {o: c for o, c in self.tally(counts).items() if o in RECORD_FIELDS}
+            for audience, counts in data.items()
+            if isinstance(counts, dict)
+        }
 
     def flow(self, data: Mapping[str, Any] | None) -> Flow | None:
         if data is None:
@@ -102,28 +113,44 @@ class _Loaded:
         last = data.get("last_run")
         interval = _finite(data.get("schedule_interval_seconds"), 366 * 86400.0)
         return Flow(
-            id=self.text(data["id"], 128), name=self.text(data.get("name")),
+            id=self.text(data["id"], 128),
+            name=self.text(data.get("name")),
             flow_spec_id=self.text(data.get("flow_spec_id"), 128),
             source_connection_spec_id=self.text(data.get("source_connection_spec_id"), 128),
             target_connection_spec_id=self.text(data.get("target_connection_spec_id"), 128),
-            kind=self.text(data.get("kind"), 32) or "unknown", state=self.text(data.get("state"), 64) or "unknown",
+            kind=self.text(data.get("kind"), 32) or "unknown",
+            state=self.text(data.get("state"), 64) or "unknown",
             schedule_interval_seconds=interval if interval else None,
             schedule_end_ms=_date_ms(data.get("schedule_end_ms")),
-            last_run=LastRunDetails(id=self.text(last["id"], 128), state=self.text(last.get("state"), 64) or None,
-                                    started_at_ms=self.ms(last.get("started_at_ms")),
-                                    completed_at_ms=self.ms(last.get("completed_at_ms"))) if last else None,
+            last_run=LastRunDetails(
+                id=self.text(last["id"], 128),
+                state=self.text(last.get("state"), 64) or None,
+                started_at_ms=self.ms(last.get("started_at_ms")),
+                completed_at_ms=self.ms(last.get("completed_at_ms")),
+            )
+            if last
+            else None,
         )
 
     def activity(self, a: Mapping[str, Any]) -> Activity:
-        return Activity(name=snake_case(self.text(a["name"], 128)), status=_status_of(a.get("status")),
-                        duration_seconds=_finite(a.get("duration_seconds"), 2.0**53), counts=self.counts(a["counts"]))
+        return Activity(
+            name=snake_case(self.text(a["name"], 128)),
+            status=_status_of(a.get("status")),
+            duration_seconds=_finite(a.get("duration_seconds"), 2.0**53),
+            counts=self.counts(a["counts"]),
+        )
 
     def histogram(self, hist: Mapping[str, Any], buckets: tuple[float, ...]) -> tuple[Histogram, bool]:
         bounds = tuple(float(b) for b in hist["bounds"])
         counts = tuple(valid_count(c) for c in hist["counts"])
         total = float(hist["sum"])
-        if None in counts or len(counts) != len(bounds) + 1 or not math.isfinite(total) \
-                or not all(map(math.isfinite, bounds)) or any(b <= a for a, b in itertools.pairwise(bounds)):
+        if (
+            None in counts
+            or len(counts) != len(bounds) + 1
+            or not math.isfinite(total)
+            or not all(map(math.isfinite, bounds))
+            or any(b <= a for a, b in itertools.pairwise(bounds))
+        ):
             return Histogram.empty(tuple(buckets)), True
         stored = Histogram(bounds=bounds, counts=tuple(c or 0 for c in counts), sum=total)
         if bounds == tuple(buckets):
@@ -160,8 +187,9 @@ def _counted_from(data: Mapping[str, Any]) -> dict[str, int]:
     return counted
 
 
-def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...],
-                    now_ms: int | None = None) -> tuple[FlowState, bool]:
+def state_from_json(
+    data: Mapping[str, Any], buckets: tuple[float, ...], now_ms: int | None = None
+) -> tuple[FlowState, bool]:
     """Rebuild a flow's state, validated like a fresh answer (``now_ms`` bounds timestamps; default: the wall
     clock); the bool says the histogram was reset (the buckets changed, or it was not valid).
 
@@ -180,20 +208,28 @@ def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...],
         flow=load.flow(data.get("flow")),
         seen_key=(seen_key[0], seen_key[1]) if seen_key else None,
         newest_created_ms=load.watermark(data.get("newest_created_ms"), int(data["counting_start_ms"])),
-        newest_started_ms=load.watermark(data.get("newest_started_ms", data.get("newest_created_ms")),
-                                         int(data["counting_start_ms"])),
+        newest_started_ms=load.watermark(
+            data.get("newest_started_ms", data.get("newest_created_ms")), int(data["counting_start_ms"])
+        ),
         count_floor_ms=int(data.get("count_floor_ms", data["counting_start_ms"])),
         in_progress={load.text(k, 128): (load.ms(v[0]), load.ms(v[1])) for k, v in data["in_progress"].items()},
         counted=_counted_from(data),
-        last_run=LastRun(id=load.text(last_run["id"], 128), status=last_status or "other",
-                         started_ms=load.ms(last_run.get("started_ms")),
-                         ended_ms=load.ms(last_run.get("ended_ms"))) if last_run else None,
+        last_run=LastRun(
+            id=load.text(last_run["id"], 128),
+            status=last_status or "other",
+            started_ms=load.ms(last_run.get("started_ms")),
+            ended_ms=load.ms(last_run.get("ended_ms")),
+        )
+        if last_run
+        else None,
         last_completed=CompletedRun(
             id=load.text(completed["id"], 128),
             ended_ms=int(completed["ended_ms"]),
             counts=load.counts(completed["counts"]),
             activities=tuple(load.activity(a) for a in completed["activities"]),
-        ) if completed else None,
+        )
+        if completed
+        else None,
         last_success_ms=load.ms(data.get("last_success_ms")),
         last_failure_ms=load.ms(data.get("last_failure_ms")),
         runs_total=load.tally(data["runs_total"]),
@@ -210,8 +246,9 @@ def state_from_json(data: Mapping[str, Any], buckets: tuple[float, ...],
 class Store(Protocol):
     """Persistence of flow states, keyed by (sandbox, flow_id)."""
 
-    def load(self, buckets: tuple[float, ...],
-             now_ms: int | None = None) -> tuple[list[FlowState], list[tuple[str, str]]]:
+    def load(
+        self, buckets: tuple[float, ...], now_ms: int | None = None
+    ) -> tuple[list[FlowState], list[tuple[str, str]]]:
         """Every stored state (validated as a fresh answer would be; ``now_ms`` bounds timestamps), and the keys
         whose histogram was reset (the buckets changed, or it was not valid)."""
 
@@ -240,8 +277,11 @@ class MemoryStore:
     def __init__(self) -> None:
         self._meta: dict[str, str] = {}
 
-    def load(self, buckets: tuple[float, ...],  # noqa: ARG002
-             now_ms: int | None = None) -> tuple[list[FlowState], list[tuple[str, str]]]:  # noqa: ARG002
+    def load(
+        self,
+        buckets: tuple[float, ...],  # noqa: ARG002
+        now_ms: int | None = None,  # noqa: ARG002
+    ) -> tuple[list[FlowState], list[tuple[str, str]]]:
         return [], []
 
     def save(self, state: FlowState) -> None:  # noqa: ARG002
@@ -294,9 +334,11 @@ class SqliteStore:
 
     def _unwritable(self, exc: BaseException) -> str:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return (f"cannot write the state file {self.path}: {reason}. The exporter's user needs write access to "
-                f"{self.path.parent} (for the file and its -wal, -shm and .lock files); or set state.path "
-                "elsewhere, or to null for no persistence")
+        return (
+            f"cannot write the state file {self.path}: {reason}. The exporter's user needs write access to "
+            f"{self.path.parent} (for the file and its -wal, -shm and .lock files); or set state.path "
+            "elsewhere, or to null for no persistence"
+        )
 
     def _lock(self) -> int:
         """An exclusive lock on ``<path>.lock`` for the life of this store; StateError when another holds it."""
@@ -310,8 +352,10 @@ class SqliteStore:
         except OSError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise StateError(f"state file {self.path} is in use by another aep-flow-exporter (pid {holder}); "
-                             "each exporter needs its own state.path (shards too)") from None
+            raise StateError(
+                f"state file {self.path} is in use by another aep-flow-exporter (pid {holder}); "
+                "each exporter needs its own state.path (shards too)"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
@@ -332,14 +376,18 @@ class SqliteStore:
                 "refusing to touch it: point state.path at a file of its own"
             )
         if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
-            raise StateError(f"state file {self.path} has schema {version}, newer than this exporter's "
-                             f"{SCHEMA_VERSION}: upgrade the exporter or use another file")
+            raise StateError(
+                f"state file {self.path} has schema {version}, newer than this exporter's "
+                f"{SCHEMA_VERSION}: upgrade the exporter or use another file"
+            )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # with WAL this survives a killed process; no fsync per commit
         if app_id == 0:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("CREATE TABLE flows (sandbox TEXT NOT NULL, flow_id TEXT NOT NULL, state TEXT NOT NULL, "
-                       "PRIMARY KEY (sandbox, flow_id)) WITHOUT ROWID")
+            db.execute(
+                "CREATE TABLE flows (sandbox TEXT NOT NULL, flow_id TEXT NOT NULL, state TEXT NOT NULL, "
+                "PRIMARY KEY (sandbox, flow_id)) WITHOUT ROWID"
+            )
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
@@ -351,8 +399,9 @@ class SqliteStore:
         if check != "ok":
             raise StateError(f"state file {self.path} is corrupt ({check}); move it away to start afresh")
 
-    def load(self, buckets: tuple[float, ...],
-             now_ms: int | None = None) -> tuple[list[FlowState], list[tuple[str, str]]]:
+    def load(
+        self, buckets: tuple[float, ...], now_ms: int | None = None
+    ) -> tuple[list[FlowState], list[tuple[str, str]]]:
         states: list[FlowState] = []
         resets: list[tuple[str, str]] = []
         try:
@@ -363,8 +412,10 @@ class SqliteStore:
             try:
                 state, reset = state_from_json(json.loads(text), buckets, now_ms)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
-                raise StateError(f"state file {self.path}: entry {sandbox}/{flow_id} is corrupt "
-                                 f"({type(exc).__name__}); move the file away to start afresh") from exc
+                raise StateError(
+                    f"state file {self.path}: entry {sandbox}/{flow_id} is corrupt "
+                    f"({type(exc).__name__}); move the file away to start afresh"
+                ) from exc
             states.append(state)
             if reset:
                 resets.append(state.key)
@@ -373,8 +424,10 @@ class SqliteStore:
     def save(self, state: FlowState) -> None:
         text = json.dumps(state_to_json(state), separators=(",", ":"))
         try:
-            self._db.execute("INSERT OR REPLACE INTO flows (sandbox, flow_id, state) VALUES (?, ?, ?)",
-                             (state.sandbox, state.flow_id, text))
+            self._db.execute(
+                "INSERT OR REPLACE INTO flows (sandbox, flow_id, state) VALUES (?, ?, ?)",
+                (state.sandbox, state.flow_id, text),
+            )
         except sqlite3.Error as exc:
             raise StateError(f"cannot write state file {self.path}: {exc}") from exc
 

@@ -31,8 +31,9 @@ class Tracker:
         self._dirty = True
         self._snapshot = Snapshot(version=0, flows=(), sandboxes=tuple(self._sandboxes.values()))
 
-    async def attach(self, opener: Callable[[], Store], buckets: tuple[float, ...],
-                     now_ms: int) -> tuple[list[FlowState], list[tuple[str, str]]]:
+    async def attach(
+        self, opener: Callable[[], Store], buckets: tuple[float, ...], now_ms: int
+    ) -> tuple[list[FlowState], list[tuple[str, str]]]:
         """Open the real store and load what it holds, both on the writer thread; it replaces the in-memory
         store the tracker was made with. Returns the stored states and the keys whose histogram was reset."""
 

@@ -23,14 +23,20 @@ import aiohttp
 from exporter.config import host_port
 
 
-def client_session(*, headers: dict[str, str], proxy: str | None, ca_file: Path | None,
-                   limit: int = 100) -> aiohttp.ClientSession:
+def client_session(
+    *, headers: dict[str, str], proxy: str | None, ca_file: Path | None, limit: int = 100
+) -> aiohttp.ClientSession:
     """A session to Adobe (see the module docstring), of at most ``limit`` connections."""
     context = ssl.create_default_context()
     if ca_file is not None:
         context.load_verify_locations(cafile=ca_file)
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=limit), auto_decompress=False,
-                                 headers=headers, trust_env=True, proxy=proxy)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=context, limit=limit),
+        auto_decompress=False,
+        headers=headers,
+        trust_env=True,
+        proxy=proxy,
+    )
 
 
 def proxy_for(url: str, proxy: str | None) -> str | None:
@@ -61,8 +67,10 @@ def _why(exc: BaseException, host: str, proxy: str | None, timeout: float | None
         where = host_port(proxy) if proxy else "the proxy"
         return f"cannot connect to proxy {where}: {_os_reason(exc)} (check HTTPS_PROXY or adobe.proxy)"
     if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
-        return (f"TLS to {host}{via} failed: {_ssl_reason(exc)} (behind a proxy that intercepts TLS? trust its CA "
-                "with adobe.ca_file)")
+        return (
+            f"TLS to {host}{via} failed: {_ssl_reason(exc)} (behind a proxy that intercepts TLS? trust its CA "
+            "with adobe.ca_file)"
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, socket.gaierror):
             return f"cannot resolve {exc.host}: {exc.os_error.strerror} (DNS; behind a proxy? set HTTPS_PROXY)"

@@ -58,9 +58,11 @@ def landing_page(snapshot: Snapshot, *, title: str = "AEP Flow Exporter") -> str
     rows = []
     for sb in snapshot.sandboxes:
         result = "not yet polled" if sb.last_ok is None else ("ok" if sb.last_ok else f"failed: {sb.last_error}")
-        rows.append(f"<tr><td>{esc(sb.name)}</td><td>{sb.flows}</td><td>{sb.dropped}</td>"
-                    f"<td>{esc(result)}</td><td>{_fmt_time(sb.last_success_s)}</td>"
-                    f"<td><code>{esc(sb.runs_strategy)}</code></td></tr>")
+        rows.append(
+            f"<tr><td>{esc(sb.name)}</td><td>{sb.flows}</td><td>{sb.dropped}</td>"
+            f"<td>{esc(result)}</td><td>{_fmt_time(sb.last_success_s)}</td>"
+            f"<td><code>{esc(sb.runs_strategy)}</code></td></tr>"
+        )
     flow_rows = []
     for state in snapshot.flows[:LANDING_FLOW_ROWS]:
         flow = state.flow
@@ -86,11 +88,11 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}.failed{{color:#
 <h2>Sandboxes</h2>
 <table><tr><th>Sandbox</th><th>Flows</th><th>Dropped</th><th>Last poll</th><th>Last success</th>
 <th>Runs query</th></tr>
-{''.join(rows)}</table>
+{"".join(rows)}</table>
 <h2>Flows</h2>
 <table><tr><th>Sandbox</th><th>Name</th><th>Flow id</th><th>Kind</th><th>State</th><th>Last run</th>
 <th>Ended</th><th>Up</th></tr>
-{''.join(flow_rows)}</table>{note}
+{"".join(flow_rows)}</table>{note}
 </body></html>
 """
 
@@ -100,12 +102,8 @@ def is_ready(snapshot: Snapshot) -> bool:
     return all(sb.last_success_s is not None for sb in snapshot.sandboxes)
 
 
-def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot],
-                   security: WebSecurity | None = None,
-                   reload: Callable[[], Awaitable[bool]] | None = None) -> web.Application:
-    """The aiohttp application: the four endpoints, the web config file's basic auth and headers when
-    ``security`` is given, and ``POST /-/reload`` when ``reload`` is given (else 403, as Prometheus answers
-    when its lifecycle endpoints are off)."""
+def _metrics_endpoint(renderer: MetricsRenderer) -> Handler:
+    """``GET /metrics``: the format the ``Accept`` header asks for, gzipped when accepted, written in slices."""
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
@@ -121,9 +119,25 @@ def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot
         for part in parts:
             view = memoryview(part)
             for start in range(0, len(view), WRITE_CHUNK):
-                await response.write(view[start:start + WRITE_CHUNK])  # waits for the reader: bounded buffering
+                await response.write(view[start : start + WRITE_CHUNK])  # waits for the reader: bounded buffering
         await response.write_eof()
         return response
+
+    return metrics
+
+
+def create_web_app(
+    *,
+    renderer: MetricsRenderer,
+    snapshot: Callable[[], Snapshot],
+    security: WebSecurity | None = None,
+    reload: Callable[[], Awaitable[bool]] | None = None,
+) -> web.Application:
+    """The aiohttp application: the four endpoints, the web config file's basic auth and headers when
+    ``security`` is given, and ``POST /-/reload`` when ``reload`` is given (else 403, as Prometheus answers
+    when its lifecycle endpoints are off)."""
+
+    metrics = _metrics_endpoint(renderer)
 
     async def index(_request: web.Request) -> web.Response:
         # Every string on the page was validated in model.py; "replace" keeps a page up whatever slips through.
@@ -142,8 +156,11 @@ def create_web_app(*, renderer: MetricsRenderer, snapshot: Callable[[], Snapshot
         assert reload is not None  # noqa: S101 -- only routed when given
         if await reload():
             return web.Response(text="config reloaded\n")
-        return web.Response(status=500, text="config reload failed: the previous config is still in use "
-                                             "(see the log and aep_exporter_config_last_reload_successful)\n")
+        return web.Response(
+            status=500,
+            text="config reload failed: the previous config is still in use "
+            "(see the log and aep_exporter_config_last_reload_successful)\n",
+        )
 
     async def reload_disabled(_request: web.Request) -> web.Response:
         return web.Response(status=403, text="Lifecycle API is not enabled (server.enable_lifecycle).\n")
@@ -211,8 +228,12 @@ class WebSecurity:
         except ConfigError as exc:
             self.broken = "; ".join(exc.problems)
             self.generation += 1
-            log.error("web_config_invalid", path=str(self.path), problems=list(exc.problems),  # noqa: TRY400 -- the problems are the message
-                      hint="requests get 500 until the file is fixed")
+            log.error(  # noqa: TRY400 -- the problems are the message
+                "web_config_invalid",
+                path=str(self.path),
+                problems=list(exc.problems),
+                hint="requests get 500 until the file is fixed",
+            )
             return
         self.broken = None
         self.generation += 1
@@ -223,8 +244,9 @@ class WebSecurity:
                 log.error("web_certificate_reload_failed", error=str(exc))  # noqa: TRY400 -- one line, no traceback
         if (new.ssl_context is None) != (self.config.ssl_context is None):
             log.warning("web_tls_change_needs_restart", path=str(self.path))
-        self.config = WebConfig(ssl_context=self.config.ssl_context, users=new.users, headers=new.headers,
-                                cert_files=new.cert_files)
+        self.config = WebConfig(
+            ssl_context=self.config.ssl_context, users=new.users, headers=new.headers, cert_files=new.cert_files
+        )
         log.info("web_config_reloaded", path=str(self.path), users=len(new.users))
 
 
@@ -269,8 +291,11 @@ def security_middleware(security: WebSecurity, *, cache_size: int = 4096) -> Any
         if security.broken is not None and request.path not in UNPROTECTED:
             return web.Response(status=500, text="web config file is invalid: see the exporter's log\n")
         if security.config.users and request.path not in UNPROTECTED and not await authorized(request):
-            return web.Response(status=401, text="Unauthorized\n",
-                                headers={"WWW-Authenticate": 'Basic realm="aep-flow-exporter", charset="UTF-8"'})
+            return web.Response(
+                status=401,
+                text="Unauthorized\n",
+                headers={"WWW-Authenticate": 'Basic realm="aep-flow-exporter", charset="UTF-8"'},
+            )
         return await handler(request)
 
     return middleware

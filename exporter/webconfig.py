@@ -46,7 +46,7 @@ _CLIENT_AUTH = {
 _UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert")
 _REFUSED_TLS_KEYS = {
     "cipher_suites": "Go cipher suite names have no faithful OpenSSL equivalent here; remove it (OpenSSL's "
-                     "defaults for the TLS versions allowed apply)",
+    "defaults for the TLS versions allowed apply)",
     "curve_preferences": "Go curve names are not applied by Python's ssl module; remove it",
     "client_allowed_sans": "not supported; verify clients with client_ca_file instead",
     "cert": "inline certificates are not supported; use cert_file",
@@ -55,9 +55,12 @@ _REFUSED_TLS_KEYS = {
 }
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 
-_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2,
-             "TLS13": ssl.TLSVersion.TLSv1_3}
-
+_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,8 +137,9 @@ def _users(raw: object, where: str, problems: list[str]) -> dict[str, bytes]:
     return users
 
 
-def _tls(raw: object, base: Path, where: str,
-         problems: list[str]) -> tuple[ssl.SSLContext | None, tuple[Path, Path] | None]:
+def _tls(
+    raw: object, base: Path, where: str, problems: list[str]
+) -> tuple[ssl.SSLContext | None, tuple[Path, Path] | None]:
     if raw is None:
         return None, None
     if not isinstance(raw, dict):
@@ -160,8 +164,15 @@ def _tls(raw: object, base: Path, where: str,
 
 
 def _tls_keys(raw: dict[str, object], where: str, problems: list[str]) -> None:
-    known = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version",
-             "prefer_server_cipher_suites"}
+    known = {
+        "cert_file",
+        "key_file",
+        "client_auth_type",
+        "client_ca_file",
+        "min_version",
+        "max_version",
+        "prefer_server_cipher_suites",
+    }
     for key in raw:
         if key in _REFUSED_TLS_KEYS:
             problems.append(f"{where}.{key}: {_REFUSED_TLS_KEYS[key]}")
@@ -187,9 +198,11 @@ def _tls_files(raw: dict[str, object], base: Path, where: str, problems: list[st
 def _client_auth(raw: dict[str, object], files: dict[str, Path], where: str, problems: list[str]) -> str:
     auth = str(raw.get("client_auth_type", "NoClientCert"))
     if auth in _UNVERIFIED_CLIENT_AUTH:
-        problems.append(f"{where}.client_auth_type: {auth} means 'accept any client certificate without verifying "
-                        "it' (as in Go), which Python's ssl cannot do; use RequireAndVerifyClientCert with "
-                        "client_ca_file")
+        problems.append(
+            f"{where}.client_auth_type: {auth} means 'accept any client certificate without verifying "
+            "it' (as in Go), which Python's ssl cannot do; use RequireAndVerifyClientCert with "
+            "client_ca_file"
+        )
     elif auth not in _CLIENT_AUTH:
         problems.append(f"{where}.client_auth_type: {auth!r} is not one of {', '.join(_CLIENT_AUTH)}")
     if auth in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven") and "client_ca_file" not in files:
@@ -209,8 +222,9 @@ def _tls_versions(raw: dict[str, object], where: str, problems: list[str]) -> tu
     return found[0], found[1]
 
 
-def _context(files: dict[str, Path], auth: str, versions: tuple[ssl.TLSVersion, ssl.TLSVersion], *,
-             prefer: bool) -> ssl.SSLContext:
+def _context(
+    files: dict[str, Path], auth: str, versions: tuple[ssl.TLSVersion, ssl.TLSVersion], *, prefer: bool
+) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version, context.maximum_version = versions
     if prefer:

@@ -66,8 +66,14 @@ class KeyCache:
     """Adobe's public keys by path: fetched from the configured base only, on a session of their own, one fetch
     at a time per path and a few a minute in all, kept 24 h (a failure a minute)."""
 
-    def __init__(self, base_url: str, *, proxy: str | None = None, ca_file: Path | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        proxy: str | None = None,
+        ca_file: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._proxy = proxy
         self._ca_file = ca_file
@@ -105,8 +111,9 @@ class KeyCache:
             self._session = client_session(headers={}, proxy=self._proxy, ca_file=self._ca_file, limit=2)
         key: rsa.RSAPublicKey | None = None
         try:
-            async with self._session.get(f"{self._base}{path}", allow_redirects=False,
-                                         timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            async with self._session.get(
+                f"{self._base}{path}", allow_redirects=False, timeout=aiohttp.ClientTimeout(total=10)
+            ) as resp:
                 if resp.status == 200:
                     loaded = serialization.load_pem_public_key(await read_capped(resp, KEY_MAX_BYTES, "public key"))
                     key = loaded if isinstance(loaded, rsa.RSAPublicKey) else None

@@ -72,9 +72,24 @@ def exporter_factory() -> Callable[[Config], Exporter]:
 def simulator_process() -> Iterator[str]:
     """``aep-flow-exporter simulate`` in a subprocess, standing still in time."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "simulate", "--port", str(port), "--speed", "0",
-                             "--flows", "4", "--log-format", "json"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "simulate",
+            "--port",
+            str(port),
+            "--speed",
+            "0",
+            "--flows",
+            "4",
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/")

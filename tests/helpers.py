@@ -20,10 +20,18 @@ from exporter.simulator.server import API_PREFIX, IMS_PATH
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
-COUNTER_FIELDS = [("records", k) for k in ("input", "output", "failed", "skipped", "warning", "created", "updated",
-                                           "deleted")] + [
-    ("bytes", "input"), ("bytes", "output"), ("bytes", "skipped"), ("bytes", "failed"), ("files", "input"),
-    ("files", "output"), ("files", "failed"), ("files", "skipped")]
+COUNTER_FIELDS = [
+    ("records", k) for k in ("input", "output", "failed", "skipped", "warning", "created", "updated", "deleted")
+] + [
+    ("bytes", "input"),
+    ("bytes", "output"),
+    ("bytes", "skipped"),
+    ("bytes", "failed"),
+    ("files", "input"),
+    ("files", "output"),
+    ("files", "failed"),
+    ("files", "skipped"),
+]
 
 
 def parse_samples(text: str) -> Samples:
@@ -60,8 +68,9 @@ async def scrape(server: TestServer, path: str = "/metrics", **headers: str) -> 
         return resp.status, await resp.text(), dict(resp.headers)
 
 
-def expected_counters(truth: dict[str, Any], buckets: tuple[float, ...] = LEAN_BUCKETS, *,
-                      audiences: bool = False) -> Samples:
+def expected_counters(
+    truth: dict[str, Any], buckets: tuple[float, ...] = LEAN_BUCKETS, *, audiences: bool = False
+) -> Samples:
     """What every ``aep_flow_*_total`` counter and the duration histogram must show, from the simulator's runs
     (with ``audiences``, the per-audience counters too)."""
     out: Samples = {}
@@ -102,9 +111,15 @@ def expected_counters(truth: dict[str, Any], buckets: tuple[float, ...] = LEAN_B
 
 def counter_samples(samples: Samples) -> Samples:
     """Only the run-derived counters and histogram, the part ground truth determines."""
-    names = {"aep_flow_runs_total", "aep_flow_run_errors_total", "aep_flow_run_duration_seconds_bucket",
-             "aep_flow_run_duration_seconds_count", "aep_flow_run_duration_seconds_sum",
-             "aep_flow_record_codes_total", "aep_flow_audience_records_total"}
+    names = {
+        "aep_flow_runs_total",
+        "aep_flow_run_errors_total",
+        "aep_flow_run_duration_seconds_bucket",
+        "aep_flow_run_duration_seconds_count",
+        "aep_flow_run_duration_seconds_sum",
+        "aep_flow_record_codes_total",
+        "aep_flow_audience_records_total",
+    }
     names |= {f"aep_flow_{field}_{group}_total" for group, field in COUNTER_FIELDS}
     return {k: v for k, v in samples.items() if k[0] in names}
 

@@ -43,8 +43,13 @@ class ScriptedJournal:
         self.queue.extend(answers)
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self.requests.append({"path": request.path, "query": dict(request.query),
-                              "authorization": request.headers.get("Authorization", "")})
+        self.requests.append(
+            {
+                "path": request.path,
+                "query": dict(request.query),
+                "authorization": request.headers.get("Authorization", ""),
+            }
+        )
         if self.queue:
             self.last = self.queue.popleft()
         answer = self.last
@@ -75,8 +80,9 @@ async def scripted_journal() -> AsyncIterator[ScriptedJournal]:
 
 
 @asynccontextmanager
-async def reader_for(sim: Sim, journal_url: str, *, state: str | None = None,
-                     **options: Any) -> AsyncIterator[tuple[JournalReader, Exporter, list[str]]]:
+async def reader_for(
+    sim: Sim, journal_url: str, *, state: str | None = None, **options: Any
+) -> AsyncIterator[tuple[JournalReader, Exporter, list[str]]]:
     """A started exporter (its state file, client and router) with a journal reader on ``journal_url`` that the
     test drives by ``read_once``; the list collects every ``on_gap`` call."""
     config = make_config(sim.url, state_path=state, interval=600.0)
@@ -87,9 +93,18 @@ async def reader_for(sim: Sim, journal_url: str, *, state: str | None = None,
         await exporter.start()
         exporter.metrics.start_events(("journal",))
         assert exporter._client is not None
-        reader = JournalReader(client=exporter._client, url=journal_url, org_id=config.adobe.org_id,
-                               router=exporter.router, tracker=exporter.tracker, metrics=exporter.metrics,
-                               wait=0.5, clock=exporter.clock, on_gap=lambda: gaps.append("gap"), **options)
+        reader = JournalReader(
+            client=exporter._client,
+            url=journal_url,
+            org_id=config.adobe.org_id,
+            router=exporter.router,
+            tracker=exporter.tracker,
+            metrics=exporter.metrics,
+            wait=0.5,
+            clock=exporter.clock,
+            on_gap=lambda: gaps.append("gap"),
+            **options,
+        )
         yield reader, exporter, gaps
     finally:
         await exporter.close()

@@ -68,15 +68,25 @@ async def prometheus(tmp: Path, exporter_url: str, *, alertmanager: str | None =
     config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": "aep-flow-exporter", "scrape_timeout": "1s",
-                            "static_configs": [{"targets": [exporter_url.split("//", 1)[1]]}]}],
+        "scrape_configs": [
+            {
+                "job_name": "aep-flow-exporter",
+                "scrape_timeout": "1s",
+                "static_configs": [{"targets": [exporter_url.split("//", 1)[1]]}],
+            }
+        ],
     }
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     path = tmp / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [binary("prometheus"), f"--config.file={path}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-           f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s"]
+    cmd = [
+        binary("prometheus"),
+        f"--config.file={path}",
+        f"--storage.tsdb.path={tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--rules.alert.resend-delay=1s",
+    ]
     async with process(cmd, f"http://127.0.0.1:{port}/-/ready", tmp / "prometheus.log"):
         yield f"http://127.0.0.1:{port}"
 
@@ -86,8 +96,13 @@ async def alertmanager(tmp: Path, config: dict[str, Any]) -> AsyncIterator[str]:
     port = free_port()
     path = tmp / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [binary("prometheus-alertmanager"), f"--config.file={path}", f"--storage.path={tmp / 'am'}",
-           f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+    cmd = [
+        binary("prometheus-alertmanager"),
+        f"--config.file={path}",
+        f"--storage.path={tmp / 'am'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
     async with process(cmd, f"http://127.0.0.1:{port}/-/ready", tmp / "alertmanager.log"):
         yield f"127.0.0.1:{port}"
 
@@ -121,8 +136,10 @@ class WebhookSink:
 
 async def query(prom_url: str, expr: str) -> dict[str, Any]:
     """An instant query through Prometheus's HTTP API."""
-    async with aiohttp.ClientSession() as session, session.get(f"{prom_url}/api/v1/query",
-                                                               params={"query": expr}) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{prom_url}/api/v1/query", params={"query": expr}) as resp,
+    ):
         return dict(await resp.json())
 
 
@@ -165,8 +182,10 @@ class ConnectProxy:
             upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
-            pipes = [asyncio.ensure_future(_pipe(reader, upstream_writer)),
-                     asyncio.ensure_future(_pipe(upstream_reader, writer))]
+            pipes = [
+                asyncio.ensure_future(_pipe(reader, upstream_writer)),
+                asyncio.ensure_future(_pipe(upstream_reader, writer)),
+            ]
             for pipe in pipes:
                 self._tasks.add(pipe)
                 pipe.add_done_callback(self._tasks.discard)

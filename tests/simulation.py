@@ -42,8 +42,13 @@ class Sim:
 
 def make_world(**kwargs: Any) -> World:
     """A world whose clock stands still until the test advances it."""
-    defaults: dict[str, Any] = {"seed": 7, "sandboxes": ("prod", "dev"), "flows_per_sandbox": 6,
-                                "history_s": 6 * 3600, "clock": SimClock(speed=0)}
+    defaults: dict[str, Any] = {
+        "seed": 7,
+        "sandboxes": ("prod", "dev"),
+        "flows_per_sandbox": 6,
+        "history_s": 6 * 3600,
+        "clock": SimClock(speed=0),
+    }
     return World(**{**defaults, **kwargs})
 
 
@@ -54,22 +59,45 @@ async def start_sim(world: World, **kwargs: Any) -> tuple[Sim, TestServer]:
     return Sim(simulator, str(server.make_url("")).rstrip("/")), server
 
 
-def make_config(sim_url: str, *, sandboxes: tuple[str, ...] = ("prod", "dev"), discover: bool = True,
-                flows: dict[str, list[str]] | None = None, state_path: str | None = None,
-                secret: str = Credentials().client_secret, metrics: MetricsConfig | None = None,
-                **poll: Any) -> Config:
+def make_config(
+    sim_url: str,
+    *,
+    sandboxes: tuple[str, ...] = ("prod", "dev"),
+    discover: bool = True,
+    flows: dict[str, list[str]] | None = None,
+    state_path: str | None = None,
+    secret: str = Credentials().client_secret,
+    metrics: MetricsConfig | None = None,
+    **poll: Any,
+) -> Config:
     """A config for the simulator: discovery (or explicit flows), fast rate limit, no jitter."""
     creds = Credentials()
-    poll_defaults: dict[str, Any] = {"interval": 60.0, "jitter": 0.0, "timeout": 5.0, "requests_per_second": 1000.0,
-                                     "max_concurrency": 8, "retries": 3}
+    poll_defaults: dict[str, Any] = {
+        "interval": 60.0,
+        "jitter": 0.0,
+        "timeout": 5.0,
+        "requests_per_second": 1000.0,
+        "max_concurrency": 8,
+        "retries": 3,
+    }
     interval = float(poll.get("interval", poll_defaults["interval"]))
     return Config(
-        adobe=AdobeConfig(client_id=creds.client_id, client_secret=Secret(secret), org_id=creds.org_id,
-                          ims_token_url=f"{sim_url}{IMS_PATH}", flow_service_url=f"{sim_url}{API_PREFIX}"),
+        adobe=AdobeConfig(
+            client_id=creds.client_id,
+            client_secret=Secret(secret),
+            org_id=creds.org_id,
+            ims_token_url=f"{sim_url}{IMS_PATH}",
+            flow_service_url=f"{sim_url}{API_PREFIX}",
+        ),
         sandboxes=tuple(
-            SandboxConfig(name=name, labels={"env": "test"}, discover=DiscoverConfig(enabled=discover),
-                          flows=tuple(FlowRef(id=f) for f in (flows or {}).get(name, [])), interval=interval,
-                          jitter=0.0)
+            SandboxConfig(
+                name=name,
+                labels={"env": "test"},
+                discover=DiscoverConfig(enabled=discover),
+                flows=tuple(FlowRef(id=f) for f in (flows or {}).get(name, [])),
+                interval=interval,
+                jitter=0.0,
+            )
             for name in sandboxes
         ),
         poll=PollConfig(**{**poll_defaults, **poll}),
@@ -80,10 +108,13 @@ def make_config(sim_url: str, *, sandboxes: tuple[str, ...] = ("prod", "dev"), d
 
 def make_exporter(config: Config, *, world: World | None = None) -> Exporter:
     """An exporter with its own registry and near-zero retry backoff (on the world's clock when given)."""
-    tuning = Tuning(backoff_base=0.01, backoff_cap=0.05, seed=3, self_metrics_ttl=0.0,  # tests read exact values
-                    event_retries=(0.05, 0.1, 0.2))
+    tuning = Tuning(
+        backoff_base=0.01,
+        backoff_cap=0.05,
+        seed=3,
+        self_metrics_ttl=0.0,  # tests read exact values
+        event_retries=(0.05, 0.1, 0.2),
+    )
     if world is None:
         return Exporter(config, registry=CollectorRegistry(), tuning=tuning)
     return Exporter(config, registry=CollectorRegistry(), tuning=tuning, clock=lambda: world.now_ms() / 1000.0)
-
-

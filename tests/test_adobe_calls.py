@@ -130,8 +130,11 @@ async def test_deeply_nested_json_is_a_failed_poll_or_a_down_flow(sim: Sim) -> N
 class ExplodingStore:
     """A store whose writes fail with an error no code path foresees (a stand-in for a bug)."""
 
-    def load(self, buckets: tuple[float, ...],  # noqa: ARG002 -- the Store protocol's signature
-             now_ms: int | None = None) -> tuple[list[FlowState], list[object]]:  # noqa: ARG002
+    def load(
+        self,
+        buckets: tuple[float, ...],  # noqa: ARG002 -- the Store protocol's signature
+        now_ms: int | None = None,  # noqa: ARG002
+    ) -> tuple[list[FlowState], list[object]]:
         return [], []
 
     def save(self, state: FlowState) -> None:  # noqa: ARG002 -- the Store protocol's signature
@@ -161,14 +164,31 @@ async def test_an_unforeseen_exception_in_a_cycle_is_a_failed_poll_everywhere(si
     metrics = SelfMetrics(registry)
     tracker = Tracker(ExplodingStore(), ["prod"])  # type: ignore[arg-type]
     async with aiohttp.ClientSession() as session:
-        auth = TokenProvider(session=session, url=config.adobe.ims_token_url, client_id=config.adobe.client_id,
-                             client_secret=config.adobe.client_secret, scopes="openid", metrics=metrics)
-        client = FlowServiceClient(session=session, base_url=config.adobe.flow_service_url, auth=auth,
-                                   client_id=config.adobe.client_id, org_id=config.adobe.org_id, metrics=metrics,
-                                   requests_per_second=1000.0)
-        poller = SandboxPoller(sandbox=config.sandboxes[0], settings=PollSettings(
-            lookback_s=86400.0, buckets=(60.0,), max_error_codes=5, max_flows=100), client=client,
-            tracker=tracker, metrics=metrics, clock=lambda: sim.world.now_ms() / 1000.0)
+        auth = TokenProvider(
+            session=session,
+            url=config.adobe.ims_token_url,
+            client_id=config.adobe.client_id,
+            client_secret=config.adobe.client_secret,
+            scopes="openid",
+            metrics=metrics,
+        )
+        client = FlowServiceClient(
+            session=session,
+            base_url=config.adobe.flow_service_url,
+            auth=auth,
+            client_id=config.adobe.client_id,
+            org_id=config.adobe.org_id,
+            metrics=metrics,
+            requests_per_second=1000.0,
+        )
+        poller = SandboxPoller(
+            sandbox=config.sandboxes[0],
+            settings=PollSettings(lookback_s=86400.0, buckets=(60.0,), max_error_codes=5, max_flows=100),
+            client=client,
+            tracker=tracker,
+            metrics=metrics,
+            clock=lambda: sim.world.now_ms() / 1000.0,
+        )
         assert await poller.cycle() is False
     status = tracker.snapshot().sandboxes[0]
     assert status.last_ok is False and status.last_error == "unexpected RuntimeError"
@@ -202,8 +222,10 @@ def test_max_response_bytes_takes_sizes_with_units() -> None:
     """poll.max_response_bytes accepts 32MiB, 500KiB, 1GB or a whole number of bytes; below 1 KiB is refused."""
     from exporter.config import parse_config
 
-    base = {"adobe": {"client_id": "c", "client_secret": "s", "org_id": "o@AdobeOrg"},
-            "sandboxes": [{"name": "prod", "discover": {"enabled": True}}]}
+    base = {
+        "adobe": {"client_id": "c", "client_secret": "s", "org_id": "o@AdobeOrg"},
+        "sandboxes": [{"name": "prod", "discover": {"enabled": True}}],
+    }
     for raw, size in (("32MiB", 32 << 20), ("500KiB", 500 << 10), ("1GB", 10**9), (4096, 4096)):
         assert parse_config({**base, "poll": {"max_response_bytes": raw}}).poll.max_response_bytes == size
     assert PollConfig().max_response_bytes == 32 << 20

@@ -78,7 +78,8 @@ def test_every_alert_has_a_firing_and_a_quiet_case_and_a_runbook_section() -> No
     for name, rule in alerts.items():
         assert name in fires and name in quiet, name
         assert {"severity"} <= set(rule["labels"]) and {"summary", "description", "runbook_url"} <= set(
-            rule["annotations"]), name
+            rule["annotations"]
+        ), name
         anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
         assert anchor == name.lower() and f"\n## {name}\n" in runbook, name
     assert len(alerts) >= 11
@@ -111,8 +112,11 @@ async def wait_for(sink: WebhookSink, status: str, flow_id: str, timeout: float 
         for receiver, payload in sink.received:
             for alert in payload["alerts"]:
                 labels = alert["labels"]
-                if (alert["status"] == status and labels.get("alertname") == "AEPFlowRunFailed"
-                        and labels.get("flow_id") == flow_id):
+                if (
+                    alert["status"] == status
+                    and labels.get("alertname") == "AEPFlowRunFailed"
+                    and labels.get("flow_id") == flow_id
+                ):
                     return receiver, alert
         await asyncio.sleep(0.2)
     raise AssertionError(f"no {status} AEPFlowRunFailed for {flow_id} within {timeout}s; got {sink.received}")
@@ -127,8 +131,11 @@ async def test_failed_run_alert_reaches_the_receiver_and_resolves(tmp_path: Path
     exp_server = TestServer(exporter.web_app(poll=True), host="127.0.0.1")
     await exp_server.start_server()
     try:
-        async with WebhookSink() as sink, alertmanager(tmp_path, test_config_for_test(sink)) as am_address, \
-                prometheus(tmp_path, str(exp_server.make_url("")).rstrip("/"), alertmanager=am_address):
+        async with (
+            WebhookSink() as sink,
+            alertmanager(tmp_path, test_config_for_test(sink)) as am_address,
+            prometheus(tmp_path, str(exp_server.make_url("")).rstrip("/"), alertmanager=am_address),
+        ):
             world.force_status(flow.id, "failed")
             flow.trigger_run(world.now_ms(), 1.0)
             receiver, alert = await wait_for(sink, "firing", flow.id)

@@ -28,17 +28,42 @@ FLOW = "f0000000-0000-4000-8000-000000000002"
 
 
 def run_payload(**records: Any) -> dict[str, Any]:
-    return {"id": "r1", "flowId": FLOW, "createdAt": NOW - 60_000,
-            "metrics": {"durationSummary": {"startedAtUTC": NOW - 60_000, "completedAtUTC": NOW - 1000},
-                        "statusSummary": {"status": "success"}, "recordSummary": records}}
+    return {
+        "id": "r1",
+        "flowId": FLOW,
+        "createdAt": NOW - 60_000,
+        "metrics": {
+            "durationSummary": {"startedAtUTC": NOW - 60_000, "completedAtUTC": NOW - 1000},
+            "statusSummary": {"status": "success"},
+            "recordSummary": records,
+        },
+    }
 
 
-@pytest.mark.parametrize("text", ["1e400", "-1e400", "NaN", "Infinity", "-5", "-1", "2.5", "true", '"7"', "{}",
-                                  "[]", "null", "1" + "0" * 400, str(2**53 + 1)])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1e400",
+        "-1e400",
+        "NaN",
+        "Infinity",
+        "-5",
+        "-1",
+        "2.5",
+        "true",
+        '"7"',
+        "{}",
+        "[]",
+        "null",
+        "1" + "0" * 400,
+        str(2**53 + 1),
+    ],
+)
 def test_a_count_that_is_not_a_finite_integer_in_range_is_unknown_never_a_number(text: str) -> None:
     """NaN, Infinity, 1e400, 10^400, negatives, fractions, booleans, strings and objects give no value at all."""
-    payload = json.loads(json.dumps(run_payload(outputRecordCount=5)).replace('"outputRecordCount": 5',
-                                                                            f'"outputRecordCount": {text}'))
+    payload = json.loads(
+        json.dumps(run_payload(outputRecordCount=5)).replace('"outputRecordCount": 5', f'"outputRecordCount": {text}')
+    )
     run = parse_run(payload, NOW)
     assert run.counts.records["output"] is None
     if text != "null":
@@ -46,8 +71,9 @@ def test_a_count_that_is_not_a_finite_integer_in_range_is_unknown_never_a_number
     assert parse_run(run_payload(outputRecordCount=2**53), NOW).counts.records["output"] == 2**53
 
 
-@pytest.mark.parametrize("when", [1_000_000_000_000_000, NOW + 2 * 86_400_000, 1_300_000_000_000, float("nan"),
-                                  float("inf"), -1])
+@pytest.mark.parametrize(
+    "when", [1_000_000_000_000_000, NOW + 2 * 86_400_000, 1_300_000_000_000, float("nan"), float("inf"), -1]
+)
 def test_an_implausible_timestamp_is_unknown(when: float) -> None:
     """Before 2015, over a day ahead, NaN or infinite: the time is unknown, not a date."""
     payload = run_payload()
@@ -59,10 +85,18 @@ def test_a_future_end_never_pins_the_last_success() -> None:
     """A run 'completed' in the year 33658 leaves aep_flow_last_success_timestamp_seconds at the last real one."""
     good = run_payload()
     future = {**run_payload(), "id": "r2", "createdAt": NOW - 30_000}
-    future["metrics"] = {**future["metrics"], "durationSummary": {"startedAtUTC": NOW - 30_000,
-                                                                  "completedAtUTC": 1_000_000_000_000_000}}
-    flow = parse_flow({"id": FLOW, "name": "F", "lastRunDetails": {
-        "id": "r2", "state": "success", "completedAtUTC": 1_000_000_000_000_000}}, NOW)
+    future["metrics"] = {
+        **future["metrics"],
+        "durationSummary": {"startedAtUTC": NOW - 30_000, "completedAtUTC": 1_000_000_000_000_000},
+    }
+    flow = parse_flow(
+        {
+            "id": FLOW,
+            "name": "F",
+            "lastRunDetails": {"id": "r2", "state": "success", "completedAtUTC": 1_000_000_000_000_000},
+        },
+        NOW,
+    )
     state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, lookback_s=3600, buckets=())
     update = apply_runs(state, flow, [parse_run(good, NOW), parse_run(future, NOW)], now_ms=NOW, max_error_codes=5)
     assert update.state.last_success_ms == NOW - 1000
@@ -76,8 +110,14 @@ def test_lone_surrogates_and_control_characters_are_replaced_in_every_string() -
     assert flow.name == "Orders \ufffd \ufffdbell"
     assert flow.state == "enab\ufffdled"
     flow.name.encode()
-    run = parse_run(json.loads(json.dumps(run_payload()).replace('"status": "success"}', '"status": "failed", '
-                                                                  '"errors": [{"code": "X-\\ud800-1"}]}')), NOW)
+    run = parse_run(
+        json.loads(
+            json.dumps(run_payload()).replace(
+                '"status": "success"}', '"status": "failed", "errors": [{"code": "X-\\ud800-1"}]}'
+            )
+        ),
+        NOW,
+    )
     assert run.error_codes == frozenset({"X-\ufffd-1"})
     with pytest.raises(Exception, match="unusable id"):
         parse_flow(json.loads('{"id": "f\\ud800"}'))
@@ -86,11 +126,18 @@ def test_lone_surrogates_and_control_characters_are_replaced_in_every_string() -
 def test_activities_per_flow_are_capped() -> None:
     """A run with 3,000 activities gives per-activity series for at most max_activities_per_flow of them."""
     payload = run_payload(inputRecordCount=1)
-    payload["activities"] = [{"id": f"a{i}", "name": f"Step {i}", "statusSummary": {"status": "success"}}
-                             for i in range(3000)]
+    payload["activities"] = [
+        {"id": f"a{i}", "name": f"Step {i}", "statusSummary": {"status": "success"}} for i in range(3000)
+    ]
     state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, lookback_s=3600, buckets=())
-    update = apply_runs(state, parse_flow({"id": FLOW}, NOW), [parse_run(payload, NOW)], now_ms=NOW,
-                        max_error_codes=5, max_activities=20)
+    update = apply_runs(
+        state,
+        parse_flow({"id": FLOW}, NOW),
+        [parse_run(payload, NOW)],
+        now_ms=NOW,
+        max_error_codes=5,
+        max_activities=20,
+    )
     assert update.state.last_completed is not None
     assert len(update.state.last_completed.activities) == 20
     assert update.activities_dropped == 2980
@@ -101,24 +148,37 @@ def test_a_flow_that_still_fails_to_render_is_left_out_alone(promtool: str) -> N
     shows aep_exporter_flow_up 0 and every other flow is served."""
     good = new_flow_state(sandbox="prod", flow_id="good", now_ms=NOW, lookback_s=0, buckets=(1.0,))
     good = dataclasses.replace(good, flow=parse_flow({"id": "good", "name": "Good", "state": "enabled"}))
-    bad_flow = Flow(id="bad", name="Bad \ud800", flow_spec_id="", source_connection_spec_id="",
-                    target_connection_spec_id="", kind="source", state="enabled", schedule_interval_seconds=None,
-                    last_run=None)
+    bad_flow = Flow(
+        id="bad",
+        name="Bad \ud800",
+        flow_spec_id="",
+        source_connection_spec_id="",
+        target_connection_spec_id="",
+        kind="source",
+        state="enabled",
+        schedule_interval_seconds=None,
+        last_run=None,
+    )
     bad = dataclasses.replace(good, flow_id="bad", flow=bad_flow)
-    text = FlowExposition(CollectorOptions(), openmetrics=False).render(
-        Snapshot(version=1, flows=(bad, good), sandboxes=())).decode()
+    text = (
+        FlowExposition(CollectorOptions(), openmetrics=False)
+        .render(Snapshot(version=1, flows=(bad, good), sandboxes=()))
+        .decode()
+    )
     samples = parse_samples(text)
     assert value(samples, "aep_exporter_flow_up", flow_id="bad") == 0
     assert value(samples, "aep_exporter_flow_up", flow_id="good") == 1
     assert not pick(samples, "aep_flow_info", flow_id="bad")
     assert value(samples, "aep_flow_enabled", flow_id="good") == 1
-    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 async def test_hostile_payloads_in_one_flow_blind_nothing_and_change_no_counter(
-        sim: Sim, served: tuple[Exporter, TestServer], promtool: str) -> None:
+    sim: Sim, served: tuple[Exporter, TestServer], promtool: str
+) -> None:
     """A flow whose payloads carry a lone surrogate, 10^400 and 1e400 counts, an end in the year 33658 and 3,000
     activities: /metrics and / answer 200, every counter equals ground truth, that flow's name shows U+FFFD."""
     exporter, server = served
@@ -137,10 +197,13 @@ async def test_hostile_payloads_in_one_flow_blind_nothing_and_change_no_counter(
     assert sum(pick(samples, "aep_exporter_flow_up").values()) == 12
     info = dict(next(iter(pick(samples, "aep_flow_info", flow_id=victim))))
     assert "\ufffd" in info["flow_name"]
-    assert len({dict(k)["activity"] for k in pick(samples, "aep_flow_last_run_activity_duration_seconds",
-                                                   flow_id=victim)}) <= 20
-    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
-                          check=False)
+    assert (
+        len({dict(k)["activity"] for k in pick(samples, "aep_flow_last_run_activity_duration_seconds", flow_id=victim)})
+        <= 20
+    )
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -154,7 +217,7 @@ async def test_a_state_file_holding_bad_values_loads_and_serves(sim: Sim, tmp_pa
     assert await first.poll_once()
     await first.close()
     db = sqlite3.connect(path)
-    (sandbox, flow_id, text), = db.execute("SELECT sandbox, flow_id, state FROM flows LIMIT 1").fetchall()
+    ((sandbox, flow_id, text),) = db.execute("SELECT sandbox, flow_id, state FROM flows LIMIT 1").fetchall()
     data = json.loads(text)
     data["flow"]["name"] = "Bad \ud800 name"
     data["totals"]["records.input"] = 10**400
@@ -187,15 +250,28 @@ def test_an_activation_run_reports_identities_and_record_codes_and_a_failure_onl
     skippedInfo/failedInfo/warningInfo codes are read; a run whose failure is only in failedInfo (no
     failedRecordCount, no sizeSummary) still shows it, by code; an entry without a code is noted and left out, one
     whose count is not valid is noted and shows its code without inventing records."""
-    payload = {"id": "r1", "flowId": FLOW, "createdAt": NOW - 60_000, "metrics": {
-        "durationSummary": {"startedAtUTC": NOW - 60_000, "completedAtUTC": NOW - 1000},
-        "statusSummary": {"status": "Failed"},
-        "recordSummary": {"createdRecordCount": 40, "updatedRecordCount": 5, "deletedRecordCount": 2,
-                          "failedInfo": [{"code": "DESTINATION-5001", "count": 7}, {"code": "DESTINATION-5001",
-                                                                                     "count": 3}],
-                          "skippedInfo": [{"code": "SKIP-1", "count": 4}, {"code": "", "count": 1},
-                                          {"code": "SKIP-2", "count": -1}]},
-        "sizeSummary": {"skippedBytes": 100, "failedBytes": 20}, "fileSummary": {"skippedFileCount": 1}}}
+    payload = {
+        "id": "r1",
+        "flowId": FLOW,
+        "createdAt": NOW - 60_000,
+        "metrics": {
+            "durationSummary": {"startedAtUTC": NOW - 60_000, "completedAtUTC": NOW - 1000},
+            "statusSummary": {"status": "Failed"},
+            "recordSummary": {
+                "createdRecordCount": 40,
+                "updatedRecordCount": 5,
+                "deletedRecordCount": 2,
+                "failedInfo": [{"code": "DESTINATION-5001", "count": 7}, {"code": "DESTINATION-5001", "count": 3}],
+                "skippedInfo": [
+                    {"code": "SKIP-1", "count": 4},
+                    {"code": "", "count": 1},
+                    {"code": "SKIP-2", "count": -1},
+                ],
+            },
+            "sizeSummary": {"skippedBytes": 100, "failedBytes": 20},
+            "fileSummary": {"skippedFileCount": 1},
+        },
+    }
     run = parse_run(payload, NOW)
     assert (run.counts.records["created"], run.counts.records["updated"], run.counts.records["deleted"]) == (40, 5, 2)
     assert (run.counts.bytes["skipped"], run.counts.bytes["failed"], run.counts.files["skipped"]) == (100, 20, 1)
@@ -204,18 +280,31 @@ def test_an_activation_run_reports_identities_and_record_codes_and_a_failure_onl
     state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, lookback_s=3600, buckets=())
     update = apply_runs(state, parse_flow({"id": FLOW}, NOW), [run], now_ms=NOW, max_error_codes=1)
     assert update.state.record_codes == {"failed": {"DESTINATION-5001": 10}, "skipped": {"SKIP-1": 4, "other": 0}}
-    samples = parse_samples(FlowExposition(CollectorOptions(), openmetrics=False).render(
-        Snapshot(version=1, flows=(dataclasses.replace(update.state, flow=parse_flow({"id": FLOW}, NOW)),),
-                 sandboxes=())).decode())
+    samples = parse_samples(
+        FlowExposition(CollectorOptions(), openmetrics=False)
+        .render(
+            Snapshot(
+                version=1, flows=(dataclasses.replace(update.state, flow=parse_flow({"id": FLOW}, NOW)),), sandboxes=()
+            )
+        )
+        .decode()
+    )
     assert value(samples, "aep_flow_record_codes_total", outcome="failed", code="DESTINATION-5001") == 10
     assert value(samples, "aep_flow_created_records_total") == 40
     assert value(samples, "aep_flow_failed_records_total") is None  # unknown, not 0: the codes say it
 
 
 def _activation_run(run_id: str, summary: dict[str, Any]) -> dict[str, Any]:
-    return {"id": run_id, "flowId": FLOW, "createdAt": NOW - 60_000, "metrics": {
-        "durationSummary": {"startedAtUTC": NOW - 60_000, "completedAtUTC": NOW - 1000},
-        "statusSummary": {"status": "Success"}, "recordSummary": summary}}
+    return {
+        "id": run_id,
+        "flowId": FLOW,
+        "createdAt": NOW - 60_000,
+        "metrics": {
+            "durationSummary": {"startedAtUTC": NOW - 60_000, "completedAtUTC": NOW - 1000},
+            "statusSummary": {"status": "Success"},
+            "recordSummary": summary,
+        },
+    }
 
 
 def test_audience_counts_come_from_the_target_side_and_the_source_side_fills_in() -> None:
@@ -223,29 +312,61 @@ def test_audience_counts_come_from_the_target_side_and_the_source_side_fills_in(
     only the (audience, outcome) pairs no target reports, so a skipped count on both sides is counted once; an
     entity without an id, a -1 or a non-list is noted and left out, never a 0."""
     a1, a2 = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
-    run = parse_run(_activation_run("r1", {
-        "sourceSummaries": [{"id": "src", "entitySummaries": [
-            {"id": f"segment:{a1}", "inputRecordCount": 100, "skippedRecordCount": 3},
-            {"id": f"segment:{a2}", "inputRecordCount": 50, "failedRecordCount": -1},
-            {"inputRecordCount": 9}]}],
-        "targetSummaries": [
-            {"id": "t1", "entitySummaries": [{"id": f"segment:{a1}", "outputRecordCount": 60,
-                                              "createdRecordCount": 10, "skippedRecordCount": 3}]},
-            {"id": "t2", "entitySummaries": [{"id": f"segment:{a1}", "outputRecordCount": 30}]},
-            {"id": "t3", "entitySummaries": "not a list"}]}), NOW)
+    run = parse_run(
+        _activation_run(
+            "r1",
+            {
+                "sourceSummaries": [
+                    {
+                        "id": "src",
+                        "entitySummaries": [
+                            {"id": f"segment:{a1}", "inputRecordCount": 100, "skippedRecordCount": 3},
+                            {"id": f"segment:{a2}", "inputRecordCount": 50, "failedRecordCount": -1},
+                            {"inputRecordCount": 9},
+                        ],
+                    }
+                ],
+                "targetSummaries": [
+                    {
+                        "id": "t1",
+                        "entitySummaries": [
+                            {
+                                "id": f"segment:{a1}",
+                                "outputRecordCount": 60,
+                                "createdRecordCount": 10,
+                                "skippedRecordCount": 3,
+                            }
+                        ],
+                    },
+                    {"id": "t2", "entitySummaries": [{"id": f"segment:{a1}", "outputRecordCount": 30}]},
+                    {"id": "t3", "entitySummaries": "not a list"},
+                ],
+            },
+        ),
+        NOW,
+    )
     assert run.audience_counts == (
-        (a1, "created", 10), (a1, "input", 100), (a1, "output", 90), (a1, "skipped", 3), (a2, "input", 50))
-    assert {"recordSummary.sourceSummaries.entitySummaries.id",
-            "recordSummary.sourceSummaries.entitySummaries.failedRecordCount",
-            "recordSummary.targetSummaries.entitySummaries"} <= set(run.unknown_fields)
+        (a1, "created", 10),
+        (a1, "input", 100),
+        (a1, "output", 90),
+        (a1, "skipped", 3),
+        (a2, "input", 50),
+    )
+    assert {
+        "recordSummary.sourceSummaries.entitySummaries.id",
+        "recordSummary.sourceSummaries.entitySummaries.failedRecordCount",
+        "recordSummary.targetSummaries.entitySummaries",
+    } <= set(run.unknown_fields)
 
 
 def test_audiences_are_counted_only_when_asked_and_capped_with_the_rest_as_other() -> None:
     """max_audiences 0 (metrics.audiences off) keeps no per-audience state; with a cap of 2 the third audience's
     counts go to audience_id="other", and the family is served only with the collector's audiences option."""
     entities = [{"id": f"segment:a{i}", "outputRecordCount": 10 * (i + 1)} for i in range(3)]
-    runs = [parse_run(_activation_run(f"r{k}", {"targetSummaries": [{"id": "t", "entitySummaries": entities}]}),
-                      NOW) for k in range(2)]
+    runs = [
+        parse_run(_activation_run(f"r{k}", {"targetSummaries": [{"id": "t", "entitySummaries": entities}]}), NOW)
+        for k in range(2)
+    ]
     state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, lookback_s=3600, buckets=())
     flow = parse_flow({"id": FLOW}, NOW)
     assert apply_runs(state, flow, runs, now_ms=NOW, max_error_codes=5).state.audiences == {}
@@ -284,15 +405,27 @@ async def test_per_audience_counters_equal_the_simulators_ground_truth(sim: Sim)
 def test_a_segment_exports_schedule_comes_from_its_audiences_selectors() -> None:
     """No scheduleParams: the shortest fixed interval among audience schedules still in effect (ONCE has none,
     an ended one no longer counts), and the latest endDate when every scheduled audience has one."""
+
     def flow(*schedules: dict[str, str]) -> Flow:
-        selectors = [{"type": "PLATFORM_SEGMENT", "value": {"id": f"s{i}", "schedule": s}}
-                     for i, s in enumerate(schedules)]
-        return parse_flow({"id": FLOW, "transformations": [{"name": "GeneralTransform", "params": {
-            "segmentSelectors": {"selectors": selectors}}}]}, NOW)
+        selectors = [
+            {"type": "PLATFORM_SEGMENT", "value": {"id": f"s{i}", "schedule": s}} for i, s in enumerate(schedules)
+        ]
+        return parse_flow(
+            {
+                "id": FLOW,
+                "transformations": [
+                    {"name": "GeneralTransform", "params": {"segmentSelectors": {"selectors": selectors}}}
+                ],
+            },
+            NOW,
+        )
 
     today = "2026-09-21"  # NOW is 2026-09-21 (UTC)
-    both = flow({"frequency": "EVERY_3_HOURS", "endDate": "2026-10-01"},
-                {"frequency": "DAILY", "endDate": "2026-12-01"}, {"frequency": "ONCE"})
+    both = flow(
+        {"frequency": "EVERY_3_HOURS", "endDate": "2026-10-01"},
+        {"frequency": "DAILY", "endDate": "2026-12-01"},
+        {"frequency": "ONCE"},
+    )
     assert both.schedule_interval_seconds == 3 * 3600
     assert both.schedule_end_ms == 1_796_169_600_000  # 2026-12-02T00:00Z: the end of the latest endDate
     ended = flow({"frequency": "EVERY_3_HOURS", "endDate": "2026-09-01"}, {"frequency": "DAILY"})
@@ -304,7 +437,8 @@ def test_a_segment_exports_schedule_comes_from_its_audiences_selectors() -> None
 
 
 async def test_every_scheduled_flow_shows_its_interval_segment_exports_included(
-        sim: Sim, served: tuple[Exporter, TestServer]) -> None:
+    sim: Sim, served: tuple[Exporter, TestServer]
+) -> None:
     """Against the simulator: every flow with a fixed schedule (source, dataset export, or segment export with
     audience schedules) has aep_flow_schedule_interval_seconds equal to it; segment exports show their end."""
     exporter, server = served

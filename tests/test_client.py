@@ -48,8 +48,14 @@ class Rig:
         return self.registry.get_sample_value(name, labels) or 0.0
 
 
-def build_rig(sim: Sim, session: aiohttp.ClientSession, *, timeout: float = 5.0, retries: int = 3,
-              secret: str = Credentials().client_secret) -> Rig:
+def build_rig(
+    sim: Sim,
+    session: aiohttp.ClientSession,
+    *,
+    timeout: float = 5.0,
+    retries: int = 3,
+    secret: str = Credentials().client_secret,
+) -> Rig:
     registry = CollectorRegistry()
     metrics = SelfMetrics(registry)
     sleeps: list[float] = []
@@ -59,13 +65,30 @@ def build_rig(sim: Sim, session: aiohttp.ClientSession, *, timeout: float = 5.0,
         sleeps.append(seconds)
 
     creds = Credentials()
-    auth = TokenProvider(session=session, url=f"{sim.url}{IMS_PATH}", client_id=creds.client_id,
-                         client_secret=Secret(secret), scopes="openid", metrics=metrics, backoff_base=0.001,
-                         clock=lambda: clock[0])
-    client = FlowServiceClient(session=session, base_url=f"{sim.url}{API_PREFIX}", auth=auth,
-                               client_id=creds.client_id, org_id=creds.org_id, metrics=metrics, timeout=timeout,
-                               retries=retries, requests_per_second=1000, backoff_base=0.5, backoff_cap=8.0,
-                               sleep=fake_sleep)
+    auth = TokenProvider(
+        session=session,
+        url=f"{sim.url}{IMS_PATH}",
+        client_id=creds.client_id,
+        client_secret=Secret(secret),
+        scopes="openid",
+        metrics=metrics,
+        backoff_base=0.001,
+        clock=lambda: clock[0],
+    )
+    client = FlowServiceClient(
+        session=session,
+        base_url=f"{sim.url}{API_PREFIX}",
+        auth=auth,
+        client_id=creds.client_id,
+        org_id=creds.org_id,
+        metrics=metrics,
+        timeout=timeout,
+        retries=retries,
+        requests_per_second=1000,
+        backoff_base=0.5,
+        backoff_cap=8.0,
+        sleep=fake_sleep,
+    )
     return Rig(sim, client, auth, metrics, registry, sleeps, clock)
 
 
@@ -241,8 +264,9 @@ async def test_concurrent_callers_share_one_renewal(rig: Rig) -> None:
     assert rig.sim.simulator.requests["token"] == 2  # twenty 401s, one shared renewal
 
 
-async def test_bad_secret_fails_with_auth_error_that_never_shows_the_secret(sim: Sim,
-                                                                           session: aiohttp.ClientSession) -> None:
+async def test_bad_secret_fails_with_auth_error_that_never_shows_the_secret(
+    sim: Sim, session: aiohttp.ClientSession
+) -> None:
     """Refused credentials raise AuthError; neither the message nor any log line contains the secret."""
     secret = "THE-WRONG-SECRET-1234"
     rig = build_rig(sim, session, secret=secret)
@@ -271,5 +295,3 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("99999") == 300.0
-
-

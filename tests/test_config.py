@@ -106,8 +106,10 @@ def test_secret_can_come_from_a_file(tmp_path: Path) -> None:
         (("path: null", "path: null\nshard: {index: 3, total: 2}"), "shard.index: must be below shard.total"),
         (("path: null", "path: null\nserver: {listen: nowhere}"), "server.listen: 'nowhere' is not host:port"),
         (("path: null", "path: null\nlog: {level: loud}"), "log.level: 'loud' is not"),
-        (("client_id: ${AEP_CLIENT_ID}", "client_id: ${AEP_MISSING_VAR}"),
-         "adobe.client_id: environment variable AEP_MISSING_VAR is not set"),
+        (
+            ("client_id: ${AEP_CLIENT_ID}", "client_id: ${AEP_MISSING_VAR}"),
+            "adobe.client_id: environment variable AEP_MISSING_VAR is not set",
+        ),
     ],
 )
 def test_each_kind_of_mistake_names_its_path(edit: tuple[str, str], expected: str) -> None:
@@ -120,8 +122,12 @@ def test_each_kind_of_mistake_names_its_path(edit: tuple[str, str], expected: st
 
 def test_every_problem_is_reported_at_once() -> None:
     """Several mistakes in one file are all listed, not just the first."""
-    text = VALID.replace("interval: 90s", "interval: soon").replace("jitter: 10%", "jitter: lots").replace(
-        "name: prod", "name: PROD").replace("kinds: [source]", "kinds: [x]")
+    text = (
+        VALID.replace("interval: 90s", "interval: soon")
+        .replace("jitter: 10%", "jitter: lots")
+        .replace("name: prod", "name: PROD")
+        .replace("kinds: [source]", "kinds: [x]")
+    )
     found = problems_of(text)
     for path in ("poll.interval", "poll.jitter", "sandboxes[0].name", "sandboxes[0].discover.kinds[0]"):
         assert any(p.startswith(path) for p in found), (path, found)
@@ -135,8 +141,9 @@ def test_missing_sections_and_empty_sandboxes_are_problems() -> None:
     assert problems_of("just a string") == ["(top level): expected a mapping with adobe and sandboxes"]
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("5m", 300), ("1h", 3600), ("1d", 86400),
-                                               ("250ms", 0.25), (30, 30)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("5m", 300), ("1h", 3600), ("1d", 86400), ("250ms", 0.25), (30, 30)]
+)
 def test_durations_accept_the_documented_units(text: object, seconds: float) -> None:
     """Durations accept s, m, h, d (and ms, and bare seconds)."""
     assert parse_duration(text) == seconds
@@ -151,8 +158,9 @@ def test_check_config_exits_2_listing_problems(tmp_path: Path, capsys: pytest.Ca
     assert "poll.interval:" in err and "poll.jitter:" in err
 
 
-def test_check_config_exits_0_on_the_shipped_example(monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_exits_0_on_the_shipped_example(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """config.example.yaml itself is valid (with its environment variables set)."""
     for key, val in {**ENV, "AEP_ORG_ID": "ABC@AdobeOrg"}.items():
         monkeypatch.setenv(key, val)
@@ -172,6 +180,7 @@ def test_the_shipped_example_shows_the_defaults_of_the_metrics_and_poll_sections
 def test_a_metrics_profile_sets_the_defaults_and_a_key_given_wins() -> None:
     """metrics.profile full serves every series (no sparse status, the 12 full buckets); a key set beside it wins;
     an unknown profile is a config error with its path."""
+
     def metrics(section: dict[str, object]) -> MetricsConfig:
         raw = yaml.safe_load(VALID)
         raw["metrics"] = section
@@ -186,7 +195,8 @@ def test_a_metrics_profile_sets_the_defaults_and_a_key_given_wins() -> None:
 
 
 def test_check_config_warns_when_the_lookback_exceeds_adobes_run_retention(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A lookback over 90 days is valid but cannot be honoured: check-config says so, with the path, and exits 0."""
     for key, val in ENV.items():
         monkeypatch.setenv(key, val)
@@ -203,8 +213,13 @@ def test_bad_yaml_and_missing_file_exit_2_through_the_real_command(tmp_path: Pat
     bad = tmp_path / "bad.yaml"
     bad.write_text("adobe: [unclosed\n")
     for path in (bad, tmp_path / "absent.yaml"):
-        proc = subprocess.run([sys.executable, "-m", "exporter", "check-config", "--config", str(path)],
-                              capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter", "check-config", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert proc.returncode == 2, proc.stderr
         assert str(path) in proc.stderr
 
@@ -213,18 +228,27 @@ def test_events_settings_are_read_and_each_problem_named_with_its_path() -> None
     """events: takes the journal URL, the wait, and a webhook with its own listener; a bad webhook path, a key
     base that is not a URL and an unknown key are errors, each with its path."""
     raw = yaml.safe_load(VALID)
-    raw["events"] = {"journal_url": "https://events.example/journal/abc", "journal_wait": "2s",
-                     "webhook": {"listen": "127.0.0.1:9849", "path": "/hooks/aep"}}
+    raw["events"] = {
+        "journal_url": "https://events.example/journal/abc",
+        "journal_wait": "2s",
+        "webhook": {"listen": "127.0.0.1:9849", "path": "/hooks/aep"},
+    }
     events = parse_config(raw, env=ENV).events
     assert (events.journal_url, events.journal_wait) == ("https://events.example/journal/abc", 2.0)
     assert events.webhook is not None
     assert (events.webhook.host, events.webhook.port, events.webhook.path) == ("127.0.0.1", 9849, "/hooks/aep")
     assert events.webhook.public_key_base_url == "https://static.adobeioevents.com"
-    raw["events"] = {"journal_url": "events.example", "webhook": {"path": "/metrics", "public_key_base_url": "keys",
-                                                                  "colour": "red"}}
+    raw["events"] = {
+        "journal_url": "events.example",
+        "webhook": {"path": "/metrics", "public_key_base_url": "keys", "colour": "red"},
+    }
     with pytest.raises(ConfigError) as info:
         parse_config(raw, env=ENV)
     found = " | ".join(info.value.problems)
-    for path in ("events.journal_url", "events.webhook.path", "events.webhook.public_key_base_url",
-                 "events.webhook.colour"):
+    for path in (
+        "events.journal_url",
+        "events.webhook.path",
+        "events.webhook.public_key_base_url",
+        "events.webhook.colour",
+    ):
         assert path in found, (path, found)

@@ -32,8 +32,14 @@ def secret_file_config(tmp_path: Path, secret_path: str) -> Path:
 
 
 def check_config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PY, "check-config", "--config", str(path)], capture_output=True, text=True,
-                          timeout=30, check=False, env={**os.environ, **env})
+    return subprocess.run(
+        [*PY, "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, **env},
+    )
 
 
 @pytest.fixture
@@ -47,8 +53,14 @@ def fifo(tmp_path: Path) -> Path:
 def test_a_bad_client_secret_file_is_a_config_error_naming_the_key(kind: str, tmp_path: Path, fifo: Path) -> None:
     """Invalid UTF-8, unreadable, not a regular file (/dev/zero, a FIFO: no hang) or empty: exit 2 naming
     adobe.client_secret_file, without its content."""
-    target = {"invalid UTF-8": tmp_path / "bad.txt", "missing": tmp_path / "absent.txt", "a directory": tmp_path,
-              "/dev/zero": Path("/dev/zero"), "a FIFO": fifo, "empty": tmp_path / "empty.txt"}[kind]
+    target = {
+        "invalid UTF-8": tmp_path / "bad.txt",
+        "missing": tmp_path / "absent.txt",
+        "a directory": tmp_path,
+        "/dev/zero": Path("/dev/zero"),
+        "a FIFO": fifo,
+        "empty": tmp_path / "empty.txt",
+    }[kind]
     if kind == "invalid UTF-8":
         target.write_bytes(b"\xff\xfe s3cr3t \xc3")
     if kind == "empty":
@@ -60,16 +72,21 @@ def test_a_bad_client_secret_file_is_a_config_error_naming_the_key(kind: str, tm
 
 
 async def test_a_secret_file_broken_before_a_reload_fails_the_reload_and_keeps_the_old_config(
-        sim: Sim, tmp_path: Path) -> None:
+    sim: Sim, tmp_path: Path
+) -> None:
     """On reload, an unreadable secret file is a failed reload: the gauge says 0 and polling goes on as before."""
     secret = tmp_path / "secret.txt"
     secret.write_text("sim-client-secret\n")
-    body = sim_config_yaml(sim.url, sandboxes="  - {name: prod, discover: {enabled: true}}",
-                           rest="poll: {requests_per_second: 500, jitter: 0%}")
+    body = sim_config_yaml(
+        sim.url,
+        sandboxes="  - {name: prod, discover: {enabled: true}}",
+        rest="poll: {requests_per_second: 500, jitter: 0%}",
+    )
     path = tmp_path / "config.yaml"
     path.write_text(body.replace("  client_secret: sim-client-secret\n", f"  client_secret_file: {secret}\n"))
-    exporter = Exporter(load_config(path), registry=CollectorRegistry(), tuning=Tuning(self_metrics_ttl=0.0),
-                        config_path=path)
+    exporter = Exporter(
+        load_config(path), registry=CollectorRegistry(), tuning=Tuning(self_metrics_ttl=0.0), config_path=path
+    )
     server = await serve(exporter)
     try:
         assert await exporter.poll_once()
@@ -86,8 +103,11 @@ async def test_a_secret_file_broken_before_a_reload_fails_the_reload_and_keeps_t
 
 def test_config_errors_never_print_an_environment_variables_value(tmp_path: Path) -> None:
     """A bad value that came from ${VAR} is reported by the variable's name, never by its expanded value."""
-    body = sim_config_yaml("http://127.0.0.1:9", sandboxes="  - {name: prod, discover: {enabled: true}}",
-                           rest="poll: {interval: '${POLL_EVERY}'}\nserver: {listen: '${LISTEN_AT}'}")
+    body = sim_config_yaml(
+        "http://127.0.0.1:9",
+        sandboxes="  - {name: prod, discover: {enabled: true}}",
+        rest="poll: {interval: '${POLL_EVERY}'}\nserver: {listen: '${LISTEN_AT}'}",
+    )
     path = tmp_path / "config.yaml"
     path.write_text(body)
     proc = check_config(path, POLL_EVERY="hunter2-private", LISTEN_AT="tops3cret:notaport")
@@ -97,8 +117,7 @@ def test_config_errors_never_print_an_environment_variables_value(tmp_path: Path
     assert "${POLL_EVERY}" in proc.stderr
 
 
-async def test_a_second_exporter_on_the_same_state_file_refuses_and_changes_nothing(sim: Sim,
-                                                                                   tmp_path: Path) -> None:
+async def test_a_second_exporter_on_the_same_state_file_refuses_and_changes_nothing(sim: Sim, tmp_path: Path) -> None:
     """While one exporter holds state.path, another refuses to start with a clear message; the first's rows
     are intact, and once the first stops the file can be opened again."""
     state = tmp_path / "state.db"
@@ -106,8 +125,13 @@ async def test_a_second_exporter_on_the_same_state_file_refuses_and_changes_noth
     await first.start()
     assert await first.poll_once()
     rows = sqlite3.connect(state).execute("SELECT count(*) FROM flows").fetchone()[0]
-    proc = subprocess.run([*PY, "once", "--config", str(_file_config(tmp_path, sim.url, state))],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [*PY, "once", "--config", str(_file_config(tmp_path, sim.url, state))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 1
     assert f"state file {state} is in use by another aep-flow-exporter (pid {os.getpid()})" in proc.stderr
     assert sqlite3.connect(state).execute("SELECT count(*) FROM flows").fetchone()[0] == rows > 0
@@ -117,8 +141,11 @@ async def test_a_second_exporter_on_the_same_state_file_refuses_and_changes_noth
 
 def _file_config(tmp_path: Path, sim_url: str, state: Path) -> Path:
     path = tmp_path / "other.yaml"
-    path.write_text(sim_config_yaml(sim_url, sandboxes="  - {name: prod, discover: {enabled: true}}",
-                                    rest=f"state: {{path: {state}}}"))
+    path.write_text(
+        sim_config_yaml(
+            sim_url, sandboxes="  - {name: prod, discover: {enabled: true}}", rest=f"state: {{path: {state}}}"
+        )
+    )
     return path
 
 

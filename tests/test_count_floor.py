@@ -23,16 +23,29 @@ def flow_json(last_id: str | None = None) -> dict[str, Any]:
     return body
 
 
-def run_json(n: int | str, *, created: int | None, start: int | None = None, end: int | None = None,
-             status: str = "success", updated: int | None = None) -> dict[str, Any]:
+def run_json(
+    n: int | str,
+    *,
+    created: int | None,
+    start: int | None = None,
+    end: int | None = None,
+    status: str = "success",
+    updated: int | None = None,
+) -> dict[str, Any]:
     duration: dict[str, int] = {}
     if start is not None:
         duration["startedAtUTC"] = start
     if end is not None:
         duration["completedAtUTC"] = end
-    body: dict[str, Any] = {"id": f"run-{n}", "flowId": FLOW,
-                            "metrics": {"durationSummary": duration, "statusSummary": {"status": status},
-                                        "recordSummary": {"inputRecordCount": 10}}}
+    body: dict[str, Any] = {
+        "id": f"run-{n}",
+        "flowId": FLOW,
+        "metrics": {
+            "durationSummary": duration,
+            "statusSummary": {"status": status},
+            "recordSummary": {"inputRecordCount": 10},
+        },
+    }
     if created is not None:
         body["createdAt"] = created
     if updated is not None:
@@ -42,8 +55,15 @@ def run_json(n: int | str, *, created: int | None, start: int | None = None, end
 
 def history(count: int, *, every_ms: int = 15 * MIN, first: int = T0) -> list[dict[str, Any]]:
     """``count`` finished runs, one every ``every_ms``, each lasting five minutes."""
-    return [run_json(f"h{first + i * every_ms}", created=first + i * every_ms, start=first + i * every_ms + 1000,
-                     end=first + i * every_ms + 5 * MIN) for i in range(count)]
+    return [
+        run_json(
+            f"h{first + i * every_ms}",
+            created=first + i * every_ms,
+            start=first + i * every_ms + 1000,
+            end=first + i * every_ms + 5 * MIN,
+        )
+        for i in range(count)
+    ]
 
 
 def total(state: Any) -> int:
@@ -59,8 +79,9 @@ def test_whole_history_returned_on_every_poll_is_counted_once_and_ids_are_pruned
         runs.append(history(poll + 1)[-1])
         now = T0 + poll * 15 * MIN + 6 * MIN
         flow = parse_flow(flow_json(runs[-1]["id"]))
-        state = apply_runs(state, flow, [parse_run(r) for r in runs], now_ms=now, max_error_codes=5,
-                           window=EVERYTHING).state
+        state = apply_runs(
+            state, flow, [parse_run(r) for r in runs], now_ms=now, max_error_codes=5, window=EVERYTHING
+        ).state
         assert total(state) == len(runs)
     assert len(state.counted) <= 2
     assert state.count_floor_ms > T0 + 30 * 15 * MIN
@@ -72,8 +93,9 @@ def test_count_floor_never_rises_above_the_query_bound_nor_past_newest_minus_ove
     flow = parse_flow(flow_json())
     runs = [parse_run(r) for r in history(4)]
     newest = max(r.latest_ms or 0 for r in runs)
-    bounded = apply_runs(state, flow, runs, now_ms=T0, max_error_codes=5,
-                         window=Window(field="created", bound=T0 + 10 * MIN)).state
+    bounded = apply_runs(
+        state, flow, runs, now_ms=T0, max_error_codes=5, window=Window(field="created", bound=T0 + 10 * MIN)
+    ).state
     assert bounded.count_floor_ms == max(state.count_floor_ms, T0 + 10 * MIN)
     everything = apply_runs(state, flow, runs, now_ms=T0, max_error_codes=5, window=EVERYTHING).state
     assert everything.count_floor_ms == max(state.count_floor_ms, newest - OVERLAP_MS)
@@ -87,8 +109,14 @@ def test_run_with_no_time_at_all_is_counted_once_on_first_sight() -> None:
     timeless = run_json(1, created=None)
     for poll in range(5):
         others = history(poll + 1, first=T0 + 20 * MIN)
-        state = apply_runs(state, parse_flow(flow_json()), [parse_run(r) for r in [timeless, *others]],
-                           now_ms=T0 + (poll + 2) * 20 * MIN, max_error_codes=5, window=EVERYTHING).state
+        state = apply_runs(
+            state,
+            parse_flow(flow_json()),
+            [parse_run(r) for r in [timeless, *others]],
+            now_ms=T0 + (poll + 2) * 20 * MIN,
+            max_error_codes=5,
+            window=EVERYTHING,
+        ).state
         assert total(state) == 1 + len(others)
     assert state.counted["run-1"] >= T0 + RETENTION_MS  # kept for Adobe's retention past first sight
 
@@ -98,11 +126,19 @@ def test_runs_without_created_at_are_ordered_and_watermarked_by_their_best_time(
     only_updated = parse_run(run_json(1, created=None, updated=T0 + 5 * MIN))
     only_started = parse_run(run_json(2, created=None, start=T0 + 7 * MIN))
     only_ended = parse_run(run_json(3, created=None, end=T0 + 9 * MIN))
-    assert (only_updated.time_ms, only_started.time_ms, only_ended.time_ms) == (T0 + 5 * MIN, T0 + 7 * MIN,
-                                                                                T0 + 9 * MIN)
+    assert (only_updated.time_ms, only_started.time_ms, only_ended.time_ms) == (
+        T0 + 5 * MIN,
+        T0 + 7 * MIN,
+        T0 + 9 * MIN,
+    )
     state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0 + 20 * MIN, lookback_s=3600, buckets=())
-    update = apply_runs(state, parse_flow(flow_json()), [only_ended, only_updated, only_started],
-                        now_ms=T0 + 20 * MIN, max_error_codes=5)
+    update = apply_runs(
+        state,
+        parse_flow(flow_json()),
+        [only_ended, only_updated, only_started],
+        now_ms=T0 + 20 * MIN,
+        max_error_codes=5,
+    )
     assert total(update.state) == 3
     assert update.state.last_run is not None and update.state.last_run.id == "run-3"
     assert update.state.newest_started_ms == T0 + 7 * MIN
@@ -115,12 +151,19 @@ def test_run_watched_in_progress_is_counted_when_it_ends_even_below_the_floor() 
     running = run_json(1, created=T0, start=T0 + 1000, status="inProgress")
     state = apply_runs(state, flow, [parse_run(running)], now_ms=T0 + MIN, max_error_codes=5).state
     later = history(3, first=T0 + 60 * MIN)
-    state = apply_runs(state, flow, [parse_run(running), *map(parse_run, later)], now_ms=T0 + 100 * MIN,
-                       max_error_codes=5).state
+    state = apply_runs(
+        state, flow, [parse_run(running), *map(parse_run, later)], now_ms=T0 + 100 * MIN, max_error_codes=5
+    ).state
     assert state.count_floor_ms > T0 + 2 * MIN
     ended = run_json(1, created=T0, start=T0 + 1000, end=T0 + 2 * MIN)
-    state = apply_runs(state, flow, [parse_run(ended)], now_ms=T0 + 110 * MIN, max_error_codes=5,
-                       window=Window(field="created", bound=T0)).state
+    state = apply_runs(
+        state,
+        flow,
+        [parse_run(ended)],
+        now_ms=T0 + 110 * MIN,
+        max_error_codes=5,
+        window=Window(field="created", bound=T0),
+    ).state
     assert total(state) == 4
 
 
@@ -136,6 +179,7 @@ def test_state_file_of_the_previous_version_loads_and_counts_nothing_twice() -> 
     old["counted"] = {r.id: r.created_at_ms for r in runs}  # what the previous version stored
     loaded, _reset = state_from_json(json.loads(json.dumps(old)), ())
     assert loaded.count_floor_ms == loaded.counting_start_ms
-    again = apply_runs(loaded, parse_flow(flow_json()), runs, now_ms=T0 + 95 * MIN, max_error_codes=5,
-                       window=EVERYTHING).state
+    again = apply_runs(
+        loaded, parse_flow(flow_json()), runs, now_ms=T0 + 95 * MIN, max_error_codes=5, window=EVERYTHING
+    ).state
     assert total(again) == total(state) == 6

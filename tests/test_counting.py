@@ -81,8 +81,9 @@ async def test_first_sight_counts_only_runs_that_ended_after_the_lookback_start(
         for flow_id, flow in flows.items():
             done = [r for r in flow["runs"] if r["completed"]]
             expected = sum(1 for r in done if r["end_ms"] >= start_ms)
-            counted = sum(v for lbls, v in samples.items()
-                          if lbls[0] == "aep_flow_runs_total" and ("flow_id", flow_id) in lbls[1])
+            counted = sum(
+                v for lbls, v in samples.items() if lbls[0] == "aep_flow_runs_total" and ("flow_id", flow_id) in lbls[1]
+            )
             assert counted == expected, (flow_id, counted, expected)
             if done:
                 assert pick(samples, "aep_flow_last_run_status", sandbox=sandbox, flow_id=flow_id)

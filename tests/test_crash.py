@@ -23,10 +23,14 @@ PY = [sys.executable, "-m", "exporter"]
 
 
 def config(path: Path, sim_url: str, port: int, state: Path) -> Path:
-    sandboxes = ("  - {name: prod, labels: {env: test}, discover: {enabled: true}}\n"
-                 "  - {name: dev, labels: {env: test}, discover: {enabled: true}}")
-    rest = ("poll: {interval: 0.3s, jitter: 0%, max_concurrency: 2, requests_per_second: 500, timeout: 5s}\n"
-            f'state: {{path: {state}}}\nserver: {{listen: "127.0.0.1:{port}"}}\nlog: {{level: warning, format: json}}')
+    sandboxes = (
+        "  - {name: prod, labels: {env: test}, discover: {enabled: true}}\n"
+        "  - {name: dev, labels: {env: test}, discover: {enabled: true}}"
+    )
+    rest = (
+        "poll: {interval: 0.3s, jitter: 0%, max_concurrency: 2, requests_per_second: 500, timeout: 5s}\n"
+        f'state: {{path: {state}}}\nserver: {{listen: "127.0.0.1:{port}"}}\nlog: {{level: warning, format: json}}'
+    )
     path.write_text(sim_config_yaml(sim_url, sandboxes=sandboxes, rest=rest))
     return path
 
@@ -57,15 +61,17 @@ async def crash_loop(sim: Sim, tmp_path: Path, kills: int, seed: int) -> int:
     state = tmp_path / "state.db"
     cfg = config(tmp_path / "c.yaml", sim.url, port, state)
     for _ in range(kills):
-        proc = subprocess.Popen([*PY, "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*PY, "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         await asyncio.sleep(rng.uniform(0.6, 2.5))  # startup is ~0.5 s; then somewhere in a cycle
         sim.world.clock.advance(rng.uniform(60, 1200))  # runs start and end, seen or not
         await asyncio.sleep(rng.uniform(0.0, 0.3))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-    proc = subprocess.Popen([*PY, "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*PY, "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         text = await ready(f"http://127.0.0.1:{port}", proc)
     finally:

@@ -38,8 +38,9 @@ def targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[st
 def test_three_dashboards_are_shipped_and_provisioned() -> None:
     """Fleet overview, flow drill-down and exporter health exist, and the provisioning points at them."""
     assert {p.stem for p in DASHBOARDS} == {"aep-fleet-overview", "aep-flow-drilldown", "aep-exporter-health"}
-    provider = yaml.safe_load((DASHBOARDS[0].parent.parent / "provisioning" / "dashboards" /
-                               "aep-flow-exporter.yml").read_text())
+    provider = yaml.safe_load(
+        (DASHBOARDS[0].parent.parent / "provisioning" / "dashboards" / "aep-flow-exporter.yml").read_text()
+    )
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
@@ -103,8 +104,9 @@ async def test_every_panel_query_returns_data_from_real_prometheus(tmp_path: Pat
     handle, sim_server = await start_sim(world)
     sandbox, flow_id = pick_flow(world)
     world.flows[sandbox][flow_id].trigger_run(world.now_ms(), 6 * 3600)  # a run in progress for the stuck-runs panel
-    dest_sandbox, dest_id = next((sb, fid) for sb, flows in world.flows.items() for fid, f in flows.items()
-                                 if f.kind == "destination")
+    dest_sandbox, dest_id = next(
+        (sb, fid) for sb, flows in world.flows.items() for fid, f in flows.items() if f.kind == "destination"
+    )
     destination = world.flows[dest_sandbox][dest_id]
     destination.materialize(world.now_ms(), world.max_duration_s)
     destination.forced_status = "failed"  # the activation panels' failed-by-code series, whatever the history holds
@@ -112,15 +114,16 @@ async def test_every_panel_query_returns_data_from_real_prometheus(tmp_path: Pat
     handle.simulator.fail_next("runs", 429, times=3, retry_after="0")  # exporter-health panels need retries
     handle.simulator.fail_next("flows", 503, times=2)
     config = make_config(handle.url, interval=1.0)  # with the events journal on, for the events panels
-    config = dataclasses.replace(config, events=EventsConfig(journal_url=f"{handle.url}{JOURNAL_PATH}",
-                                                             journal_wait=0.2))
+    config = dataclasses.replace(
+        config, events=EventsConfig(journal_url=f"{handle.url}{JOURNAL_PATH}", journal_wait=0.2)
+    )
     exporter = make_exporter(config)
     exp_server = TestServer(exporter.web_app(poll=True), host="127.0.0.1")
     await exp_server.start_server()
     try:
         async with prometheus(tmp_path, str(exp_server.make_url("")).rstrip("/")) as prom:
             for _ in range(100):  # bounded: until rates over the dashboards' windows have two samples
-                ready = await query(prom, 'count(count_over_time(aep_flow_info[1m]) >= 4)')
+                ready = await query(prom, "count(count_over_time(aep_flow_info[1m]) >= 4)")
                 recorded = await query(prom, "count(aep:sandbox_runs:increase1h)")
                 if ready["data"]["result"] and recorded["data"]["result"]:
                     break

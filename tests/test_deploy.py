@@ -30,8 +30,7 @@ def kubectl() -> str:
 
 
 def kustomize(path: Path) -> list[dict[str, Any]]:
-    proc = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
@@ -50,8 +49,9 @@ def test_kustomize_renders_and_core_objects_validate(overlay: str) -> None:
     container = pod["containers"][0]
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "state"
     assert pod["securityContext"]["runAsNonRoot"] is True
-    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
-            if "secretKeyRef" in e.get("valueFrom", {})}
+    refs = {
+        e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert refs == {"aep-flow-exporter-credentials"}
     selector = sts["spec"]["selector"]["matchLabels"]
     assert selector and selector.items() <= sts["spec"]["template"]["metadata"]["labels"].items()
@@ -113,7 +113,7 @@ def test_dockerfile_installs_the_built_wheel_non_root_with_a_config_following_he
     text = (DEPLOY / "docker" / "Dockerfile").read_text()
     assert text.count("\nFROM ") + text.startswith("FROM ") >= 2
     assert "python -m build --wheel" in text and "pip install --no-cache-dir /dist/*.whl" in text
-    runtime = text[text.rindex("\nFROM "):]
+    runtime = text[text.rindex("\nFROM ") :]
     assert "COPY exporter" not in runtime  # nothing from the checkout but the wheel
     user = next(line.split()[1] for line in text.splitlines() if line.startswith("USER "))
     assert not user.startswith(("0", "root"))
@@ -126,8 +126,14 @@ def test_compose_file_is_accepted_by_compose_v1() -> None:
     top-level name:, which v1 refuses and v2 does not need."""
     compose_path = DEPLOY / "docker" / "docker-compose.yml"
     assert "name" not in yaml.safe_load(compose_path.read_text())
-    proc = subprocess.run([binary("docker-compose"), "-f", str(compose_path), "-p", "aep-flow-exporter", "config"],
-                          capture_output=True, text=True, timeout=120, check=False, cwd=compose_path.parent)
+    proc = subprocess.run(
+        [binary("docker-compose"), "-f", str(compose_path), "-p", "aep-flow-exporter", "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=compose_path.parent,
+    )
     assert proc.returncode == 0, proc.stderr
     assert set(yaml.safe_load(proc.stdout)["services"]) == set(yaml.safe_load(compose_path.read_text())["services"])
 
@@ -140,7 +146,13 @@ def test_systemd_unit_is_hardened_and_reloads_with_sighup() -> None:
     service = parser["Service"]
     assert service["ExecStart"].split()[1:3] == ["run", "--config"]
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
-    for key, value in {"DynamicUser": "yes", "StateDirectory": "aep-flow-exporter", "NoNewPrivileges": "yes",
-                       "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes"}.items():
+    for key, value in {
+        "DynamicUser": "yes",
+        "StateDirectory": "aep-flow-exporter",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+    }.items():
         assert service[key] == value, key
     assert parser["Install"]["WantedBy"] == "multi-user.target"

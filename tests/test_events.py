@@ -29,14 +29,17 @@ HOOK = "/adobe-events"
 UNTRACKED = "0a1b2c3d-0000-4000-8000-00000000dead"
 
 
-def with_events(sim: Sim, *, journal: bool = True, webhook: bool = False, state: str | None = None,
-                interval: float = 600.0) -> Exporter:
+def with_events(
+    sim: Sim, *, journal: bool = True, webhook: bool = False, state: str | None = None, interval: float = 600.0
+) -> Exporter:
     """An exporter reading the simulator's journal (and/or its webhook); the journal's 204s ask for 50 ms."""
     sim.simulator.events.faults.retry_after = "0.05"
     config = make_config(sim.url, state_path=state, interval=interval)
-    events = EventsConfig(journal_url=f"{sim.url}{JOURNAL_PATH}" if journal else None, journal_wait=0.05,
-                          webhook=WebhookConfig(host="127.0.0.1", port=0, path=HOOK, public_key_base_url=sim.url)
-                          if webhook else None)
+    events = EventsConfig(
+        journal_url=f"{sim.url}{JOURNAL_PATH}" if journal else None,
+        journal_wait=0.05,
+        webhook=WebhookConfig(host="127.0.0.1", port=0, path=HOOK, public_key_base_url=sim.url) if webhook else None,
+    )
     return make_exporter(dataclasses.replace(config, events=events), world=sim.world)
 
 
@@ -66,20 +69,24 @@ async def counters(exporter: Exporter) -> dict[tuple[str, frozenset[tuple[str, s
 
 def exact(exporter: Exporter, sim: Sim) -> Callable[[], Awaitable[bool]]:
     """True once every counter on /metrics equals ground truth."""
+
     async def check() -> bool:
         try:
             assert_matches_truth(await render(exporter), sim.world.truth())
         except AssertionError:
             return False
         return True
+
     return check
 
 
 def caught_up(exporter: Exporter, sim: Sim) -> Callable[[], Awaitable[bool]]:
     """True once the exporter's stored journal position is the simulator's newest event."""
+
     async def check() -> bool:
         log = sim.simulator.events.refresh()
         return bool(log) and await exporter.tracker.get_meta(POSITION_KEY) == log[-1].position
+
     return check
 
 
@@ -111,8 +118,9 @@ async def test_journal_events_alone_bring_counters_to_ground_truth(sim: Sim) -> 
 async def test_counters_stay_exact_when_events_are_lost_duplicated_reordered_or_early(sim: Sim) -> None:
     """With a fifth of the events lost, a third duplicated, batches reordered and events published a minute
     before their run ends in /runs, events and polls together still count every run exactly once."""
-    sim.simulator.events.faults = dataclasses.replace(sim.simulator.events.faults, drop=0.2, duplicate=0.3,
-                                                      reorder=True, early_s=60.0)
+    sim.simulator.events.faults = dataclasses.replace(
+        sim.simulator.events.faults, drop=0.2, duplicate=0.3, reorder=True, early_s=60.0
+    )
     exporter = with_events(sim)
     try:
         await exporter.start()
@@ -132,7 +140,8 @@ async def test_counters_stay_exact_when_events_are_lost_duplicated_reordered_or_
 
 
 async def test_a_restart_resumes_the_journal_where_it_stopped_and_an_expired_position_starts_over(
-        sim: Sim, tmp_path: Path) -> None:
+    sim: Sim, tmp_path: Path
+) -> None:
     """The position the journal's next link carries is kept in the state file, after a 204 too: the next process
     asks for events after it (never latest=true again). A position older than the journal keeps (410) is
     dropped, logged, and reading starts from the oldest event."""
@@ -174,8 +183,9 @@ async def test_signed_webhook_deliveries_refresh_flows_and_counters_equal_ground
     """The simulator delivers every event to the webhook, signed with its keys, in Adobe's documented shapes, some
     twice (retries), some before /runs shows their run ended, with data ingestion notifications among them:
     counters reach ground truth without a poll, each retry is a duplicate, and nothing is refused."""
-    sim.simulator.events.faults = dataclasses.replace(sim.simulator.events.faults, webhook_retry=0.5, shape=shape,
-                                                      early_s=30.0, ingestion_share=0.2)
+    sim.simulator.events.faults = dataclasses.replace(
+        sim.simulator.events.faults, webhook_retry=0.5, shape=shape, early_s=30.0, ingestion_share=0.2
+    )
     exporter = with_events(sim, journal=False, webhook=True)
     try:
         await exporter.start()
@@ -224,12 +234,17 @@ async def test_forged_foreign_wrong_key_host_and_replayed_deliveries_are_refused
         body = json.dumps(payload).encode()
         foreign = json.dumps(events.addressed(payload, "another-client")).encode()
         twice = b'{"recipient_client_id": "x", "recipient_client_id": "sim-client-id", "event": {}}'
-        off_host = {**events.signed(body), "x-adobe-public-key1-path": "//evil.example/key.pem",
-                    "x-adobe-public-key2-path": "/../../etc/key.pem"}
+        off_host = {
+            **events.signed(body),
+            "x-adobe-public-key1-path": "//evil.example/key.pem",
+            "x-adobe-public-key2-path": "/../../etc/key.pem",
+        }
         async with aiohttp.ClientSession() as session:
+
             async def post(data: bytes, headers: dict[str, str]) -> int:
                 async with session.post(url, data=data, headers=headers) as resp:
                     return resp.status
+
             statuses = {
                 "forged": await post(body, events.signed(body, forged=True)),
                 "foreign": await post(foreign, events.signed(foreign)),
@@ -251,13 +266,29 @@ async def test_forged_foreign_wrong_key_host_and_replayed_deliveries_are_refused
         samples = await render(exporter)
     finally:
         await exporter.close()
-    assert statuses == {"forged": 401, "foreign": 401, "off_host": 401, "unsigned": 401, "huge": 413, "twice": 400,
-                        "not_json": 200, "valid": 200, "replay": 200}
+    assert statuses == {
+        "forged": 401,
+        "foreign": 401,
+        "off_host": 401,
+        "unsigned": 401,
+        "huge": 413,
+        "twice": 400,
+        "not_json": 200,
+        "valid": 200,
+        "replay": 200,
+    }
     assert challenge == (200, "abc123") and challenge_json == {"challenge": "abc123"}
     assert metrics_status == 404
-    assert outcomes(samples, "webhook") == {"applied": 1, "duplicate": 1, "already_counted": 0, "untracked": 0,
-                                            "not_a_flow": 0, "rejected_signature": 3, "rejected_recipient": 1,
-                                            "invalid": 3}
+    assert outcomes(samples, "webhook") == {
+        "applied": 1,
+        "duplicate": 1,
+        "already_counted": 0,
+        "untracked": 0,
+        "not_a_flow": 0,
+        "rejected_signature": 3,
+        "rejected_recipient": 1,
+        "invalid": 3,
+    }
 
 
 async def test_an_event_for_an_untracked_flow_is_counted_and_ignored(sim: Sim) -> None:
@@ -273,8 +304,12 @@ async def test_an_event_for_an_untracked_flow_is_counted_and_ignored(sim: Sim) -
         payload = events.addressed(events.payload(flow.runs[-1], shape="envelope"))
         payload["event"]["flowId"] = UNTRACKED
         body = json.dumps(payload).encode()
-        async with aiohttp.ClientSession() as session, session.post(
-                f"http://127.0.0.1:{exporter.webhook_port}{HOOK}", data=body, headers=events.signed(body)) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{exporter.webhook_port}{HOOK}", data=body, headers=events.signed(body)
+            ) as resp,
+        ):
             answer = await resp.text()
         await exporter.router.idle()
     finally:
@@ -295,10 +330,12 @@ async def test_the_webhook_listener_has_its_own_tls(sim: Sim, tmp_path: Path) ->
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "hook.pem"))
     (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: hook.pem\n  key_file: hook.pem\n")
     exporter = with_events(sim, journal=False, webhook=True)
-    hook = dataclasses.replace(exporter.config.events.webhook, web_config_file="web.yml",
-                               web=load_web_config(tmp_path / "web.yml"))
-    exporter.config = dataclasses.replace(exporter.config, events=dataclasses.replace(exporter.config.events,
-                                                                                       webhook=hook))
+    hook = dataclasses.replace(
+        exporter.config.events.webhook, web_config_file="web.yml", web=load_web_config(tmp_path / "web.yml")
+    )
+    exporter.config = dataclasses.replace(
+        exporter.config, events=dataclasses.replace(exporter.config.events, webhook=hook)
+    )
     client = ssl.create_default_context()
     ca.configure_trust(client)
     try:

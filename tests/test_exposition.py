@@ -28,8 +28,9 @@ def reference(snapshot: Snapshot, options: CollectorOptions, openmetrics: bool) 
 
 @pytest.mark.parametrize("openmetrics", [False, True])
 @pytest.mark.parametrize("options", [CollectorOptions(), CollectorOptions(activities=False, sparse_status=True)])
-async def test_cached_render_is_byte_for_byte_prometheus_client(sim: Sim, openmetrics: bool,
-                                                                options: CollectorOptions) -> None:
+async def test_cached_render_is_byte_for_byte_prometheus_client(
+    sim: Sim, openmetrics: bool, options: CollectorOptions
+) -> None:
     """After incremental updates over several cycles, the assembled block equals prometheus-client's output."""
     exporter = make_exporter(make_config(sim.url))
     await exporter.start()
@@ -78,8 +79,11 @@ def test_hostile_label_values_render_and_parse_back(sim: Sim, promtool: str) -> 
 
     name = 'Ünïcødé "quoted" back\\slash\nnew line 数据流'
     flow = parse_flow({"id": "f-1", "name": name, "state": "enabled"})
-    state = dataclasses.replace(new_flow_state(sandbox="prod", flow_id="f-1", now_ms=0, lookback_s=0, buckets=(1.0,)),
-                                flow=flow, labels={"team": 'a"b\\c\nd'})
+    state = dataclasses.replace(
+        new_flow_state(sandbox="prod", flow_id="f-1", now_ms=0, lookback_s=0, buckets=(1.0,)),
+        flow=flow,
+        labels={"team": 'a"b\\c\nd'},
+    )
     snapshot = Snapshot(version=1, flows=(state,), sandboxes=())
     text = FlowExposition(CollectorOptions(), openmetrics=False).render(snapshot).decode()
     samples = parse_samples(text)
@@ -88,6 +92,7 @@ def test_hostile_label_values_render_and_parse_back(sim: Sim, promtool: str) -> 
     labels = dict(next(iter(info)))
     assert labels["flow_name"] == name
     assert labels["team"] == 'a"b\\c\nd'
-    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -41,8 +41,16 @@ def readme_metrics_url() -> str:
 @pytest.fixture(scope="module")
 def clean_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The repository as a fresh clone has it: its files (committed, or changed and not ignored), nothing built."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     copy = tmp_path_factory.mktemp("clone")
     for name in filter(None, files):
         source = ROOT / name
@@ -72,14 +80,14 @@ def started(clean_copy: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
                 proc.wait(timeout=10)
 
 
-def serve_demo(command: str, cwd: Path, url: str, procs: list[subprocess.Popen[bytes]],
-               log: Path) -> str:
+def serve_demo(command: str, cwd: Path, url: str, procs: list[subprocess.Popen[bytes]], log: Path) -> str:
     """Run ``command`` as a user types it (bash, in ``cwd``) and wait, bounded, until ``url`` serves flow series;
     the body."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "AEP_FLOW_EXPORTER_CONFIG")}
     with log.open("wb") as out:
-        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", "-c", command], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     procs.append(proc)
     deadline = time.monotonic() + 240  # a fresh .venv: pip installs the runtime dependencies first
     while time.monotonic() < deadline:
@@ -97,7 +105,8 @@ def serve_demo(command: str, cwd: Path, url: str, procs: list[subprocess.Popen[b
 
 
 def test_readmes_first_command_serves_the_demo_with_no_argument(
-        clean_copy: Path, started: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    clean_copy: Path, started: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
     """README's first command, as written and with no argument, installs what it needs on a clean copy and serves
     the demo's flows at the address README shows."""
     first = readme_commands()[0]
@@ -111,13 +120,13 @@ def test_readmes_first_command_serves_the_demo_with_no_argument(
     assert (clean_copy / ".venv" / "bin" / "aep-flow-exporter").exists()
 
 
-def test_readmes_first_command_takes_the_demos_options(clean_copy: Path, started: list[subprocess.Popen[bytes]],
-                                                       tmp_path: Path) -> None:
+def test_readmes_first_command_takes_the_demos_options(
+    clean_copy: Path, started: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
     """README's first command given options (other ports, one sandbox) passes them to the demo."""
     exporter_port, sim_port = free_port(), free_port()
     command = f"{readme_commands()[0]} --listen 127.0.0.1:{exporter_port} --port {sim_port} --sandboxes qa"
-    body = serve_demo(command, clean_copy, f"http://127.0.0.1:{exporter_port}/metrics", started,
-                      tmp_path / "demo.log")
+    body = serve_demo(command, clean_copy, f"http://127.0.0.1:{exporter_port}/metrics", started, tmp_path / "demo.log")
     assert 'sandbox="qa"' in body and 'sandbox="prod"' not in body
     with urllib.request.urlopen(f"http://127.0.0.1:{sim_port}/", timeout=5) as resp:
         assert b"simulator" in resp.read()
@@ -136,6 +145,5 @@ def test_every_shell_script_passes_shellcheck() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.fail("shellcheck not found: run the suite with `scripts/test`, which installs Debian's shellcheck")
-    proc = subprocess.run([shellcheck, "--shell=bash", *map(str, SCRIPTS)], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run([shellcheck, "--shell=bash", *map(str, SCRIPTS)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout

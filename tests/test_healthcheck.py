@@ -19,8 +19,10 @@ PY = [sys.executable, "-m", "exporter"]
 
 def config_for(tmp_path: Path, port: int) -> Path:
     config = tmp_path / "c.yaml"
-    config.write_text("adobe: {client_id: x, client_secret: y, org_id: z}\nsandboxes: [{name: prod, discover: "
-                      f"{{enabled: true}}}}]\nserver:\n  listen: 127.0.0.1:{port}\n")
+    config.write_text(
+        "adobe: {client_id: x, client_secret: y, org_id: z}\nsandboxes: [{name: prod, discover: "
+        f"{{enabled: true}}}}]\nserver:\n  listen: 127.0.0.1:{port}\n"
+    )
     return config
 
 
@@ -43,8 +45,9 @@ async def test_healthcheck_ignores_the_proxy_settings(tmp_path: Path) -> None:
     env.pop("no_proxy", None)
     try:
         command = [*PY, "healthcheck", "--config", str(config_for(tmp_path, port))]
-        proc = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60,
-                                       check=False, env=env)
+        proc = await asyncio.to_thread(
+            subprocess.run, command, capture_output=True, text=True, timeout=60, check=False, env=env
+        )
     finally:
         await runner.cleanup()
     assert proc.returncode == 0, proc.stderr
@@ -69,9 +72,14 @@ async def test_the_timeout_bounds_the_whole_check_against_a_trickling_port(tmp_p
     server = await asyncio.start_server(trickle, "127.0.0.1", port)
     started = time.monotonic()
     try:
-        proc = await asyncio.to_thread(subprocess.run, [*PY, "healthcheck", "--config", str(config_for(tmp_path, port)),
-                                                        "--timeout", "2"], capture_output=True, text=True, timeout=60,
-                                       check=False)
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            [*PY, "healthcheck", "--config", str(config_for(tmp_path, port)), "--timeout", "2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     finally:
         server.close()
     elapsed = time.monotonic() - started

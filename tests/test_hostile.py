@@ -24,44 +24,106 @@ from tests.helpers import parse_samples
 
 EXAMPLES = 300
 
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 counts = st.one_of(st.integers(min_value=-5, max_value=10**7), st.just(-1), json_values)
-statuses = st.sampled_from(["success", "failed", "partialSuccess", "inProgress", "Processing", "Success",
-                            "weird", "", "Cancelled"]) | json_values
-summary = st.fixed_dictionaries({}, optional={
-    "inputRecordCount": counts, "outputRecordCount": counts, "failedRecordCount": counts,
-    "inputBytes": counts, "outputBytes": counts, "inputFileCount": counts, "failedFileCount": counts})
-metrics = st.fixed_dictionaries({}, optional={
-    "durationSummary": st.fixed_dictionaries({}, optional={"startedAtUTC": counts, "completedAtUTC": counts})
-    | json_values,
-    "recordSummary": summary | json_values, "sizeSummary": summary | json_values,
-    "fileSummary": summary | json_values,
-    "statusSummary": st.fixed_dictionaries({}, optional={
-        "status": statuses,
-        "errors": st.lists(st.fixed_dictionaries({}, optional={"code": json_values, "message": json_values}),
-                           max_size=3) | json_values,
-        "extensions": json_values}) | json_values,
-})
-activity = st.fixed_dictionaries({}, optional={"id": json_values, "name": st.text(max_size=20) | json_values,
-                                               "durationSummary": json_values, "statusSummary": json_values,
-                                               "recordSummary": summary | json_values})
-run_like = st.fixed_dictionaries({}, optional={
-    "id": st.text(min_size=1, max_size=8) | json_values, "flowId": st.just("flow-1") | json_values,
-    "createdAt": counts, "metrics": metrics | json_values,
-    "activities": st.lists(activity, max_size=3) | json_values,
-}) | json_values
-flow_like = st.fixed_dictionaries({}, optional={
-    "id": st.text(min_size=1, max_size=8) | json_values, "name": st.text(max_size=30) | json_values,
-    "state": st.sampled_from(["enabled", "disabled"]) | json_values,
-    "scheduleParams": st.fixed_dictionaries({}, optional={"frequency": st.sampled_from(
-        ["minute", "hour", "day", "week", "once", "fortnight"]) | json_values, "interval": counts}) | json_values,
-    "inheritedAttributes": json_values,
-    "lastRunDetails": st.fixed_dictionaries({}, optional={"id": json_values, "state": statuses,
-                                                          "startedAtUTC": counts}) | json_values,
-}) | json_values
+statuses = (
+    st.sampled_from(
+        ["success", "failed", "partialSuccess", "inProgress", "Processing", "Success", "weird", "", "Cancelled"]
+    )
+    | json_values
+)
+summary = st.fixed_dictionaries(
+    {},
+    optional={
+        "inputRecordCount": counts,
+        "outputRecordCount": counts,
+        "failedRecordCount": counts,
+        "inputBytes": counts,
+        "outputBytes": counts,
+        "inputFileCount": counts,
+        "failedFileCount": counts,
+    },
+)
+metrics = st.fixed_dictionaries(
+    {},
+    optional={
+        "durationSummary": st.fixed_dictionaries({}, optional={"startedAtUTC": counts, "completedAtUTC": counts})
+        | json_values,
+        "recordSummary": summary | json_values,
+        "sizeSummary": summary | json_values,
+        "fileSummary": summary | json_values,
+        "statusSummary": st.fixed_dictionaries(
+            {},
+            optional={
+                "status": statuses,
+                "errors": st.lists(
+                    st.fixed_dictionaries({}, optional={"code": json_values, "message": json_values}), max_size=3
+                )
+                | json_values,
+                "extensions": json_values,
+            },
+        )
+        | json_values,
+    },
+)
+activity = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": json_values,
+        "name": st.text(max_size=20) | json_values,
+        "durationSummary": json_values,
+        "statusSummary": json_values,
+        "recordSummary": summary | json_values,
+    },
+)
+run_like = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": st.text(min_size=1, max_size=8) | json_values,
+            "flowId": st.just("flow-1") | json_values,
+            "createdAt": counts,
+            "metrics": metrics | json_values,
+            "activities": st.lists(activity, max_size=3) | json_values,
+        },
+    )
+    | json_values
+)
+flow_like = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": st.text(min_size=1, max_size=8) | json_values,
+            "name": st.text(max_size=30) | json_values,
+            "state": st.sampled_from(["enabled", "disabled"]) | json_values,
+            "scheduleParams": st.fixed_dictionaries(
+                {},
+                optional={
+                    "frequency": st.sampled_from(["minute", "hour", "day", "week", "once", "fortnight"]) | json_values,
+                    "interval": counts,
+                },
+            )
+            | json_values,
+            "inheritedAttributes": json_values,
+            "lastRunDetails": st.fixed_dictionaries(
+                {}, optional={"id": json_values, "state": statuses, "startedAtUTC": counts}
+            )
+            | json_values,
+        },
+    )
+    | json_values
+)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
@@ -117,8 +179,11 @@ def test_counters_never_decrease_and_render_without_nan_or_negatives(batches: li
             assert current.get(key, 0) >= value, key
         before = current
         assert len([c for c in state.error_codes if c != "other"]) <= 3
-    text = FlowExposition(CollectorOptions(), openmetrics=False).render(
-        Snapshot(version=1, flows=(state,), sandboxes=())).decode()
+    text = (
+        FlowExposition(CollectorOptions(), openmetrics=False)
+        .render(Snapshot(version=1, flows=(state,), sandboxes=()))
+        .decode()
+    )
     for (name, _labels), value in parse_samples(text).items():
         if name.endswith(("_total", "_count", "_sum", "_bucket", "_records", "_bytes", "_files")):
             assert not math.isnan(value) and value >= 0, (name, value)
@@ -127,21 +192,55 @@ def test_counters_never_decrease_and_render_without_nan_or_negatives(batches: li
 VALID: dict[str, Any] = {
     "adobe": {"client_id": "id", "client_secret": "secret", "org_id": "ORG@AdobeOrg"},
     "sandboxes": [{"name": "prod", "discover": {"enabled": True}, "flows": ["c9cef9cb-c934-4467-8ef9-cbc934546741"]}],
-    "poll": {"interval": "60s", "jitter": "10%", "timeout": "30s", "max_concurrency": 8,
-             "requests_per_second": 10, "initial_lookback": "24h", "retries": 3},
-    "metrics": {"activities": True, "sparse_status": False, "duration_buckets": [30, 60],
-                "max_error_codes_per_flow": 20, "max_flows_per_sandbox": 5000},
+    "poll": {
+        "interval": "60s",
+        "jitter": "10%",
+        "timeout": "30s",
+        "max_concurrency": 8,
+        "requests_per_second": 10,
+        "initial_lookback": "24h",
+        "retries": 3,
+    },
+    "metrics": {
+        "activities": True,
+        "sparse_status": False,
+        "duration_buckets": [30, 60],
+        "max_error_codes_per_flow": 20,
+        "max_flows_per_sandbox": 5000,
+    },
     "shard": {"index": 0, "total": 1},
     "server": {"listen": "0.0.0.0:9847"},
     "log": {"level": "info", "format": "json"},
 }
-PATHS = [("poll", "interval"), ("poll", "jitter"), ("poll", "timeout"), ("poll", "max_concurrency"),
-         ("poll", "requests_per_second"), ("poll", "retries"), ("metrics", "duration_buckets"),
-         ("metrics", "max_error_codes_per_flow"), ("metrics", "activities"), ("shard", "total"),
-         ("server", "listen"), ("log", "level"), ("log", "format"), ("adobe", "ims_token_url")]
-bad_values = st.one_of(st.just(-5), st.just("soon"), st.just([1, "x"]), st.just({"a": 1}), st.just("0"),
-                       st.just(""), st.just("-1h"), st.just("150%"), st.just("ftp://x"), st.just([]),
-                       st.text(alphabet="!@#%^&", min_size=1, max_size=4))
+PATHS = [
+    ("poll", "interval"),
+    ("poll", "jitter"),
+    ("poll", "timeout"),
+    ("poll", "max_concurrency"),
+    ("poll", "requests_per_second"),
+    ("poll", "retries"),
+    ("metrics", "duration_buckets"),
+    ("metrics", "max_error_codes_per_flow"),
+    ("metrics", "activities"),
+    ("shard", "total"),
+    ("server", "listen"),
+    ("log", "level"),
+    ("log", "format"),
+    ("adobe", "ims_token_url"),
+]
+bad_values = st.one_of(
+    st.just(-5),
+    st.just("soon"),
+    st.just([1, "x"]),
+    st.just({"a": 1}),
+    st.just("0"),
+    st.just(""),
+    st.just("-1h"),
+    st.just("150%"),
+    st.just("ftp://x"),
+    st.just([]),
+    st.text(alphabet="!@#%^&", min_size=1, max_size=4),
+)
 
 
 @settings(max_examples=100, deadline=None)

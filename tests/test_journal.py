@@ -35,8 +35,11 @@ async def test_the_first_read_jumps_to_the_end_and_every_later_one_follows_the_n
     sim.simulator.events.faults.retry_after = "10"
     async with reader_for(sim, f"{sim.url}/events/journal") as (reader, exporter, _gaps):
         assert await reader.read_once() == 10.0
-        end = sim.simulator.events._origin if not sim.simulator.events.refresh() else \
-            sim.simulator.events.refresh()[-1].position
+        end = (
+            sim.simulator.events._origin
+            if not sim.simulator.events.refresh()
+            else sim.simulator.events.refresh()[-1].position
+        )
         assert exporter.tracker.meta(POSITION_KEY) == end
         sim.world.clock.advance(3600)
         delays = [await reader.read_once() for _ in range(12)]
@@ -48,11 +51,18 @@ async def test_the_first_read_jumps_to_the_end_and_every_later_one_follows_the_n
     assert exporter.tracker.meta(POSITION_KEY) == sim.simulator.events.refresh()[-1].position
 
 
-@pytest.mark.parametrize(("links", "absolute", "entry", "shape"), [
-    ("fields", False, "delivery", "adobe"), ("joined", True, "inner", "adobe"),
-    ("fields", True, "delivery", "envelope"), ("joined", False, "inner", "envelope")])
+@pytest.mark.parametrize(
+    ("links", "absolute", "entry", "shape"),
+    [
+        ("fields", False, "delivery", "adobe"),
+        ("joined", True, "inner", "adobe"),
+        ("fields", True, "delivery", "envelope"),
+        ("joined", False, "inner", "envelope"),
+    ],
+)
 async def test_every_documented_shape_reaches_ground_truth_through_the_journal(
-        sim: Sim, links: str, absolute: bool, entry: str, shape: str) -> None:
+    sim: Sim, links: str, absolute: bool, entry: str, shape: str
+) -> None:
     """Whatever the Link style (separate fields or one comma-joined, relative or absolute) and whatever a journal
     entry carries (the whole delivery or the inner event; Adobe's success envelope and failure message batch, or
     every outcome in the envelope), the journal alone brings every counter to ground truth, runs announced before
@@ -81,17 +91,23 @@ async def test_retry_after_is_honoured_in_either_case_as_seconds_or_a_date_and_c
     async with scripted_journal() as journal, reader_for(sim, journal.url) as (reader, _exporter, _gaps):
         links = [("Link", NEXT.format("p1")), ("Link", VALIDATE.format("p1"))]
         soon = email.utils.formatdate(time.time() + 7, usegmt=True)
-        journal.add(Answer(204, [("Retry-After", "3"), *links]), Answer(204, [("retry-after", soon), *links]),
-                    Answer(204, links), Answer(204, [("retry-after", "3600"), *links]))
+        journal.add(
+            Answer(204, [("Retry-After", "3"), *links]),
+            Answer(204, [("retry-after", soon), *links]),
+            Answer(204, links),
+            Answer(204, [("retry-after", "3600"), *links]),
+        )
         delays = [await reader.read_once() for _ in range(4)]
     assert delays[0] == 3.0 and 4.0 < delays[1] <= 7.0 and delays[2] == 0.5 and delays[3] == MAX_WAIT
-    assert [r["query"] for r in journal.requests] == [{"latest": "true", "limit": "100"}] + \
-        [{"since": "p1", "limit": "100"}] * 3
+    assert [r["query"] for r in journal.requests] == [{"latest": "true", "limit": "100"}] + [
+        {"since": "p1", "limit": "100"}
+    ] * 3
     assert all(r["path"] == "/journal" for r in journal.requests)
 
 
-async def test_an_expired_position_starts_over_from_the_oldest_event_and_polls_every_sandbox(sim: Sim,
-                                                                                               tmp_path: Path) -> None:
+async def test_an_expired_position_starts_over_from_the_oldest_event_and_polls_every_sandbox(
+    sim: Sim, tmp_path: Path
+) -> None:
     """410 Gone for the stored position (Adobe's text body) is logged once; the next read asks for the oldest
     event kept (no since, no latest), the stored position is cleared, and every sandbox is polled at once."""
     state = str(tmp_path / "s.db")
@@ -99,8 +115,10 @@ async def test_an_expired_position_starts_over_from_the_oldest_event_and_polls_e
         async with reader_for(sim, journal.url, state=state) as (_r, exporter, _g):
             await exporter.tracker.set_meta(POSITION_KEY, "moose:old")
         async with reader_for(sim, journal.url, state=state) as (reader, exporter, gaps):
-            journal.add(Answer(410, body=b"Events at position moose:old have expired."),
-                        Answer(200, [("Link", NEXT.format("p9"))], batch("p8", "p9")))
+            journal.add(
+                Answer(410, body=b"Events at position moose:old have expired."),
+                Answer(200, [("Link", NEXT.format("p9"))], batch("p8", "p9")),
+            )
             with capture_logs() as logs:
                 await reader.read_once()
                 await reader.read_once()
@@ -124,8 +142,13 @@ async def test_a_gap_in_the_journal_polls_every_sandbox_at_once(sim: Sim, tmp_pa
     exporter = with_events(sim, state=state)
     try:
         await exporter.start(poll=True)
-        await until(lambda: all((exporter.registry.get_sample_value("aep_exporter_polls_total", {"sandbox": s}) or 0)
-                                >= 2 for s in ("prod", "dev")), 10)
+        await until(
+            lambda: all(
+                (exporter.registry.get_sample_value("aep_exporter_polls_total", {"sandbox": s}) or 0) >= 2
+                for s in ("prod", "dev")
+            ),
+            10,
+        )
         await until(exact(exporter, sim))
     finally:
         await exporter.close()
@@ -147,8 +170,12 @@ async def test_a_journal_with_no_events_answers_204_and_that_is_normal(sim: Sim)
 def test_link_headers_are_read_in_every_form_rfc_8288_allows() -> None:
     """Several fields or comma-joined values, rel quoted or not, several relations in one rel, other relations
     ignored, in order."""
-    fields = ['</a?since=1>; rel="next", </a/validate?since=1>; rel="validate"', '<https://h/a?since=2>; rel=next',
-              '</b>; rel="prev next"; title="x"', '<>; rel="next"']
+    fields = [
+        '</a?since=1>; rel="next", </a/validate?since=1>; rel="validate"',
+        "<https://h/a?since=2>; rel=next",
+        '</b>; rel="prev next"; title="x"',
+        '<>; rel="next"',
+    ]
     assert link_targets(fields, "next") == ["/a?since=1", "https://h/a?since=2", "/b", ""]
     assert link_targets(fields, "validate") == ["/a/validate?since=1"]
 
@@ -157,8 +184,11 @@ async def test_a_dead_next_link_is_abandoned_for_the_stored_position(sim: Sim) -
     """A next link that keeps failing is retried with backoff, then abandoned: reading resumes from the stored
     position on the journal's own URL."""
     async with scripted_journal() as journal, reader_for(sim, journal.url) as (reader, _exporter, _gaps):
-        journal.add(Answer(200, [("Link", '</journal/dead?since=p2>; rel="next"')], batch("p1", "p2")),
-                    *[Answer(404, body=b"no such path")] * 3, Answer(204, [("Link", NEXT.format("p2"))]))
+        journal.add(
+            Answer(200, [("Link", '</journal/dead?since=p2>; rel="next"')], batch("p1", "p2")),
+            *[Answer(404, body=b"no such path")] * 3,
+            Answer(204, [("Link", NEXT.format("p2"))]),
+        )
         await reader.read_once()
         delays = []
         for _ in range(3):
@@ -177,11 +207,14 @@ async def test_unusable_links_and_positions_back_off_instead_of_spinning(sim: Si
     no usable position in the batch: the reader backs off, longer each time, and the token never leaves the
     journal's own path."""
     async with scripted_journal() as journal, reader_for(sim, journal.url) as (reader, _exporter, _gaps):
-        bad_page = json.dumps({"events": [{"position": "p 1", "event": {"flowId": "x"}}],
-                               "_page": {"last": "not a position!"}}).encode()
-        journal.add(Answer(200, [("Link", "<>; rel=next")], bad_page),
-                    Answer(200, [("Link", '</elsewhere?since=p1>; rel="next"')], bad_page),
-                    Answer(200, [("Link", '<http://198.51.100.7/journal?since=p1>; rel="next"')], bad_page))
+        bad_page = json.dumps(
+            {"events": [{"position": "p 1", "event": {"flowId": "x"}}], "_page": {"last": "not a position!"}}
+        ).encode()
+        journal.add(
+            Answer(200, [("Link", "<>; rel=next")], bad_page),
+            Answer(200, [("Link", '</elsewhere?since=p1>; rel="next"')], bad_page),
+            Answer(200, [("Link", '<http://198.51.100.7/journal?since=p1>; rel="next"')], bad_page),
+        )
         delays = [await reader.read_once() for _ in range(3)]
     assert delays[0] > 0 and delays[1] > delays[0] and delays[2] > delays[1]
     assert {r["path"] for r in journal.requests} == {"/journal"}
@@ -192,10 +225,10 @@ async def test_a_batch_over_the_cap_asks_for_fewer_events_and_every_entry_is_cou
     event objects are counted as invalid, not dropped."""
     async with scripted_journal() as journal, reader_for(sim, journal.url, max_bytes=4096) as (reader, exp, _g):
         big = batch(*[f"p{i}" for i in range(100)])
-        mixed = json.dumps({"events": [7, {"position": "p1"}, {"position": "p2", "event": {"flowId": "x"}}],
-                            "_page": {"last": "p2"}}).encode()
-        journal.add(Answer(200, [("Link", NEXT.format("p99"))], big),
-                    Answer(200, [("Link", NEXT.format("p2"))], mixed))
+        mixed = json.dumps(
+            {"events": [7, {"position": "p1"}, {"position": "p2", "event": {"flowId": "x"}}], "_page": {"last": "p2"}}
+        ).encode()
+        journal.add(Answer(200, [("Link", NEXT.format("p99"))], big), Answer(200, [("Link", NEXT.format("p2"))], mixed))
         assert await reader.read_once() == 0.0
         await reader.read_once()
         samples = await render(exp)

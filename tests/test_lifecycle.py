@@ -25,8 +25,13 @@ async def test_close_ends_every_task_the_exporter_started(sim: Sim, tmp_path: Pa
     """After start(poll=True) (events journal on) and a SIGHUP-style reload under way, close() leaves no polling,
     journal or reload task."""
     path = tmp_path / "config.yaml"
-    path.write_text(sim_config_yaml(sim.url, sandboxes="  - {name: prod, discover: {enabled: true}}",
-                                    rest=f"poll: {{interval: 1h}}\nevents: {{journal_url: {sim.url}/events/journal}}"))
+    path.write_text(
+        sim_config_yaml(
+            sim.url,
+            sandboxes="  - {name: prod, discover: {enabled: true}}",
+            rest=f"poll: {{interval: 1h}}\nevents: {{journal_url: {sim.url}/events/journal}}",
+        )
+    )
     exporter = Exporter(load_config(path), registry=CollectorRegistry(), tuning=Tuning(), config_path=path)
     await exporter.start(poll=True)
     exporter.reload_soon()
@@ -41,11 +46,15 @@ async def test_reload_keeps_the_token_unless_the_credentials_change(sim: Sim, tm
     """A reload with the same credentials asks IMS for nothing; one with a new secret drops the old token, so the
     next poll asks IMS again (here refused: the secret is wrong)."""
     path = tmp_path / "config.yaml"
-    body = sim_config_yaml(sim.url, sandboxes="  - {name: prod, discover: {enabled: true}}",
-                           rest="poll: {requests_per_second: 500, jitter: 0%}")
+    body = sim_config_yaml(
+        sim.url,
+        sandboxes="  - {name: prod, discover: {enabled: true}}",
+        rest="poll: {requests_per_second: 500, jitter: 0%}",
+    )
     path.write_text(body)
-    exporter = Exporter(load_config(path), registry=CollectorRegistry(), tuning=Tuning(backoff_base=0.01),
-                        config_path=path)
+    exporter = Exporter(
+        load_config(path), registry=CollectorRegistry(), tuning=Tuning(backoff_base=0.01), config_path=path
+    )
     await exporter.start()
     try:
         assert await exporter.poll_once()

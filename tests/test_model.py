@@ -28,12 +28,19 @@ def tutorial() -> tuple[dict[str, Any], dict[str, Any]]:
     return flows["items"][0], runs["items"][0]
 
 
-def render(flow_json: dict[str, Any], runs_json: list[dict[str, Any]], *, now_ms: int = TUTORIAL_NOW_MS,
-           options: CollectorOptions | None = None, lookback_s: float = 86400.0) -> Samples:
+def render(
+    flow_json: dict[str, Any],
+    runs_json: list[dict[str, Any]],
+    *,
+    now_ms: int = TUTORIAL_NOW_MS,
+    options: CollectorOptions | None = None,
+    lookback_s: float = 86400.0,
+) -> Samples:
     """Fold payloads through the real state and collector, and parse the exposition back."""
     flow = parse_flow(flow_json)
-    state = new_flow_state(sandbox="prod", flow_id=flow.id, now_ms=now_ms, lookback_s=lookback_s,
-                           buckets=(30.0, 60.0, 120.0))
+    state = new_flow_state(
+        sandbox="prod", flow_id=flow.id, now_ms=now_ms, lookback_s=lookback_s, buckets=(30.0, 60.0, 120.0)
+    )
     update = apply_runs(state, flow, [parse_run(r) for r in runs_json], now_ms=now_ms, max_error_codes=20)
     tracker = Tracker(MemoryStore(), ["prod"])
     tracker.put(update.state)
@@ -47,10 +54,17 @@ def test_tutorial_flow_and_run_give_the_metric_values_they_imply() -> None:
     flow, run = tutorial()
     s = render(flow, [run])
     ids = {"sandbox": "prod", "flow_id": FLOW_ID}
-    info = value(s, "aep_flow_info", **ids, flow_name="Monitoring Dataflow", kind="unknown", state="enabled",
-                 flow_spec_id="9753525b-82c7-4dce-8a9b-5ccfce2b9876",
-                 source_connection_spec_id="ecadc60c-7455-4d87-84dc-2a0e293d997b",
-                 target_connection_spec_id="c604ff05-7f1a-43c0-8e18-33bf874cb11c")
+    info = value(
+        s,
+        "aep_flow_info",
+        **ids,
+        flow_name="Monitoring Dataflow",
+        kind="unknown",
+        state="enabled",
+        flow_spec_id="9753525b-82c7-4dce-8a9b-5ccfce2b9876",
+        source_connection_spec_id="ecadc60c-7455-4d87-84dc-2a0e293d997b",
+        target_connection_spec_id="c604ff05-7f1a-43c0-8e18-33bf874cb11c",
+    )
     assert info == 1.0
     assert value(s, "aep_flow_enabled", **ids) == 1.0
     assert value(s, "aep_flow_schedule_interval_seconds", **ids) is None  # frequency "once"
@@ -62,8 +76,15 @@ def test_tutorial_flow_and_run_give_the_metric_values_they_imply() -> None:
     assert value(s, "aep_flow_last_success_timestamp_seconds", **ids) == 1596656113.306
     assert value(s, "aep_flow_last_failure_timestamp_seconds", **ids) is None
     assert value(s, "aep_flow_runs_in_progress", **ids) == 0.0
-    expected_last = {"input_records": 100, "output_records": 99, "failed_records": 1, "input_bytes": 24012,
-                     "output_bytes": 17128, "input_files": 1, "output_files": 1}
+    expected_last = {
+        "input_records": 100,
+        "output_records": 99,
+        "failed_records": 1,
+        "input_bytes": 24012,
+        "output_bytes": 17128,
+        "input_files": 1,
+        "output_files": 1,
+    }
     for name, number in expected_last.items():
         assert value(s, f"aep_flow_last_run_{name}", **ids) == number, name
         assert value(s, f"aep_flow_{name}_total", **ids) == number, name
@@ -109,13 +130,25 @@ def test_run_with_minus_one_counts_gives_no_sample_and_records_the_fields() -> N
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("success", "success"), ("Success", "success"), ("partialSuccess", "partial_success"),
-     ("Failed", "failed"), ("inProgress", "in_progress"), ("Processing", "in_progress"),
-     ("Waiting", "scheduled"), ("scheduled", "scheduled"), ("CANCELLED", "cancelled"),
-     ("somethingNew", "other"), ("", None), (None, None), (42, None)],
+    [
+        ("success", "success"),
+        ("Success", "success"),
+        ("partialSuccess", "partial_success"),
+        ("Failed", "failed"),
+        ("inProgress", "in_progress"),
+        ("Processing", "in_progress"),
+        ("Waiting", "scheduled"),
+        ("scheduled", "scheduled"),
+        ("CANCELLED", "cancelled"),
+        ("somethingNew", "other"),
+        ("", None),
+        (None, None),
+        (42, None),
+    ],
 )
-def test_statuses_are_normalised_whatever_their_case_and_unknown_ones_become_other(raw: object,
-                                                                                   expected: str | None) -> None:
+def test_statuses_are_normalised_whatever_their_case_and_unknown_ones_become_other(
+    raw: object, expected: str | None
+) -> None:
     """Adobe's source and destination spellings map to one status set; unknown ones map to other."""
     assert normalize_status(raw) == expected
 
@@ -187,15 +220,29 @@ def test_payload_without_usable_id_raises_only_payload_error(payload: object) ->
 
 def test_flow_kind_schedule_and_destination_time_unit_are_read() -> None:
     """isSourceFlow/isDestinationFlow give the kind; minute/hour/day and timeUnit schedules give seconds."""
-    src = parse_flow({"id": "a", "inheritedAttributes": {"properties": {"isSourceFlow": True}},
-                      "scheduleParams": {"frequency": "minute", "interval": "15"}})
-    dst = parse_flow({"id": "b", "inheritedAttributes": {"properties": {"isDestinationFlow": True}},
-                      "scheduleParams": {"interval": 3, "timeUnit": "hour"}})
+    src = parse_flow(
+        {
+            "id": "a",
+            "inheritedAttributes": {"properties": {"isSourceFlow": True}},
+            "scheduleParams": {"frequency": "minute", "interval": "15"},
+        }
+    )
+    dst = parse_flow(
+        {
+            "id": "b",
+            "inheritedAttributes": {"properties": {"isDestinationFlow": True}},
+            "scheduleParams": {"interval": 3, "timeUnit": "hour"},
+        }
+    )
     streaming = parse_flow({"id": "c", "name": 5, "state": None})
     assert (src.kind, src.schedule_interval_seconds) == ("source", 900.0)
     assert (dst.kind, dst.schedule_interval_seconds) == ("destination", 10800.0)
     assert (streaming.kind, streaming.schedule_interval_seconds, streaming.name, streaming.state) == (
-        "unknown", None, "", "unknown")
+        "unknown",
+        None,
+        "",
+        "unknown",
+    )
 
 
 def test_a_run_of_another_flow_is_never_counted_here() -> None:
@@ -209,9 +256,18 @@ def test_a_run_of_another_flow_is_never_counted_here() -> None:
 def test_times_in_seconds_are_read_as_the_same_instant_as_in_milliseconds() -> None:
     """A durationSummary in epoch seconds (as in Adobe's "Flow run notifications" success example) gives the same
     times as in milliseconds, and is not noted as invalid; a value in neither range is."""
-    seconds = parse_run({"id": "r1", "flowId": FLOW_ID, "createdAt": 1596656079576, "metrics": {
-        "durationSummary": {"startedAtUTC": 1596656058, "completedAtUTC": 1596656113},
-        "statusSummary": {"status": "success"}}}, TUTORIAL_NOW_MS)
+    seconds = parse_run(
+        {
+            "id": "r1",
+            "flowId": FLOW_ID,
+            "createdAt": 1596656079576,
+            "metrics": {
+                "durationSummary": {"startedAtUTC": 1596656058, "completedAtUTC": 1596656113},
+                "statusSummary": {"status": "success"},
+            },
+        },
+        TUTORIAL_NOW_MS,
+    )
     assert (seconds.started_at_ms, seconds.completed_at_ms) == (1596656058000, 1596656113000)
     assert seconds.duration_seconds == 55.0 and seconds.unknown_fields == ()
     nonsense = parse_run({"id": "r2", "metrics": {"durationSummary": {"startedAtUTC": 87473822}}}, TUTORIAL_NOW_MS)
@@ -221,22 +277,41 @@ def test_times_in_seconds_are_read_as_the_same_instant_as_in_milliseconds() -> N
 def test_a_final_run_without_its_own_end_ended_with_its_last_activity() -> None:
     """A failed run whose durationSummary has no completedAtUTC (Adobe's "Flow run notifications" failure example)
     ends when its last activity completed; a run still in progress gets no end from its activities."""
-    activities = [{"id": "promotionActivity", "durationSummary": {"startedAtUTC": 1596656058198,
-                                                                  "completedAtUTC": 1596656068000}}]
-    failed = parse_run({"id": "r1", "metrics": {"durationSummary": {"startedAtUTC": 1596656058198},
-                                                "statusSummary": {"status": "failed"}},
-                        "activities": activities}, TUTORIAL_NOW_MS)
+    activities = [
+        {"id": "promotionActivity", "durationSummary": {"startedAtUTC": 1596656058198, "completedAtUTC": 1596656068000}}
+    ]
+    failed = parse_run(
+        {
+            "id": "r1",
+            "metrics": {"durationSummary": {"startedAtUTC": 1596656058198}, "statusSummary": {"status": "failed"}},
+            "activities": activities,
+        },
+        TUTORIAL_NOW_MS,
+    )
     assert failed.completed_at_ms == 1596656068000 and failed.is_terminal
-    running = parse_run({"id": "r2", "metrics": {"durationSummary": {"startedAtUTC": 1596656058198},
-                                                 "statusSummary": {"status": "inProgress"}},
-                         "activities": activities}, TUTORIAL_NOW_MS)
+    running = parse_run(
+        {
+            "id": "r2",
+            "metrics": {"durationSummary": {"startedAtUTC": 1596656058198}, "statusSummary": {"status": "inProgress"}},
+            "activities": activities,
+        },
+        TUTORIAL_NOW_MS,
+    )
     assert running.completed_at_ms is None and not running.is_terminal
 
 
 def test_a_record_code_without_a_count_is_shown_and_not_noted() -> None:
     """A failedInfo entry with a code and a message and no count (Adobe's "Standard alert rules" failure payload)
     gives its code at 0 records, and no field is noted as invalid."""
-    run = parse_run({"id": "r1", "metrics": {"statusSummary": {"status": "failed"}, "recordSummary": {
-        "failedInfo": [{"code": "2200", "message": "A connection attempt failed"}]}}}, TUTORIAL_NOW_MS)
+    run = parse_run(
+        {
+            "id": "r1",
+            "metrics": {
+                "statusSummary": {"status": "failed"},
+                "recordSummary": {"failedInfo": [{"code": "2200", "message": "A connection attempt failed"}]},
+            },
+        },
+        TUTORIAL_NOW_MS,
+    )
     assert run.record_codes == (("failed", "2200", 0),)
     assert run.unknown_fields == ()

@@ -49,21 +49,35 @@ async def tls_sim(tmp_path: Path) -> AsyncIterator[Tls]:
 def exporter_for(tls: Tls, *, proxy: str | None = None, ca: bool = True) -> Exporter:
     url, ca_file, world = tls
     config = make_config(url, sandboxes=("prod",), retries=0)
-    adobe = dataclasses.replace(config.adobe, ims_token_url=f"{url}{IMS_PATH}", flow_service_url=f"{url}{API_PREFIX}",
-                                proxy=proxy, ca_file=ca_file if ca else None)
+    adobe = dataclasses.replace(
+        config.adobe,
+        ims_token_url=f"{url}{IMS_PATH}",
+        flow_service_url=f"{url}{API_PREFIX}",
+        proxy=proxy,
+        ca_file=ca_file if ca else None,
+    )
     return make_exporter(dataclasses.replace(config, adobe=adobe), world=world)
 
 
 @pytest.fixture
 def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY",
-                 "all_proxy"):
+    for name in (
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
 
-async def test_https_proxy_from_the_environment_carries_every_adobe_request(tls_sim: Tls,
-                                                                          no_proxy_env: pytest.MonkeyPatch) -> None:
+async def test_https_proxy_from_the_environment_carries_every_adobe_request(
+    tls_sim: Tls, no_proxy_env: pytest.MonkeyPatch
+) -> None:
     """With HTTPS_PROXY set, the token request and the Flow Service calls go through the CONNECT proxy, and TLS
     to the (simulated) Adobe host is verified with adobe.ca_file."""
     async with ConnectProxy() as proxy:
@@ -94,8 +108,9 @@ async def test_no_proxy_sends_requests_direct(tls_sim: Tls, no_proxy_env: pytest
     assert proxy.targets == []
 
 
-async def test_adobe_proxy_in_the_config_is_used_without_any_environment(tls_sim: Tls,
-                                                                        no_proxy_env: pytest.MonkeyPatch) -> None:
+async def test_adobe_proxy_in_the_config_is_used_without_any_environment(
+    tls_sim: Tls, no_proxy_env: pytest.MonkeyPatch
+) -> None:
     """adobe.proxy sends every Adobe request through the proxy even with no proxy variable set."""
     async with ConnectProxy() as proxy:
         exporter = exporter_for(tls_sim, proxy=proxy.url)
@@ -108,7 +123,8 @@ async def test_adobe_proxy_in_the_config_is_used_without_any_environment(tls_sim
 
 
 async def test_an_untrusted_certificate_fails_naming_the_host_and_the_ca_file_setting(
-        tls_sim: Tls, no_proxy_env: pytest.MonkeyPatch) -> None:
+    tls_sim: Tls, no_proxy_env: pytest.MonkeyPatch
+) -> None:
     """Without adobe.ca_file the intercepting CA is not trusted: the poll fails, and the error says TLS to which
     host failed, why, and that adobe.ca_file is the fix."""
     exporter = exporter_for(tls_sim, ca=False)

@@ -29,21 +29,31 @@ def config_file(path: Path, sim_url: str, *, sandboxes: str | None = None, rest:
     return path
 
 
-def run(args: list[str], env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PY, *args], capture_output=True, text=True, timeout=120, env=env or ENV, cwd=cwd,
-                          check=False)
+def run(
+    args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PY, *args], capture_output=True, text=True, timeout=120, env=env or ENV, cwd=cwd, check=False
+    )
 
 
 def test_check_config_online_lists_what_the_credential_can_see(simulator_process: str, tmp_path: Path) -> None:
     """--online gets a token and prints, per sandbox, its flows by kind and what discovery tracks; a configured id
     the API does not know, and a sandbox that does not exist (Adobe's 2100-404, with what to check), make it
     exit 1."""
-    sandboxes = (f"  - name: prod\n    discover: {{enabled: true}}\n    flows: [{UNKNOWN_FLOW}]\n"
-                 "  - name: dev\n    discover: {enabled: true}\n"
-                 "  - name: marketing\n    discover: {enabled: true}")
-    proc = run(["check-config", "--config", str(config_file(tmp_path / "c.yaml", simulator_process,
-                                                               sandboxes=sandboxes)), "--online"])
+    sandboxes = (
+        f"  - name: prod\n    discover: {{enabled: true}}\n    flows: [{UNKNOWN_FLOW}]\n"
+        "  - name: dev\n    discover: {enabled: true}\n"
+        "  - name: marketing\n    discover: {enabled: true}"
+    )
+    proc = run(
+        [
+            "check-config",
+            "--config",
+            str(config_file(tmp_path / "c.yaml", simulator_process, sandboxes=sandboxes)),
+            "--online",
+        ]
+    )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[:2] == ["config OK: 3 sandboxes, 1 configured flows", "token OK"]
@@ -55,15 +65,19 @@ def test_check_config_online_lists_what_the_credential_can_see(simulator_process
     assert Credentials().client_secret not in proc.stdout + proc.stderr
 
 
-def test_check_config_online_shows_adobes_reason_and_a_hint_for_a_wrong_secret(simulator_process: str,
-                                                                             tmp_path: Path) -> None:
+def test_check_config_online_shows_adobes_reason_and_a_hint_for_a_wrong_secret(
+    simulator_process: str, tmp_path: Path
+) -> None:
     """A wrong client secret: exit 1, IMS's error and error_description, what to check; never the secret."""
     env = {**ENV, "SIM_SECRET": "a-wrong-secret-123"}
-    proc = run(["check-config", "--config", str(config_file(tmp_path / "c.yaml", simulator_process)), "--online"],
-               env=env)
+    proc = run(
+        ["check-config", "--config", str(config_file(tmp_path / "c.yaml", simulator_process)), "--online"], env=env
+    )
     assert proc.returncode == 1
-    assert "cannot get a token: IMS refused the token request: HTTP 401 (invalid_client): invalid client_secret" \
+    assert (
+        "cannot get a token: IMS refused the token request: HTTP 401 (invalid_client): invalid client_secret"
         in proc.stderr
+    )
     assert "Developer Console" in proc.stderr
     assert "a-wrong-secret-123" not in proc.stdout + proc.stderr
 
@@ -71,8 +85,9 @@ def test_check_config_online_shows_adobes_reason_and_a_hint_for_a_wrong_secret(s
 def test_check_config_rejects_a_flow_id_that_is_not_a_uuid(tmp_path: Path) -> None:
     """A flow id typo (not a UUID) is a config error with its path and what a flow id looks like: exit 2."""
     sandboxes = "  - name: prod\n    flows: [c9cef9cb-c934-4467-8ef9-cbc93454674]"
-    proc = run(["check-config", "--config", str(config_file(tmp_path / "c.yaml", "http://127.0.0.1:9",
-                                                               sandboxes=sandboxes))])
+    proc = run(
+        ["check-config", "--config", str(config_file(tmp_path / "c.yaml", "http://127.0.0.1:9", sandboxes=sandboxes))]
+    )
     assert proc.returncode == 2
     assert "sandboxes[0].flows[0]: 'c9cef9cb-c934-4467-8ef9-cbc93454674' is not a flow id" in proc.stderr
 
@@ -99,7 +114,8 @@ def test_a_busy_port_exits_1_with_one_line_before_any_poll(simulator_process: st
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"aep-flow-exporter: cannot listen on 127.0.0.1:{port}: Address already in use (another process has the "
-        "port? change server.listen or --web.listen-address)"]
+        "port? change server.listen or --web.listen-address)"
+    ]
 
 
 def test_prometheus_style_flags_and_the_config_from_the_environment(simulator_process: str, tmp_path: Path) -> None:
@@ -112,9 +128,14 @@ def test_prometheus_style_flags_and_the_config_from_the_environment(simulator_pr
     rest = 'server: {listen: "127.0.0.1:1"}\nstate: {path: state/exporter.db}\nlog: {level: debug, format: json}'
     config = config_file(folder / "c.yaml", simulator_process, rest=rest)
     env = {**ENV, "AEP_FLOW_EXPORTER_CONFIG": str(config)}
-    proc = subprocess.Popen([*PY, "run", "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warning",
-                             "--log.format", "console"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            text=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [*PY, "run", "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warning", "--log.format", "console"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz")
         names = {name for name, _labels in parse_samples(wait_http(f"http://127.0.0.1:{port}/metrics"))}
@@ -124,8 +145,13 @@ def test_prometheus_style_flags_and_the_config_from_the_environment(simulator_pr
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert {"process_start_time_seconds", "process_resident_memory_bytes", "process_open_fds", "python_info",
-            "python_gc_objects_collected_total"} <= names
+    assert {
+        "process_start_time_seconds",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "python_info",
+        "python_gc_objects_collected_total",
+    } <= names
     assert "token_renewed" not in err and '"event"' not in err  # warning level, console format
     assert (folder / "state" / "exporter.db").exists() and not (tmp_path / "state").exists()
 
@@ -145,8 +171,12 @@ def test_a_forbidden_sandbox_says_which_permission_to_ask_for(simulator_process:
     """`once` against a sandbox the credential may not use (Adobe's 2120-403): exit 1, and the log names the
     sandbox, the permissions its role needs and who can give them."""
     body = json.dumps({"forbidden_sandboxes": ["dev"]}).encode()
-    request = urllib.request.Request(f"{simulator_process}/_sim/faults", data=body, method="POST",  # noqa: S310 -- loopback
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(  # noqa: S310 -- loopback
+        f"{simulator_process}/_sim/faults",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=5):  # noqa: S310 -- the simulator on loopback
         pass
     sandboxes = "  - name: dev\n    discover: {enabled: true}"

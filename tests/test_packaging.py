@@ -29,8 +29,14 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     backend)."""
     out = tmp_path_factory.mktemp("dist")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
-                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "warning" in line.lower()]
     assert warnings == []
@@ -40,10 +46,15 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_and_sdist_build_without_warnings_and_pass_twine_check(dist: Path) -> None:
     """Both artifacts exist, `twine check` passes them, the wheel holds the package (simulator included), its
     type marker and the license, and no tests; the sdist holds the docs, example config and deploy recipes."""
-    wheel, = dist.glob("*.whl")
-    sdist, = dist.glob("*.tar.gz")
-    proc = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    (wheel,) = dist.glob("*.whl")
+    (sdist,) = dist.glob("*.tar.gz")
+    proc = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0 and proc.stdout.count("PASSED") == 2, proc.stdout + proc.stderr
     names = zipfile.ZipFile(wheel).namelist()
     assert {"exporter/cli.py", "exporter/simulator/world.py", "exporter/py.typed"} <= set(names)
@@ -51,8 +62,7 @@ def test_wheel_and_sdist_build_without_warnings_and_pass_twine_check(dist: Path)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata and "Requires-Dist: aiohttp" in metadata
     listing = subprocess.run(["tar", "tzf", str(sdist)], capture_output=True, text=True, check=True).stdout
-    for member in ("LICENSE", "CHANGELOG.md", "config.example.yaml", "docs/adobe-setup.md",
-                   "deploy/docker/Dockerfile"):
+    for member in ("LICENSE", "CHANGELOG.md", "config.example.yaml", "docs/adobe-setup.md", "deploy/docker/Dockerfile"):
         assert f"/{member}" in listing, member
 
 
@@ -61,20 +71,55 @@ def test_the_installed_wheel_runs_the_demo(dist: Path, tmp_path: Path) -> None:
     script is the wheel's, and `aep-flow-exporter demo` serves the simulator's flows."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    wheel, = dist.glob("*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
-                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
-    site = subprocess.run([str(venv / "bin" / "python"), "-c",
-                           "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    (wheel,) = dist.glob("*.whl")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        timeout=300,
+    )
+    site = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(site, "deps-from-the-test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import exporter; print(exporter.__file__)"],
-                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import exporter; print(exporter.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
     assert where.startswith(str(venv))
     sim_port, port = free_port(), free_port()
-    proc = subprocess.Popen([str(venv / "bin" / "aep-flow-exporter"), "demo", "--port", str(sim_port), "--listen",
-                             f"127.0.0.1:{port}", "--interval", "1s"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            str(venv / "bin" / "aep-flow-exporter"),
+            "demo",
+            "--port",
+            str(sim_port),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--interval",
+            "1s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60)
         samples = parse_samples(wait_http(f"http://127.0.0.1:{port}/metrics"))
@@ -103,9 +148,12 @@ async def test_healthcheck_follows_the_configured_port_and_tls(tls: bool, tmp_pa
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)
     config = tmp_path / "c.yaml"
-    config.write_text("adobe: {client_id: x, client_secret: y, org_id: z}\nsandboxes: [{name: prod, discover: "
-                      f"{{enabled: true}}}}]\nserver:\n  listen: 127.0.0.1:{port}\n{web_config}")
+    config.write_text(
+        "adobe: {client_id: x, client_secret: y, org_id: z}\nsandboxes: [{name: prod, discover: "
+        f"{{enabled: true}}}}]\nserver:\n  listen: 127.0.0.1:{port}\n{web_config}"
+    )
     app = web.Application()
+
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
 

@@ -113,8 +113,10 @@ async def test_discovery_filters_by_kind_and_name(sim: Sim) -> None:
     excluded = names[0]
     import re
 
-    sandbox = replace(config.sandboxes[0], discover=DiscoverConfig(
-        enabled=True, kinds=("source",), exclude=(re.compile(re.escape(excluded)),)))
+    sandbox = replace(
+        config.sandboxes[0],
+        discover=DiscoverConfig(enabled=True, kinds=("source",), exclude=(re.compile(re.escape(excluded)),)),
+    )
     exporter = make_exporter(replace(config, sandboxes=(sandbox,)))
     await exporter.start()
     try:

@@ -28,10 +28,19 @@ MODES: dict[str, tuple[dict[str, Any], str]] = {
     "without_created_at_listed_last": ({"omit_created_at": 0.35, "missing_created_at": "last"}, "started_at"),
     "without_created_at_listed_first": ({"omit_created_at": 0.35, "missing_created_at": "first"}, "started_at"),
     "oldest_first_by_default": ({"default_order": "oldest_first"}, "created_at"),
-    "refuse_time_without_created_at_last": ({"runs_filters": "refuse_time", "omit_created_at": 0.35,
-                                             "missing_created_at": "last"}, "newest_first"),
-    "refuse_time_oldest_first": ({"runs_filters": "refuse_time", "default_order": "oldest_first",
-                                  "omit_created_at": 0.35, "missing_created_at": "first"}, "full"),
+    "refuse_time_without_created_at_last": (
+        {"runs_filters": "refuse_time", "omit_created_at": 0.35, "missing_created_at": "last"},
+        "newest_first",
+    ),
+    "refuse_time_oldest_first": (
+        {
+            "runs_filters": "refuse_time",
+            "default_order": "oldest_first",
+            "omit_created_at": 0.35,
+            "missing_created_at": "first",
+        },
+        "full",
+    ),
 }
 
 
@@ -56,8 +65,9 @@ def strategies(samples: dict[Any, float]) -> dict[str, str]:
     return out
 
 
-async def test_every_phase_counts_each_run_exactly_once_under_every_mode(mode_sim: tuple[Sim, str],
-                                                                          tmp_path: Path) -> None:
+async def test_every_phase_counts_each_run_exactly_once_under_every_mode(
+    mode_sim: tuple[Sim, str], tmp_path: Path
+) -> None:
     """Backfill, new runs, in-progress runs ending, then a restart with runs added while down: exact after each."""
     sim, expected = mode_sim
     state = str(tmp_path / "state.db")
@@ -79,8 +89,9 @@ async def test_every_phase_counts_each_run_exactly_once_under_every_mode(mode_si
         await server.close()
         await first.close()
     truth_at_stop = sim.world.truth()
-    ended = {r["id"] for f in truth_at_stop["sandboxes"].values() for fl in f.values() for r in fl["runs"]
-             if r["completed"]}
+    ended = {
+        r["id"] for f in truth_at_stop["sandboxes"].values() for fl in f.values() for r in fl["runs"] if r["completed"]
+    }
     assert seen_running & ended, "some runs were seen in progress and counted once they ended"
     samples = parse_samples(text)
     assert strategies(samples) == {"prod": expected, "dev": expected}

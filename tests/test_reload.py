@@ -38,8 +38,9 @@ async def test_reload_adds_and_removes_flows_and_keeps_the_rest(sim: Sim, tmp_pa
         await server.close()
     after = parse_samples(after_text)
     assert {dict(k)["flow_id"] for k in pick(after, "aep_flow_info")} == {a, c}
-    assert pick(after, "aep_flow_runs_total", flow_id=a) == pick(parse_samples(before), "aep_flow_runs_total",
-                                                                  flow_id=a)
+    assert pick(after, "aep_flow_runs_total", flow_id=a) == pick(
+        parse_samples(before), "aep_flow_runs_total", flow_id=a
+    )
     assert value(after, "aep_exporter_config_last_reload_successful") == 1
 
 
@@ -116,8 +117,12 @@ def test_sighup_reloads_the_running_daemon(simulator_process: str, tmp_path: Pat
     path = tmp_path / "config.yaml"
     listen = f'server: {{listen: "127.0.0.1:{port}"}}'
     path.write_text(_yaml(simulator_process, ids[:1], extra=listen))
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "run", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "run", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz")
         path.write_text(_yaml(simulator_process, ids[:2], extra=listen))

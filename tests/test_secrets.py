@@ -26,9 +26,13 @@ async def test_no_failure_path_leaks_the_secret_or_a_token(tmp_path: Path) -> No
     tokens: set[str] = set()
     try:
         with capture_logs() as logs:
-            for secret, faults, revoke in ((SECRET, Faults(), False), (WRONG, Faults(), False),
-                                           (SECRET, Faults(ims_down=True), True), (SECRET, Faults(), True),
-                                           (SECRET, Faults(error_rate=1.0), False)):
+            for secret, faults, revoke in (
+                (SECRET, Faults(), False),
+                (WRONG, Faults(), False),
+                (SECRET, Faults(ims_down=True), True),
+                (SECRET, Faults(), True),
+                (SECRET, Faults(error_rate=1.0), False),
+            ):
                 handle.simulator.faults = faults
                 if revoke:
                     handle.simulator.revoke_tokens()
@@ -60,8 +64,10 @@ async def test_no_failure_path_leaks_the_secret_or_a_token(tmp_path: Path) -> No
 def test_config_errors_do_not_echo_the_secret(tmp_path: Path) -> None:
     """check-config on a broken file that holds the secret lists the problems without the secret."""
     path = tmp_path / "c.yaml"
-    path.write_text(f"adobe: {{client_id: a, client_secret: {SECRET}, org_id: o, colour: {SECRET}}}\n"
-                    "sandboxes: [{name: PROD}]\npoll: {interval: never}\n")
+    path.write_text(
+        f"adobe: {{client_id: a, client_secret: {SECRET}, org_id: o, colour: {SECRET}}}\n"
+        "sandboxes: [{name: PROD}]\npoll: {interval: never}\n"
+    )
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert main(["check-config", "--config", str(path)]) == 2
@@ -102,8 +108,14 @@ def every_form(secret: str, client_id: str) -> list[str]:
     from urllib.parse import quote, quote_plus
 
     encoded = quote_plus(secret)
-    return [secret, encoded, encoded.lower(), quote(secret, safe=""), base64.b64encode(secret.encode()).decode(),
-            base64.b64encode(f"{client_id}:{secret}".encode()).decode()]
+    return [
+        secret,
+        encoded,
+        encoded.lower(),
+        quote(secret, safe=""),
+        base64.b64encode(secret.encode()).decode(),
+        base64.b64encode(f"{client_id}:{secret}".encode()).decode(),
+    ]
 
 
 async def test_upstream_text_quoting_the_secret_in_any_encoding_or_cut_shows_none_of_it() -> None:
@@ -119,13 +131,26 @@ async def test_upstream_text_quoting_the_secret_in_any_encoding_or_cut_shows_non
     from exporter.values import Secret
 
     forms = every_form(SPECIAL, "client-1")
-    description = "x" * 290 + SPECIAL + " received: " + " | ".join(
-        [f"grant_type=client_credentials&client_id=client-1&client_secret={forms[1]}&scope=openid", *forms[2:]])
+    description = (
+        "x" * 290
+        + SPECIAL
+        + " received: "
+        + " | ".join(
+            [f"grant_type=client_credentials&client_id=client-1&client_secret={forms[1]}&scope=openid", *forms[2:]]
+        )
+    )
     server, url = await ims_answering(description)
     try:
         async with aiohttp.ClientSession() as session:
-            provider = TokenProvider(session=session, url=url, client_id="client-1", client_secret=Secret(SPECIAL),
-                                     scopes="openid", metrics=SelfMetrics(CollectorRegistry()), retries=0)
+            provider = TokenProvider(
+                session=session,
+                url=url,
+                client_id="client-1",
+                client_secret=Secret(SPECIAL),
+                scopes="openid",
+                metrics=SelfMetrics(CollectorRegistry()),
+                retries=0,
+            )
             try:
                 await provider.token()
                 message = ""
@@ -137,7 +162,7 @@ async def test_upstream_text_quoting_the_secret_in_any_encoding_or_cut_shows_non
     assert "<redact" in message  # the cut may fall inside the placeholder, never inside the secret
     for form in forms:
         for i in range(len(form) - 9):
-            assert form[i:i + 10] not in message, (form, form[i:i + 10])
+            assert form[i : i + 10] not in message, (form, form[i : i + 10])
 
 
 def test_a_newline_in_upstream_text_cannot_forge_a_line_of_output(tmp_path: Path) -> None:
@@ -159,9 +184,11 @@ def test_a_newline_in_upstream_text_cannot_forge_a_line_of_output(tmp_path: Path
     thread.start()
     assert ready.wait(10)
     path = tmp_path / "c.yaml"
-    path.write_text(f"adobe: {{client_id: a, client_secret: {SECRET}, org_id: o, ims_token_url: '{holder['url']}'}}\n"
-                    "sandboxes: [{name: prod, discover: {enabled: true}}]\nstate: {path: null}\n"
-                    "poll: {retries: 0}\n")
+    path.write_text(
+        f"adobe: {{client_id: a, client_secret: {SECRET}, org_id: o, ims_token_url: '{holder['url']}'}}\n"
+        "sandboxes: [{name: prod, discover: {enabled: true}}]\nstate: {path: null}\n"
+        "poll: {retries: 0}\n"
+    )
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert main(["check-config", "--config", str(path), "--online"]) == 1

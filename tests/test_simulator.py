@@ -14,22 +14,38 @@ from tests.simulation import Sim, make_world
 
 async def _token(session: aiohttp.ClientSession, sim: Sim) -> str:
     creds = Credentials()
-    async with session.post(f"{sim.url}{IMS_PATH}", data={
-            "grant_type": "client_credentials", "client_id": creds.client_id,
-            "client_secret": creds.client_secret, "scope": "openid"}) as resp:
+    async with session.post(
+        f"{sim.url}{IMS_PATH}",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": creds.client_id,
+            "client_secret": creds.client_secret,
+            "scope": "openid",
+        },
+    ) as resp:
         assert resp.status == 200
         body = await resp.json()
     assert body["token_type"] == "bearer" and body["expires_in"] > 0
     return str(body["access_token"])
 
 
-async def _get(sim: Sim, path: str, params: list[tuple[str, str]] | None = None, *, sandbox: str | None = "prod",
-               token: str | None = None, api_key: str | None = None) -> tuple[int, Any]:
+async def _get(
+    sim: Sim,
+    path: str,
+    params: list[tuple[str, str]] | None = None,
+    *,
+    sandbox: str | None = "prod",
+    token: str | None = None,
+    api_key: str | None = None,
+) -> tuple[int, Any]:
     creds = Credentials()
     async with aiohttp.ClientSession() as session:
         token = token if token is not None else await _token(session, sim)
-        headers = {"Authorization": f"Bearer {token}", "x-api-key": api_key or creds.client_id,
-                   "x-gw-ims-org-id": creds.org_id}
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "x-api-key": api_key or creds.client_id,
+            "x-gw-ims-org-id": creds.org_id,
+        }
         if sandbox is not None:
             headers["x-sandbox-name"] = sandbox
         async with session.get(f"{sim.url}{API_PREFIX}{path}", params=params or [], headers=headers) as resp:
@@ -54,8 +70,12 @@ async def test_filters_support_every_documented_operator(sim: Sim) -> None:
     _s, two = await _get(sim, "/runs", [("property", "flowId==" + ",".join(flow_ids))])
     assert {r["flowId"] for r in two["items"]} == set(flow_ids)
     pivot = sorted(r["createdAt"] for r in items)[len(items) // 2]
-    for op, check in ((">", lambda v: v > pivot), ("<", lambda v: v < pivot), (">=", lambda v: v >= pivot),
-                      ("<=", lambda v: v <= pivot)):
+    for op, check in (
+        (">", lambda v: v > pivot),
+        ("<", lambda v: v < pivot),
+        (">=", lambda v: v >= pivot),
+        ("<=", lambda v: v <= pivot),
+    ):
         _s, got = await _get(sim, "/runs", [("property", f"createdAt{op}{pivot}"), ("limit", "100")])
         assert got["items"] and all(check(r["createdAt"]) for r in got["items"]), op
     _s, flows = await _get(sim, "/flows")
@@ -96,8 +116,9 @@ async def test_continuation_token_requires_the_same_filters(sim: Sim) -> None:
     assert "=" in token
     status, _body = await _get(sim, "/runs", [("limit", "5"), ("continuationToken", token)])
     assert status == 400
-    status, second = await _get(sim, "/runs", [("property", "createdAt>0"), ("limit", "5"),
-                                               ("continuationToken", token)])
+    status, second = await _get(
+        sim, "/runs", [("property", "createdAt>0"), ("limit", "5"), ("continuationToken", token)]
+    )
     assert status == 200
     assert not {r["id"] for r in second["items"]} & {r["id"] for r in first["items"]}
 
@@ -128,8 +149,7 @@ def test_payloads_cover_every_variation_the_exporter_must_handle() -> None:
     assert any("name" in a for p in payloads for a in p["activities"])
     codes = {e["code"] for p in payloads for e in p["metrics"]["statusSummary"].get("errors", [])}
     assert codes
-    young = [r for sb in world.flows for f in world.flows[sb].values() for r in f.runs
-             if now - r.created_ms < 5000]
+    young = [r for sb in world.flows for f in world.flows[sb].values() for r in f.runs if now - r.created_ms < 5000]
     for run in young:
         assert "durationSummary" not in run.to_json(now)["metrics"]
 

@@ -13,9 +13,25 @@ SOAK = Path(__file__).parent.parent / "bench" / "soak.py"
 
 
 def run_soak(flows: int, seconds: int) -> dict[str, object]:
-    proc = subprocess.run([sys.executable, str(SOAK), "--flows", str(flows), "--sim-hours", "1", "--seconds",
-                           str(seconds), "--every", "2", "--json"], capture_output=True, text=True,
-                          timeout=seconds + 180, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SOAK),
+            "--flows",
+            str(flows),
+            "--sim-hours",
+            "1",
+            "--seconds",
+            str(seconds),
+            "--every",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 180,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     return dict(json.loads(proc.stdout))
 
@@ -29,7 +45,7 @@ def check_flat(result: dict[str, object]) -> None:
     samples = result["samples"]
     assert isinstance(samples, list)
     third = len(samples) // 3
-    assert min(s["fds"] for s in samples[-3:]) <= max(s["fds"] for s in samples[third:2 * third + 1]) + 2
+    assert min(s["fds"] for s in samples[-3:]) <= max(s["fds"] for s in samples[third : 2 * third + 1]) + 2
     assert end["state_kb"] <= warm["state_kb"] * 1.5 + 64  # counted-run ids are pruned: the file stays bounded
 
 

@@ -86,8 +86,9 @@ async def test_changed_buckets_reset_only_the_histogram(sim: Sim, tmp_path: Path
     assert await exporter.poll_once()
     totals = {s.key: dict(s.runs_total) for s in exporter.snapshot().flows}
     await exporter.close()
-    again = make_exporter(make_config(sim.url, state_path=str(path),
-                                      metrics=MetricsConfig(duration_buckets=(10.0, 100.0))))
+    again = make_exporter(
+        make_config(sim.url, state_path=str(path), metrics=MetricsConfig(duration_buckets=(10.0, 100.0)))
+    )
     await again.start()
     for state in again.snapshot().flows:
         assert state.durations.bounds == (10.0, 100.0)
@@ -115,8 +116,9 @@ async def test_switching_profile_full_to_lean_rebuckets_the_histogram_exactly(si
         assert hist.bounds == MetricsConfig().duration_buckets
         assert (hist.count, hist.sum) == (old.count, old.sum)
         for i, bound in enumerate(hist.bounds):
-            assert sum(hist.counts[:i + 1]) == sum(c for b, c in zip(old.bounds, old.counts, strict=False)
-                                                   if b <= bound)
+            assert sum(hist.counts[: i + 1]) == sum(
+                c for b, c in zip(old.bounds, old.counts, strict=False) if b <= bound
+            )
 
 
 async def test_counted_run_ids_stay_bounded_over_many_cycles(sim: Sim, tmp_path: Path) -> None:

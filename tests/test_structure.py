@@ -31,7 +31,7 @@ def readme_reference() -> dict[str, tuple[str, set[str], str]]:
     """Every metric row of README's reference: exposed name -> (type, extra labels, profile or "")."""
     rows: dict[str, tuple[str, set[str], str]] = {}
     text = (ROOT / "README.md").read_text()
-    reference = text[text.index("## Metric reference"):]
+    reference = text[text.index("## Metric reference") :]
     for line in reference.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 3 or not cells[0].startswith("`aep_"):
@@ -53,7 +53,7 @@ def test_readme_metric_reference_matches_the_definitions() -> None:
     opt-in), and nothing else is."""
     reference = readme_reference()
     defined = {exposed(f): f for f in (*metrics.FAMILIES, *metrics.SELF_FAMILIES)}
-    assert set(reference) == set(defined), (set(reference) ^ set(defined))
+    assert set(reference) == set(defined), set(reference) ^ set(defined)
     opt_in = {"aep_flow_audience_records"}  # served only when metrics.audiences is on
     for name, family in defined.items():
         typ, labels, profile = reference[name]
@@ -69,14 +69,18 @@ def test_readme_metric_reference_matches_the_definitions() -> None:
 def test_static_labels_cannot_take_a_label_the_exporter_sets() -> None:
     """Every label a flow family carries is reserved: a configured static label can never collide with it."""
     from exporter.config import RESERVED_LABELS
+
     carried = {label for family in metrics.FAMILIES for label in family.labels}
     assert carried - RESERVED_LABELS == set()
 
 
 def test_metric_names_are_written_in_one_module_only() -> None:
     """Only metrics.py spells a metric name; everything else takes it from there."""
-    spelled = {path.relative_to(ROOT).as_posix() for path in PACKAGE.rglob("*.py")
-               if re.search(r"""["']aep_(flow|exporter)_""", path.read_text())}
+    spelled = {
+        path.relative_to(ROOT).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if re.search(r"""["']aep_(flow|exporter)_""", path.read_text())
+    }
     assert spelled == {"exporter/metrics.py"}
 
 
@@ -100,8 +104,9 @@ def imports_of(path: Path) -> set[str]:
 
 def test_the_package_has_no_import_cycle() -> None:
     """Dependencies flow one way: the module import graph of the package is acyclic."""
-    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-               for p in PACKAGE.rglob("*.py")}
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p for p in PACKAGE.rglob("*.py")
+    }
     graph = {name: {m for m in imports_of(path) if m in modules and m != name} for name, path in modules.items()}
     state: dict[str, int] = {}
 
@@ -137,7 +142,7 @@ def test_no_function_is_long_or_complex_outside_the_simulator() -> None:
 def test_readme_drawing_names_every_module() -> None:
     """README's "How it works" drawing shows every module of the package."""
     text = (ROOT / "README.md").read_text()
-    drawing = text[text.index("## How it works"):text.index("- **Polling is in the background")]
+    drawing = text[text.index("## How it works") : text.index("- **Polling is in the background")]
     modules = {p.name for p in PACKAGE.glob("*.py")} - {"__init__.py", "__main__.py"}
     assert {m for m in modules if m not in drawing} == set()
     assert "simulator/" in drawing

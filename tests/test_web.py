@@ -36,14 +36,21 @@ async def test_metrics_parse_and_pass_promtool_check_metrics(sim: Sim, promtool:
     for family, typ, *_rest in FAMILIES:  # every family of the contract is produced by the simulator's data
         wanted = {"counter": f"{family}_total", "histogram": f"{family}_count"}.get(typ, family)
         assert wanted in names, wanted
-    for self_metric in ("aep_exporter_build_info", "aep_exporter_api_requests_total", "aep_exporter_polls_total",
-                        "aep_exporter_last_poll_success_timestamp_seconds",
-                        "aep_exporter_token_expiry_timestamp_seconds", "aep_exporter_flows",
-                        "aep_exporter_total_shards", "aep_exporter_config_last_reload_successful"):
+    for self_metric in (
+        "aep_exporter_build_info",
+        "aep_exporter_api_requests_total",
+        "aep_exporter_polls_total",
+        "aep_exporter_last_poll_success_timestamp_seconds",
+        "aep_exporter_token_expiry_timestamp_seconds",
+        "aep_exporter_flows",
+        "aep_exporter_total_shards",
+        "aep_exporter_config_last_reload_successful",
+    ):
         assert self_metric in names, self_metric
     assert value(samples, "aep_exporter_flows", sandbox="prod") == 6
-    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -99,8 +106,13 @@ async def test_gzip_body_is_one_valid_stream_equal_to_the_plain_body(sim: Sim) -
     finally:
         await server.close()
     unzipped = gzip.decompress(raw)
-    strip = {b"aep_exporter_api_request_duration", b"aep_exporter_api_requests", b"aep_exporter_poll", b"process_",
-             b"python_gc_"}
+    strip = {
+        b"aep_exporter_api_request_duration",
+        b"aep_exporter_api_requests",
+        b"aep_exporter_poll",
+        b"process_",
+        b"python_gc_",
+    }
 
     def stable(body: bytes) -> list[bytes]:  # self-metrics may move between two scrapes; the flow block may not
         return [line for line in body.splitlines() if not any(line.startswith(p) for p in strip)]
@@ -180,7 +192,8 @@ async def test_self_metrics_block_is_reused_for_its_short_ttl_then_refreshed(sim
         exporter.metrics.token_requests.inc(5)
         _s, second, _h = await scrape(server)
         assert value(parse_samples(second), "aep_exporter_token_requests_total") == value(
-            parse_samples(first), "aep_exporter_token_requests_total")
+            parse_samples(first), "aep_exporter_token_requests_total"
+        )
         await asyncio.sleep(1.05)
         _s, third, _h = await scrape(server)
     finally:

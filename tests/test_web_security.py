@@ -40,8 +40,10 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 async def status(server: TestServer, path: str, method: str = "GET", **headers: str) -> int:
-    async with aiohttp.ClientSession() as session, session.request(method, server.make_url(path),
-                                                                   headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, server.make_url(path), headers=headers) as resp,
+    ):
         return resp.status
 
 
@@ -49,10 +51,16 @@ def exporter_with_web_config(sim: Sim, tmp_path: Path, web_body: str) -> tuple[E
     web = tmp_path / "web.yml"
     web.write_text(web_body)
     path = tmp_path / "config.yaml"
-    path.write_text(sim_config_yaml(sim.url, sandboxes="  - {name: prod, discover: {enabled: true}}",
-                                    rest="server: {web_config_file: web.yml, enable_lifecycle: true}"))
-    return Exporter(load_config(path), registry=CollectorRegistry(), tuning=Tuning(self_metrics_ttl=0.0),
-                    config_path=path), web
+    path.write_text(
+        sim_config_yaml(
+            sim.url,
+            sandboxes="  - {name: prod, discover: {enabled: true}}",
+            rest="server: {web_config_file: web.yml, enable_lifecycle: true}",
+        )
+    )
+    return Exporter(
+        load_config(path), registry=CollectorRegistry(), tuning=Tuning(self_metrics_ttl=0.0), config_path=path
+    ), web
 
 
 async def test_a_rotated_or_removed_password_stops_working_at_once(sim: Sim, tmp_path: Path) -> None:
@@ -75,8 +83,7 @@ async def test_a_rotated_or_removed_password_stops_working_at_once(sim: Sim, tmp
         await server.close()
 
 
-async def test_reload_rereads_the_web_config_even_when_its_timestamp_did_not_change(sim: Sim,
-                                                                                   tmp_path: Path) -> None:
+async def test_reload_rereads_the_web_config_even_when_its_timestamp_did_not_change(sim: Sim, tmp_path: Path) -> None:
     """POST /-/reload (as SIGHUP) re-reads the file unconditionally: a swap that kept size and mtime still
     takes effect, and the reload reports success only then."""
     exporter, web = exporter_with_web_config(sim, tmp_path, f"basic_auth_users:\n  prom: '{hashed('aaaa')}'\n")
@@ -94,23 +101,42 @@ async def test_reload_rereads_the_web_config_even_when_its_timestamp_did_not_cha
         await server.close()
 
 
-@pytest.mark.parametrize(("body", "named"), [
-    ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
-     "tls_server_config.cipher_suites"),
-    ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  curve_preferences: [X25519]\n",
-     "tls_server_config.curve_preferences"),
-    ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_allowed_sans: [a]\n"
-     "  client_ca_file: ca.crt\n  client_auth_type: RequireAndVerifyClientCert\n",
-     "tls_server_config.client_allowed_sans"),
-    ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAnyClientCert\n",
-     "tls_server_config.client_auth_type: RequireAnyClientCert means 'accept any client certificate without"),
-    ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequestClientCert\n",
-     "tls_server_config.client_auth_type: RequestClientCert"),
-    ("http_server_config:\n  http2: true\n", "http_server_config.http2"),
-    ("http_server_config:\n  headers: {'Bad Header': x}\n", "http_server_config.headers.Bad Header"),
-])
-def test_every_unimplemented_exporter_toolkit_setting_is_refused_by_name(certs: Certs, body: str,  # noqa: F811
-                                                                        named: str) -> None:
+TLS_HEAD = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (
+            TLS_HEAD + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
+            "tls_server_config.cipher_suites",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  curve_preferences: [X25519]\n",
+            "tls_server_config.curve_preferences",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_allowed_sans: [a]\n"
+            "  client_ca_file: ca.crt\n  client_auth_type: RequireAndVerifyClientCert\n",
+            "tls_server_config.client_allowed_sans",
+        ),
+        (
+            TLS_HEAD + "  client_auth_type: RequireAnyClientCert\n",
+            "tls_server_config.client_auth_type: RequireAnyClientCert means 'accept any client certificate without",
+        ),
+        (
+            TLS_HEAD + "  client_auth_type: RequestClientCert\n",
+            "tls_server_config.client_auth_type: RequestClientCert",
+        ),
+        ("http_server_config:\n  http2: true\n", "http_server_config.http2"),
+        ("http_server_config:\n  headers: {'Bad Header': x}\n", "http_server_config.headers.Bad Header"),
+    ],
+)
+def test_every_unimplemented_exporter_toolkit_setting_is_refused_by_name(
+    certs: Certs,  # noqa: F811
+    body: str,
+    named: str,
+) -> None:
     """No exporter-toolkit key is silently ignored: what is not implemented is refused, naming the key."""
     path = certs.dir / "web.yml"
     path.write_text(body)
@@ -119,21 +145,27 @@ def test_every_unimplemented_exporter_toolkit_setting_is_refused_by_name(certs: 
     assert any(named in problem for problem in caught.value.problems), caught.value.problems
 
 
-async def test_max_version_prefer_server_ciphers_and_headers_are_applied(certs: Certs, sim: Sim,  # noqa: F811
-                                                                         tmp_path: Path) -> None:
+async def test_max_version_prefer_server_ciphers_and_headers_are_applied(
+    certs: Certs,  # noqa: F811
+    sim: Sim,
+    tmp_path: Path,
+) -> None:
     """max_version caps the TLS version (a TLS 1.3-only client is refused), prefer_server_cipher_suites sets
     the server's preference, and http_server_config.headers are on every response, /metrics included."""
-    body = ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  max_version: TLS12\n"
-            "  prefer_server_cipher_suites: true\n"
-            "http_server_config:\n  http2: false\n  headers:\n    Strict-Transport-Security: max-age=31536000\n"
-            "    X-Frame-Options: deny\n")
+    body = (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  max_version: TLS12\n"
+        "  prefer_server_cipher_suites: true\n"
+        "http_server_config:\n  http2: false\n  headers:\n    Strict-Transport-Security: max-age=31536000\n"
+        "    X-Frame-Options: deny\n"
+    )
     (certs.dir / "web.yml").write_text(body)
     config = load_web_config(certs.dir / "web.yml")
     assert config.ssl_context is not None
     assert config.ssl_context.maximum_version == ssl.TLSVersion.TLSv1_2
     assert config.ssl_context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
-    exporter, _web = exporter_with_web_config(sim, tmp_path, "http_server_config:\n  headers:\n"
-                                                             "    X-Frame-Options: deny\n")
+    exporter, _web = exporter_with_web_config(
+        sim, tmp_path, "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+    )
     server = TestServer(exporter.web_app(poll=False), host="127.0.0.1")
     await server.start_server()
     try:
@@ -182,8 +214,9 @@ async def test_a_password_over_72_bytes_gets_401_not_500(sim: Sim, tmp_path: Pat
 async def test_a_wrong_password_flood_does_not_hold_up_authenticated_scrapes(sim: Sim, tmp_path: Path) -> None:
     """While 40 requests with distinct wrong passwords queue for bcrypt (its own two threads), a scrape whose
     password was verified before is answered from the cache: it completes while the flood is still pending."""
-    exporter, _web = exporter_with_web_config(sim, tmp_path,
-                                              f"basic_auth_users:\n  prom: '{hashed('good', rounds=12)}'\n")
+    exporter, _web = exporter_with_web_config(
+        sim, tmp_path, f"basic_auth_users:\n  prom: '{hashed('good', rounds=12)}'\n"
+    )
     server = TestServer(exporter.web_app(poll=False), host="127.0.0.1")
     await server.start_server()
     try:
@@ -204,17 +237,24 @@ def test_aiohttp_reports_are_one_json_line_without_header_values(sim: Sim, tmp_p
     else the exporter prints contains the client's Authorization credentials."""
     port = free_port()
     config = tmp_path / "config.yaml"
-    config.write_text(sim_config_yaml(sim.url, sandboxes="  - {name: prod, discover: {enabled: true}}",
-                                      rest=f'server: {{listen: "127.0.0.1:{port}"}}\nlog: {{format: json}}\n'
-                                           "poll: {interval: 1h}"))
-    proc = subprocess.Popen([*PY, "run", "--config", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    config.write_text(
+        sim_config_yaml(
+            sim.url,
+            sandboxes="  - {name: prod, discover: {enabled: true}}",
+            rest=f'server: {{listen: "127.0.0.1:{port}"}}\nlog: {{format: json}}\npoll: {{interval: 1h}}',
+        )
+    )
+    proc = subprocess.Popen(
+        [*PY, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     credentials = base64.b64encode(b"prom:VerySecretPassw0rd").decode()
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-            conn.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {credentials}\r\n"
-                         f"X-Long: {'a' * 20000}\r\n\r\n".encode())
+            conn.sendall(
+                f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {credentials}\r\n"
+                f"X-Long: {'a' * 20000}\r\n\r\n".encode()
+            )
             answer = conn.recv(65536)
         assert answer.split(b" ")[1] == b"400"  # aiohttp refuses the request
     finally:
@@ -229,11 +269,14 @@ def test_a_client_that_sends_headers_too_slowly_is_disconnected(sim: Sim, tmp_pa
     """server.read_header_timeout: a client that opens a connection and dribbles a request is closed."""
     port = free_port()
     config = tmp_path / "config.yaml"
-    config.write_text(sim_config_yaml(sim.url, sandboxes="  - {name: prod, discover: {enabled: true}}",
-                                      rest=f'server: {{listen: "127.0.0.1:{port}", read_header_timeout: 1s}}\n'
-                                           "poll: {interval: 1h}"))
-    proc = subprocess.Popen([*PY, "run", "--config", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    config.write_text(
+        sim_config_yaml(
+            sim.url,
+            sandboxes="  - {name: prod, discover: {enabled: true}}",
+            rest=f'server: {{listen: "127.0.0.1:{port}", read_header_timeout: 1s}}\npoll: {{interval: 1h}}',
+        )
+    )
+    proc = subprocess.Popen([*PY, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:

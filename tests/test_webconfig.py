@@ -65,8 +65,9 @@ async def serve_with(sim: Sim) -> AsyncIterator[object]:
 
     async def start(web_config: Path) -> str:
         config = make_config(sim.url)
-        config = replace(config, server=replace(config.server, web=load_web_config(web_config),
-                                                web_config_path=web_config))
+        config = replace(
+            config, server=replace(config.server, web=load_web_config(web_config), web_config_path=web_config)
+        )
         exporter = make_exporter(config)
         runner = web.AppRunner(exporter.web_app(poll=False))
         await runner.setup()
@@ -87,8 +88,10 @@ def basic(user: str, password: str) -> str:
 
 async def get(url: str, *, context: ssl.SSLContext | bool | None = None, auth: str | None = None) -> int:
     headers = {"Authorization": auth} if auth else {}
-    async with aiohttp.ClientSession() as session, session.get(url, ssl=context if context is not None else True,
-                                                               headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, ssl=context if context is not None else True, headers=headers) as resp,
+    ):
         return resp.status
 
 
@@ -105,8 +108,13 @@ async def test_basic_auth_right_wrong_and_no_password(certs: Certs, serve_with: 
 
 async def test_tls_serves_https_and_refuses_plain_http(certs: Certs, serve_with: object) -> None:
     """With tls_server_config, HTTPS with the CA works and plain HTTP to the port does not."""
-    url = await serve_with(write_web_config(certs, "tls_server_config:\n  cert_file: server.crt\n"  # type: ignore[operator]
-                                                   "  key_file: server.key\n"))
+    url = await serve_with(
+        write_web_config(
+            certs,
+            "tls_server_config:\n  cert_file: server.crt\n"  # type: ignore[operator]
+            "  key_file: server.key\n",
+        )
+    )
     assert url.startswith("https://")
     assert await get(f"{url}/metrics", context=certs.client_context()) == 200
     with pytest.raises(aiohttp.ClientError):
@@ -115,8 +123,10 @@ async def test_tls_serves_https_and_refuses_plain_http(certs: Certs, serve_with:
 
 async def test_client_certificate_required_and_missing_is_refused(certs: Certs, serve_with: object) -> None:
     """RequireAndVerifyClientCert: a client with a certificate from the CA gets in, one without does not."""
-    body = ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n")
+    body = (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
+    )
     url = await serve_with(write_web_config(certs, body + users_block()))  # type: ignore[operator]
     auth = basic("prometheus", PASSWORD)
     assert await get(f"{url}/metrics", context=certs.client_context(with_cert=True), auth=auth) == 200
@@ -135,13 +145,20 @@ async def test_min_version_refuses_older_clients(certs: Certs, serve_with: objec
 
 def test_bad_web_config_lists_every_problem_with_its_path(certs: Certs) -> None:
     """Missing files, unknown auth types, bad hashes and unknown keys are all reported, each with its path."""
-    path = write_web_config(certs, "tls_server_config:\n  cert_file: nope.crt\n  key_file: server.key\n"
-                                   "  client_auth_type: Sometimes\nbasic_auth_users:\n  bob: plaintext\ncolour: x\n")
+    path = write_web_config(
+        certs,
+        "tls_server_config:\n  cert_file: nope.crt\n  key_file: server.key\n"
+        "  client_auth_type: Sometimes\nbasic_auth_users:\n  bob: plaintext\ncolour: x\n",
+    )
     with pytest.raises(ConfigError) as info:
         load_web_config(path)
     text = "\n".join(info.value.problems)
-    for where in ("tls_server_config.cert_file", "tls_server_config.client_auth_type", "basic_auth_users.bob",
-                  "server.web_config_file.colour"):
+    for where in (
+        "tls_server_config.cert_file",
+        "tls_server_config.client_auth_type",
+        "basic_auth_users.bob",
+        "server.web_config_file.colour",
+    ):
         assert where in text, where
     assert "plaintext" not in text  # a would-be password is never echoed
 
@@ -150,9 +167,11 @@ def test_check_config_exits_2_on_a_bad_web_config(certs: Certs, tmp_path: Path) 
     """A config whose web_config_file is invalid fails check-config with status 2."""
     write_web_config(certs, "tls_server_config:\n  key_file: server.key\n")
     config = tmp_path / "c.yaml"
-    config.write_text("adobe: {client_id: a, client_secret: b, org_id: c}\n"
-                      "sandboxes: [{name: prod, discover: {enabled: true}}]\n"
-                      "server: {web_config_file: web.yml}\n")
+    config.write_text(
+        "adobe: {client_id: a, client_secret: b, org_id: c}\n"
+        "sandboxes: [{name: prod, discover: {enabled: true}}]\n"
+        "server: {web_config_file: web.yml}\n"
+    )
     assert main(["check-config", "--config", str(config)]) == 2
 
 

@@ -38,10 +38,12 @@ async def hook(sim: Sim) -> AsyncIterator[tuple[Exporter, str]]:
     """An exporter with its webhook on 127.0.0.1 (1 s header and body timeouts, 20 connections at most)."""
     exporter = with_events(sim, journal=False, webhook=True)
     assert exporter.config.events.webhook is not None
-    webhook = dataclasses.replace(exporter.config.events.webhook, read_header_timeout=1.0, read_body_timeout=1.0,
-                                  max_connections=20)
-    exporter.config = dataclasses.replace(exporter.config, events=dataclasses.replace(exporter.config.events,
-                                                                                      webhook=webhook))
+    webhook = dataclasses.replace(
+        exporter.config.events.webhook, read_header_timeout=1.0, read_body_timeout=1.0, max_connections=20
+    )
+    exporter.config = dataclasses.replace(
+        exporter.config, events=dataclasses.replace(exporter.config.events, webhook=webhook)
+    )
     await exporter.start()
     assert await exporter.poll_once()
     await exporter.start_events()
@@ -51,8 +53,11 @@ async def hook(sim: Sim) -> AsyncIterator[tuple[Exporter, str]]:
 
 def forged(path: str) -> dict[str, str]:
     """Signature headers of the right shape that verify with no key."""
-    return {"x-adobe-digital-signature-1": FORGED_SIGNATURE, "x-adobe-public-key1-path": path,
-            "Content-Type": "application/json"}
+    return {
+        "x-adobe-digital-signature-1": FORGED_SIGNATURE,
+        "x-adobe-public-key1-path": path,
+        "Content-Type": "application/json",
+    }
 
 
 async def closed_within(port: int, send: bytes, seconds: float) -> bool:
@@ -89,18 +94,29 @@ async def test_a_connection_flood_is_capped_and_metrics_keep_answering(tmp_path:
     cap of webhook connections (the rest closed at once), and /metrics and /healthz answer throughout."""
     metrics_port, hook_port = free_port(), free_port()
     config = tmp_path / "c.yaml"
-    config.write_text(sim_config_yaml(sim.url, sandboxes="  - {name: prod, discover: {enabled: true}}", rest=(
-        f'server: {{listen: "127.0.0.1:{metrics_port}"}}\npoll: {{interval: 1h}}\nstate: {{path: null}}\n'
-        f'events: {{webhook: {{listen: "127.0.0.1:{hook_port}", public_key_base_url: "{sim.url}", '
-        "max_connections: 100}}\n")))
+    config.write_text(
+        sim_config_yaml(
+            sim.url,
+            sandboxes="  - {name: prod, discover: {enabled: true}}",
+            rest=(
+                f'server: {{listen: "127.0.0.1:{metrics_port}"}}\npoll: {{interval: 1h}}\nstate: {{path: null}}\n'
+                f'events: {{webhook: {{listen: "127.0.0.1:{hook_port}", public_key_base_url: "{sim.url}", '
+                "max_connections: 100}}\n"
+            ),
+        )
+    )
 
     def cap_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))  # this test process holds the 1,100
-    proc = subprocess.Popen([*PY, "run", "--config", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, preexec_fn=cap_files)  # noqa: PLW1509 -- a limit, no threads
+    proc = subprocess.Popen(
+        [*PY, "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=cap_files,  # noqa: PLW1509 -- a limit, no threads
+    )
     sockets: list[socket.socket] = []
     try:
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{metrics_port}/healthz")
@@ -110,8 +126,9 @@ async def test_a_connection_flood_is_capped_and_metrics_keep_answering(tmp_path:
         answers = []
         async with aiohttp.ClientSession() as session:
             for path in ("/healthz", "/metrics", "/healthz"):
-                async with session.get(f"http://127.0.0.1:{metrics_port}{path}",
-                                       timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                async with session.get(
+                    f"http://127.0.0.1:{metrics_port}{path}", timeout=aiohttp.ClientTimeout(total=10)
+                ) as resp:
                     answers.append(resp.status)
         open_files = len(os.listdir(f"/proc/{proc.pid}/fd"))
     finally:
@@ -128,11 +145,18 @@ async def test_forged_deliveries_fetch_no_key_before_they_could_verify(sim: Sim,
     """No signature, a signature that is not base64, one of the wrong length, or a key path not of the documented
     shape (another host, .., a query): refused (401) and counted, with no request to the key host."""
     _exporter, url = hook
-    bad = [{}, {"x-adobe-digital-signature-1": "not base64!!", "x-adobe-public-key1-path": "/prod/keys/pub-key-a.pem"},
-           {"x-adobe-digital-signature-1": base64.b64encode(b"short").decode(),
-            "x-adobe-public-key1-path": "/prod/keys/pub-key-a.pem"},
-           forged("//evil.example/prod/keys/pub-key-a.pem"), forged("/prod/keys/../pub-key-a.pem"),
-           forged("/prod/keys/pub-key-a.pem?x=1"), forged("/keys/key.pem")]
+    bad = [
+        {},
+        {"x-adobe-digital-signature-1": "not base64!!", "x-adobe-public-key1-path": "/prod/keys/pub-key-a.pem"},
+        {
+            "x-adobe-digital-signature-1": base64.b64encode(b"short").decode(),
+            "x-adobe-public-key1-path": "/prod/keys/pub-key-a.pem",
+        },
+        forged("//evil.example/prod/keys/pub-key-a.pem"),
+        forged("/prod/keys/../pub-key-a.pem"),
+        forged("/prod/keys/pub-key-a.pem?x=1"),
+        forged("/keys/key.pem"),
+    ]
     async with aiohttp.ClientSession() as session:
         statuses = []
         for headers in bad:
@@ -143,12 +167,14 @@ async def test_forged_deliveries_fetch_no_key_before_they_could_verify(sim: Sim,
 
 
 async def test_a_key_is_fetched_once_at_a_time_failures_are_kept_and_fetches_are_capped(
-        sim: Sim, hook: tuple[Exporter, str]) -> None:
+    sim: Sim, hook: tuple[Exporter, str]
+) -> None:
     """Fifty deliveries at once naming one new key path fetch it once; a path whose key cannot be fetched is not
     asked again within a minute; three hundred forged deliveries naming new paths fetch at most the minute's
     budget."""
     exporter, url = hook
     async with aiohttp.ClientSession() as session:
+
         async def post(path: str) -> int:
             async with session.post(url, data=b"{}", headers=forged(path)) as resp:
                 return resp.status
@@ -175,13 +201,19 @@ async def test_polling_never_waits_for_a_key_fetch(sim: Sim, hook: tuple[Exporte
     assert await exporter.poll_once()
     quiet = time.perf_counter() - started
     async with aiohttp.ClientSession() as session:
+
         async def post(i: int) -> None:
             try:
-                async with session.post(url, data=b"{}", headers=forged(f"/prod/keys/pub-key-slow-{i}.pem"),
-                                        timeout=aiohttp.ClientTimeout(total=20)) as resp:
+                async with session.post(
+                    url,
+                    data=b"{}",
+                    headers=forged(f"/prod/keys/pub-key-slow-{i}.pem"),
+                    timeout=aiohttp.ClientTimeout(total=20),
+                ) as resp:
                     await resp.read()
             except (aiohttp.ClientError, TimeoutError):
                 pass
+
         flood = [asyncio.get_running_loop().create_task(post(i)) for i in range(150)]
         await asyncio.sleep(0.5)
         started = time.perf_counter()
@@ -190,8 +222,9 @@ async def test_polling_never_waits_for_a_key_fetch(sim: Sim, hook: tuple[Exporte
         for task in flood:
             task.cancel()
         await asyncio.gather(*flood, return_exceptions=True)
-    print(f"poll cycle: {quiet * 1000:.0f} ms quiet, {during * 1000:.0f} ms during a forged flood on a hanging "
-          "key host")
+    print(
+        f"poll cycle: {quiet * 1000:.0f} ms quiet, {during * 1000:.0f} ms during a forged flood on a hanging key host"
+    )
 
 
 async def test_error_answers_never_echo_what_the_client_sent(hook: tuple[Exporter, str]) -> None:
@@ -218,11 +251,17 @@ def test_the_webhook_web_config_is_applied_in_full_or_refused(tmp_path: Path) ->
     (tmp_path / "bad.yml").write_text("tls_server_config: {cert_file: missing.pem, key_file: missing.pem}\n")
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
     (tmp_path / "users.yml").write_text(f"basic_auth_users: {{adobe: '{hashed}'}}\n")
-    for name, expected in (("bad.yml", "events.webhook.web_config_file.tls_server_config"),
-                           ("users.yml", "events.webhook.web_config_file.basic_auth_users: not on the webhook")):
-        (tmp_path / "c.yaml").write_text(sim_config_yaml("http://127.0.0.1:9", sandboxes="  - {name: p, discover: {"
-                                                         "enabled: true}}", rest=f"events: {{webhook: {{"
-                                                         f"web_config_file: {name}}}}}\n"))
+    for name, expected in (
+        ("bad.yml", "events.webhook.web_config_file.tls_server_config"),
+        ("users.yml", "events.webhook.web_config_file.basic_auth_users: not on the webhook"),
+    ):
+        (tmp_path / "c.yaml").write_text(
+            sim_config_yaml(
+                "http://127.0.0.1:9",
+                sandboxes="  - {name: p, discover: {enabled: true}}",
+                rest=f"events: {{webhook: {{web_config_file: {name}}}}}\n",
+            )
+        )
         with pytest.raises(ConfigError) as info:
             load_config(tmp_path / "c.yaml")
         problems = "\n".join(info.value.problems)
@@ -234,15 +273,22 @@ async def test_the_webhook_web_configs_headers_are_on_its_answers(sim: Sim, tmp_
     (tmp_path / "web.yml").write_text("http_server_config:\n  headers: {X-Frame-Options: deny}\n")
     exporter = with_events(sim, journal=False, webhook=True)
     assert exporter.config.events.webhook is not None
-    webhook = dataclasses.replace(exporter.config.events.webhook, web_config_file="web.yml",
-                                  web_config_path=tmp_path / "web.yml", web=load_web_config(tmp_path / "web.yml"))
-    exporter.config = dataclasses.replace(exporter.config, events=dataclasses.replace(exporter.config.events,
-                                                                                      webhook=webhook))
+    webhook = dataclasses.replace(
+        exporter.config.events.webhook,
+        web_config_file="web.yml",
+        web_config_path=tmp_path / "web.yml",
+        web=load_web_config(tmp_path / "web.yml"),
+    )
+    exporter.config = dataclasses.replace(
+        exporter.config, events=dataclasses.replace(exporter.config.events, webhook=webhook)
+    )
     try:
         await exporter.start()
         await exporter.start_events()
-        async with aiohttp.ClientSession() as session, session.get(
-                f"http://127.0.0.1:{exporter.webhook_port}{HOOK}", params={"challenge": "c1"}) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{exporter.webhook_port}{HOOK}", params={"challenge": "c1"}) as resp,
+        ):
             header = resp.headers.get("X-Frame-Options")
     finally:
         await exporter.close()

@@ -47,8 +47,10 @@ if TYPE_CHECKING:
     from exporter.simulator.world import SimRun, World
 
 JOURNAL_PATH = "/events/journal"
-KEY_PATHS = ("/prod/keys/pub-key-1b4e28ba-2fa1-11d2-883f-0016d3cca427.pem",
-             "/prod/keys/pub-key-6fa459ea-ee8a-3ca4-894e-db77e160355e.pem")
+KEY_PATHS = (
+    "/prod/keys/pub-key-1b4e28ba-2fa1-11d2-883f-0016d3cca427.pem",
+    "/prod/keys/pub-key-6fa459ea-ee8a-3ca4-894e-db77e160355e.pem",
+)
 """Where the keys are, in the shape Adobe's webhooks page gives: ``/prod/keys/pub-key-<random-uuid>.pem``."""
 RETENTION_MS = 7 * 86400 * 1000
 """Adobe's "Journaling API": a journal keeps events for up to 7 days."""
@@ -167,29 +169,66 @@ class SimEvents:
         success = run.status in ("success", "partial_success")
         if chosen == "adobe" and not success:  # the failure example: a message batch, no event id, and no
             value["metrics"].get("durationSummary", {}).pop("completedAtUTC", None)  # end of the run's own
-            return [{"messages": [{
-                "msgType": "eventNotification", "version": "1.0", "timestamp": run.end_ms, "imsOrgId": self.org_id,
-                "schema": {"name": "run-notification", "version": "1.0"}, "provider": "FlowService",
-                "_eventNotificationMeta": {"category": "Platform Notifications", "type": "sources_flow_run_failed"},
-                "value": value}]}]
+            return [
+                {
+                    "messages": [
+                        {
+                            "msgType": "eventNotification",
+                            "version": "1.0",
+                            "timestamp": run.end_ms,
+                            "imsOrgId": self.org_id,
+                            "schema": {"name": "run-notification", "version": "1.0"},
+                            "provider": "FlowService",
+                            "_eventNotificationMeta": {
+                                "category": "Platform Notifications",
+                                "type": "sources_flow_run_failed",
+                            },
+                            "value": value,
+                        }
+                    ]
+                }
+            ]
         duration = value["metrics"].get("durationSummary", {})
         if chosen == "adobe":  # the success example writes durationSummary in seconds
             value["metrics"]["durationSummary"] = {k: v // 1000 for k, v in duration.items()}
-        value.update(slaCreatedAt=run.end_ms, processStartTime=run.end_ms, transformedTime=run.end_ms, header={
-            "_adobeio": {"imsOrgId": self.org_id, "providerMetadata": "aep_observability_catalog_events",
-                         "eventCode": "sources_flow_run_success" if success else "sources_flow_run_failure"}})
+        value.update(
+            slaCreatedAt=run.end_ms,
+            processStartTime=run.end_ms,
+            transformedTime=run.end_ms,
+            header={
+                "_adobeio": {
+                    "imsOrgId": self.org_id,
+                    "providerMetadata": "aep_observability_catalog_events",
+                    "eventCode": "sources_flow_run_success" if success else "sources_flow_run_failure",
+                }
+            },
+        )
         return {"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"event:{run.id}")), "event": value}
 
     def ingestion_payload(self, run: SimRun) -> dict[str, Any]:
         """A data ingestion notification of the run's batch (Adobe's "Data ingestion notifications" example)."""
         success = run.status in ("success", "partial_success")
-        return {"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"ingestion:{run.id}")), "event": {
-            "xdm:ingestionId": run.id.replace("-", "")[:26].upper(), "xdm:imsOrg": self.org_id,
-            "xdm:completed": run.end_ms, "xdm:datasetId": run.flow_id.replace("-", "")[:24],
-            "xdm:eventCode": "ing_load_success" if success else "ing_load_failure", "xdm:sandboxName": run.sandbox,
-            "sentTime": str(run.end_ms), "processStartTime": run.end_ms, "transformedTime": run.end_ms,
-            "header": {"_adobeio": {"imsOrgId": self.org_id, "providerMetadata": "aep_observability_catalog_events",
-                                    "eventCode": "platform_event"}}}}
+        return {
+            "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"ingestion:{run.id}")),
+            "event": {
+                "xdm:ingestionId": run.id.replace("-", "")[:26].upper(),
+                "xdm:imsOrg": self.org_id,
+                "xdm:completed": run.end_ms,
+                "xdm:datasetId": run.flow_id.replace("-", "")[:24],
+                "xdm:eventCode": "ing_load_success" if success else "ing_load_failure",
+                "xdm:sandboxName": run.sandbox,
+                "sentTime": str(run.end_ms),
+                "processStartTime": run.end_ms,
+                "transformedTime": run.end_ms,
+                "header": {
+                    "_adobeio": {
+                        "imsOrgId": self.org_id,
+                        "providerMetadata": "aep_observability_catalog_events",
+                        "eventCode": "platform_event",
+                    }
+                },
+            },
+        }
 
     def addressed(self, payload: Any, recipient: str | None = None) -> Any:
         """The payload as delivered to a webhook: ``recipient_client_id`` added to it (to each event of an array)."""
@@ -244,16 +283,20 @@ class SimEvents:
         if self.faults.reorder:
             self._rng.shuffle(entries)
         last = log[batch[-1]].position
-        return web.json_response({"events": entries, "_page": {"last": last, "count": len(entries)}},
-                                 headers=self._links(request, [(self._next(last, limit), "next")]))
+        return web.json_response(
+            {"events": entries, "_page": {"last": last, "count": len(entries)}},
+            headers=self._links(request, [(self._next(last, limit), "next")]),
+        )
 
-    def _nothing_new(self, request: web.Request, end: int, limit: int | None, *,
-                     retry_after: bool = True) -> web.Response:
+    def _nothing_new(
+        self, request: web.Request, end: int, limit: int | None, *, retry_after: bool = True
+    ) -> web.Response:
         """A ``204`` at the end of the journal: next and validate Links to the end, and (but for an empty journal
         read without parameters) ``retry-after``."""
         position = self._position(end) if end >= 0 else self._origin
-        headers = self._links(request, [(self._next(position, limit), "next"),
-                                        (f"{JOURNAL_PATH}/validate?since={position}", "validate")])
+        headers = self._links(
+            request, [(self._next(position, limit), "next"), (f"{JOURNAL_PATH}/validate?since={position}", "validate")]
+        )
         if retry_after and self.faults.retry_after is not None:
             headers["retry-after"] = self.faults.retry_after
         return web.Response(status=204, headers=headers)
@@ -331,7 +374,8 @@ class SimEvents:
 
     async def _post(self, session: aiohttp.ClientSession, body: bytes, headers: dict[str, str], kind: str) -> None:
         assert self.webhook_url is not None  # noqa: S101 -- checked by the caller
-        async with session.post(self.webhook_url, data=body, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=10)) as resp:
+        async with session.post(
+            self.webhook_url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+        ) as resp:
             await resp.read()
         self.deliveries[kind] = self.deliveries.get(kind, 0) + 1

@@ -39,7 +39,7 @@ def parse_filter(text: str) -> Filter:
         if ch in "=<>!~":
             for op in _OPS:
                 if text.startswith(op, i):
-                    path, value = text[:i], text[i + len(op):]
+                    path, value = text[:i], text[i + len(op) :]
                     if not path or value == "":
                         raise QueryError("1440-400", f"invalid property filter {text!r}")
                     if value[:1] in "=<>!~":

@@ -144,21 +144,34 @@ def _hostile_run(run: dict[str, Any]) -> dict[str, Any]:
         error["message"] = "bad \ud800 message"
     run["activities"] = run.get("activities", []) + [
         {"id": f"extra-{i}", "name": f"Hostile Activity {i}", "statusSummary": {"status": "success"}}
-        for i in range(3000)]
+        for i in range(3000)
+    ]
     return run
 
 
 def _platform_error(status: int, code: str, title: str) -> web.Response:
-    body = {"type": f"https://ns.adobe.com/aep/errors/FLOW-{code}", "title": title, "status": status,
-            "report": {"detailed-message": title}, "error-chain": [{"serviceId": "FLOW", "errorCode": code}]}
+    body = {
+        "type": f"https://ns.adobe.com/aep/errors/FLOW-{code}",
+        "title": title,
+        "status": status,
+        "report": {"detailed-message": title},
+        "error-chain": [{"serviceId": "FLOW", "errorCode": code}],
+    }
     return web.json_response(body, status=status)
 
 
 class Simulator:
     """Serves a :class:`World` as Adobe would, with faults on demand and counts of every request."""
 
-    def __init__(self, world: World, *, credentials: Credentials | None = None, faults: Faults | None = None,
-                 token_lifetime_s: float = 86399.0, seed: int = 1) -> None:
+    def __init__(
+        self,
+        world: World,
+        *,
+        credentials: Credentials | None = None,
+        faults: Faults | None = None,
+        token_lifetime_s: float = 86399.0,
+        seed: int = 1,
+    ) -> None:
         self.world = world
         self.credentials = credentials or Credentials()
         self.faults = faults or Faults()
@@ -169,22 +182,28 @@ class Simulator:
         self.request_log: deque[dict[str, Any]] = deque(maxlen=20_000)
         self.scripted: deque[Scripted] = deque()
         self.faults_injected: Counter[str] = Counter()
-        self.events = SimEvents(world, client_id=self.credentials.client_id, org_id=self.credentials.org_id,
-                                seed=seed)
+        self.events = SimEvents(world, client_id=self.credentials.client_id, org_id=self.credentials.org_id, seed=seed)
         # Payloads served exactly as given, beside the world's (the conformance suite replays Adobe's examples):
         self.fixture_flows: dict[str, list[dict[str, Any]]] = {}  # sandbox -> flow objects
         self.fixture_runs: dict[str, list[dict[str, Any]]] = {}  # flow id -> run objects
 
     # --- test and admin controls -------------------------------------------------------------------------
 
-    def fail_next(self, endpoint: str, status: int, *, times: int = 1, retry_after: str | None = None,
-                  delay_s: float = 0.0, body: str | bytes | None = None,
-                  headers: dict[str, str] | None = None) -> None:
+    def fail_next(
+        self,
+        endpoint: str,
+        status: int,
+        *,
+        times: int = 1,
+        retry_after: str | None = None,
+        delay_s: float = 0.0,
+        body: str | bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         """Queue ``times`` answers with ``status`` for the next requests to ``endpoint`` (``*`` = any); with
         ``body``, that body (and ``headers``) exactly, whatever the status."""
         for _ in range(times):
-            self.scripted.append(Scripted(endpoint, status, retry_after, delay_s, body,
-                                          tuple((headers or {}).items())))
+            self.scripted.append(Scripted(endpoint, status, retry_after, delay_s, body, tuple((headers or {}).items())))
 
     def revoke_tokens(self) -> None:
         """Every token issued so far becomes invalid (as when an admin rotates the credential)."""
@@ -224,8 +243,9 @@ class Simulator:
     async def _journal(self, request: web.Request) -> web.StreamResponse:
         """The events journal, for a valid token and API key (as Adobe I/O Events asks)."""
         self.requests["journal"] += 1
-        self.request_log.append({"endpoint": "journal", "path": request.path, "query": request.query_string,
-                                 "sandbox": None})
+        self.request_log.append(
+            {"endpoint": "journal", "path": request.path, "query": request.query_string, "sandbox": None}
+        )
         auth = request.headers.get("Authorization", "")
         expiry = self.tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
         if expiry is None or expiry < time.time():
@@ -253,15 +273,18 @@ class Simulator:
             headers.update(scripted.headers)
             if scripted.body is not None:
                 body = scripted.body.encode() if isinstance(scripted.body, str) else scripted.body
-                return web.Response(status=scripted.status, body=body, headers=headers,
-                                    content_type="application/json")
+                return web.Response(status=scripted.status, body=body, headers=headers, content_type="application/json")
             if scripted.status == 200:
                 return None
             if scripted.status == 429:
-                return web.json_response({"error_code": "429050", "message": "Too many requests"}, status=429,
-                                         headers=headers)
-            return web.json_response({"error_code": str(scripted.status), "message": "Injected failure"},
-                                     status=scripted.status, headers=headers)
+                return web.json_response(
+                    {"error_code": "429050", "message": "Too many requests"}, status=429, headers=headers
+                )
+            return web.json_response(
+                {"error_code": str(scripted.status), "message": "Injected failure"},
+                status=scripted.status,
+                headers=headers,
+            )
         if endpoint == "token":
             if faults.ims_down:
                 self.faults_injected["ims_down"] += 1
@@ -275,12 +298,14 @@ class Simulator:
         if faults.throttle_rate and self.rng.random() < faults.throttle_rate:
             self.faults_injected["throttle"] += 1
             headers = {"Retry-After": faults.retry_after} if faults.retry_after else {}
-            return web.json_response({"error_code": "429050", "message": "Too many requests"}, status=429,
-                                     headers=headers)
+            return web.json_response(
+                {"error_code": "429050", "message": "Too many requests"}, status=429, headers=headers
+            )
         if faults.error_rate and self.rng.random() < faults.error_rate:
             self.faults_injected["server_error"] += 1
-            return web.json_response({"error_code": "500", "message": "Injected server error"},
-                                     status=self.rng.choice((500, 502, 503)))
+            return web.json_response(
+                {"error_code": "500", "message": "Injected server error"}, status=self.rng.choice((500, 502, 503))
+            )
         return None
 
     def _check_headers(self, request: web.Request) -> web.Response | str:
@@ -299,16 +324,21 @@ class Simulator:
             return _platform_error(400, "2105-400", "Missing x-sandbox-name header")
         if sandbox in self.faults.forbidden_sandboxes:
             self.faults_injected["forbidden"] += 1
-            return _platform_error(403, "2120-403", "You do not have sufficient permissions to perform the "
-                                                    "operation")
+            return _platform_error(403, "2120-403", "You do not have sufficient permissions to perform the operation")
         if sandbox not in self.world.flows:
             return _platform_error(404, "2100-404", f"The sandbox with the name '{sandbox}' could not be found")
         return sandbox
 
     async def _api(self, request: web.Request, endpoint: str) -> web.StreamResponse | str:
         self.requests[endpoint] += 1
-        self.request_log.append({"endpoint": endpoint, "path": request.path, "query": request.query_string,
-                                 "sandbox": request.headers.get("x-sandbox-name")})
+        self.request_log.append(
+            {
+                "endpoint": endpoint,
+                "path": request.path,
+                "query": request.query_string,
+                "sandbox": request.headers.get("x-sandbox-name"),
+            }
+        )
         fault = await self._fault(endpoint)
         if fault is not None:
             return fault
@@ -345,16 +375,19 @@ class Simulator:
         if form.get("grant_type") != "client_credentials":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         if form.get("client_id") != creds.client_id:
-            return web.json_response({"error": "invalid_client", "error_description": "invalid client_id parameter"},
-                                     status=400)
+            return web.json_response(
+                {"error": "invalid_client", "error_description": "invalid client_id parameter"}, status=400
+            )
         if form.get("client_secret") != creds.client_secret:
-            return web.json_response({"error": "invalid_client", "error_description": "invalid client_secret"},
-                                     status=401)
+            return web.json_response(
+                {"error": "invalid_client", "error_description": "invalid client_secret"}, status=401
+            )
         token = secrets.token_urlsafe(24)
         self.tokens[token] = time.time() + self.token_lifetime_s
         lifetime = self.token_lifetime_s
-        return web.json_response({"access_token": token, "token_type": "bearer",
-                                  "expires_in": int(lifetime) if lifetime >= 1 else lifetime})
+        return web.json_response(
+            {"access_token": token, "token_type": "bearer", "expires_in": int(lifetime) if lifetime >= 1 else lifetime}
+        )
 
     # --- Flow Service --------------------------------------------------------------------------------------
 
@@ -390,7 +423,7 @@ class Simulator:
                 items = self._placed(self._ordered_runs(items_for(checked, filters), orderby))
         else:
             items = sort_items(items_for(checked, filters), orderby)
-        page = items[offset:offset + limit]
+        page = items[offset : offset + limit]
         links: dict[str, Any] = {}
         if offset + limit < len(items):
             links["next"] = {"href": f"/{endpoint}?continuationToken={make_token(offset + limit, digest)}"}
@@ -400,8 +433,9 @@ class Simulator:
         now = self.world.now_ms()
         ids = next((set(f.values) for f in filters if f.path == "id" and f.op == "=="), None)
         flows = self.world.sandbox_flows(sandbox, ids)
-        items = [_hostile_flow(f.to_json(now)) if f.id in self.faults.hostile_flows else f.to_json(now)
-                 for f in flows] + self.fixture_flows.get(sandbox, [])
+        items = [
+            _hostile_flow(f.to_json(now)) if f.id in self.faults.hostile_flows else f.to_json(now) for f in flows
+        ] + self.fixture_flows.get(sandbox, [])
         return [item for item in items if matches(item, filters)]
 
     def _run_items(self, sandbox: str, filters: list[Any]) -> list[dict[str, Any]]:
@@ -411,13 +445,22 @@ class Simulator:
         if self.faults.runs_filters == "ignore":
             filters = [f for f in filters if f.path not in _TIME_PATHS]
         flows = self.world.sandbox_flows(sandbox, ids)
-        created_floor = min((float(f.values[0]) for f in filters if f.path == "createdAt" and f.op in (">", ">=")
-                             and f.values[0].lstrip("-").isdigit()), default=None)
-        runs = sorted((r for f in flows for r in f.visible_runs(now)
-                       if created_floor is None or r.created_ms >= created_floor),
-                      key=lambda r: r.created_ms, reverse=True)
-        fixtures = [run for flow_id, items in self.fixture_runs.items() if ids is None or flow_id in ids
-                    for run in items]
+        created_floor = min(
+            (
+                float(f.values[0])
+                for f in filters
+                if f.path == "createdAt" and f.op in (">", ">=") and f.values[0].lstrip("-").isdigit()
+            ),
+            default=None,
+        )
+        runs = sorted(
+            (r for f in flows for r in f.visible_runs(now) if created_floor is None or r.created_ms >= created_floor),
+            key=lambda r: r.created_ms,
+            reverse=True,
+        )
+        fixtures = [
+            run for flow_id, items in self.fixture_runs.items() if ids is None or flow_id in ids for run in items
+        ]
         return [item for item in [*fixtures, *(self._run_json(r, now) for r in runs)] if matches(item, filters)]
 
     def _run_json(self, run: Any, now_ms: int) -> dict[str, Any]:
@@ -471,8 +514,12 @@ class Simulator:
 
     async def _list_runs(self, request: web.Request) -> web.StreamResponse:
         if self.faults.failing_flows:
-            asked = {v for p in request.query.getall("property", []) if p.startswith("flowId==")
-                     for v in p[len("flowId=="):].split(",")}
+            asked = {
+                v
+                for p in request.query.getall("property", [])
+                if p.startswith("flowId==")
+                for v in p[len("flowId==") :].split(",")
+            }
             if asked & set(self.faults.failing_flows):
                 self.requests["runs"] += 1
                 self.faults_injected["failing_flow"] += 1
@@ -499,8 +546,12 @@ class Simulator:
             return checked
         wanted = request.match_info["id"]
         now = self.world.now_ms()
-        items = [self._run_json(r, now) for f in self.world.sandbox_flows(checked) for r in f.visible_runs(now)
-                 if r.id == wanted]
+        items = [
+            self._run_json(r, now)
+            for f in self.world.sandbox_flows(checked)
+            for r in f.visible_runs(now)
+            if r.id == wanted
+        ]
         return await self._get_one(request, "run", items)
 
     # --- admin routes --------------------------------------------------------------------------------------
@@ -528,29 +579,42 @@ class Simulator:
             faults = Faults(**{**asdict(self.faults), **data})
         except TypeError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        if faults.runs_filters not in RUNS_FILTER_MODES or faults.refuse_shape not in ("platform", "gateway") \
-                or faults.missing_created_at not in MISSING_CREATED_AT_PLACES \
-                or faults.default_order not in DEFAULT_ORDERS:
-            return web.json_response({"error": f"runs_filters must be one of {RUNS_FILTER_MODES}, refuse_shape "
-                                               f"platform or gateway, missing_created_at one of "
-                                               f"{MISSING_CREATED_AT_PLACES}, default_order one of {DEFAULT_ORDERS}"},
-                                     status=400)
+        if (
+            faults.runs_filters not in RUNS_FILTER_MODES
+            or faults.refuse_shape not in ("platform", "gateway")
+            or faults.missing_created_at not in MISSING_CREATED_AT_PLACES
+            or faults.default_order not in DEFAULT_ORDERS
+        ):
+            return web.json_response(
+                {
+                    "error": f"runs_filters must be one of {RUNS_FILTER_MODES}, refuse_shape "
+                    f"platform or gateway, missing_created_at one of "
+                    f"{MISSING_CREATED_AT_PLACES}, default_order one of {DEFAULT_ORDERS}"
+                },
+                status=400,
+            )
         self.faults = faults
         return web.json_response(asdict(self.faults))
 
     async def _fail_next(self, request: web.Request) -> web.Response:
         q = request.query
-        self.fail_next(q.get("endpoint", "*"), int(q.get("status", "500")), times=int(q.get("times", "1")),
-                       retry_after=q.get("retry_after"))
+        self.fail_next(
+            q.get("endpoint", "*"),
+            int(q.get("status", "500")),
+            times=int(q.get("times", "1")),
+            retry_after=q.get("retry_after"),
+        )
         return web.json_response({"queued": len(self.scripted)})
 
     async def _flow_ids(self, _request: web.Request) -> web.Response:
         return web.json_response({sb: sorted(flows) for sb, flows in self.world.flows.items()})
 
     async def _trigger(self, request: web.Request) -> web.Response:
-        chosen = self.world.trigger_runs(float(request.query.get("fraction", "0.05")),
-                                         duration_s=float(request.query.get("duration", "1")),
-                                         seed=int(request.query.get("seed", "0")))
+        chosen = self.world.trigger_runs(
+            float(request.query.get("fraction", "0.05")),
+            duration_s=float(request.query.get("duration", "1")),
+            seed=int(request.query.get("seed", "0")),
+        )
         return web.json_response({"flows": chosen})
 
     async def _revoke(self, _request: web.Request) -> web.Response:
@@ -574,5 +638,7 @@ class Simulator:
 
     async def _index(self, _request: web.Request) -> web.Response:
         flows = sum(len(f) for f in self.world.flows.values())
-        return web.Response(text=f"AEP Flow Service simulator: {len(self.world.flows)} sandboxes, {flows} flows.\n"
-                                 f"IMS: {IMS_PATH}  Flow Service: {API_PREFIX}  Truth: /_sim/truth\n")
+        return web.Response(
+            text=f"AEP Flow Service simulator: {len(self.world.flows)} sandboxes, {flows} flows.\n"
+            f"IMS: {IMS_PATH}  Flow Service: {API_PREFIX}  Truth: /_sim/truth\n"
+        )

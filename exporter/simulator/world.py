@@ -99,10 +99,17 @@ class SimRun:
     def truth(self, now_ms: int) -> dict[str, Any]:
         done = self.completed(now_ms)
         return {
-            "id": self.id, "flow_id": self.flow_id, "sandbox": self.sandbox, "created_ms": self.created_ms,
-            "started_ms": self.started_ms, "end_ms": self.end_ms if done else None, "completed": done,
+            "id": self.id,
+            "flow_id": self.flow_id,
+            "sandbox": self.sandbox,
+            "created_ms": self.created_ms,
+            "started_ms": self.started_ms,
+            "end_ms": self.end_ms if done else None,
+            "completed": done,
             "status": self.status if done else "in_progress",
-            "records": self.records, "bytes": self.bytes, "files": self.files,
+            "records": self.records,
+            "bytes": self.bytes,
+            "files": self.files,
             "error_codes": self.error_codes if done else [],
             "record_codes": [list(c) for c in self.record_codes] if done else [],
             "audiences": [list(c) for c in self.audience_truth] if done else [],
@@ -137,24 +144,41 @@ class SimRun:
         summary: dict[str, Any] = {"status": status}
         if done:
             if self.bytes:  # a failed activation run may have no sizeSummary at all
-                metrics["sizeSummary"] = _json_counts(self.bytes, {
-                    "input": "inputBytes", "output": "outputBytes", "skipped": "skippedBytes", "failed": "failedBytes"})
+                metrics["sizeSummary"] = _json_counts(
+                    self.bytes,
+                    {
+                        "input": "inputBytes",
+                        "output": "outputBytes",
+                        "skipped": "skippedBytes",
+                        "failed": "failedBytes",
+                    },
+                )
             metrics["recordSummary"] = {**_json_counts(self.records, RECORD_JSON), **self._summaries()}
             for outcome, key in (("skipped", "skippedInfo"), ("failed", "failedInfo"), ("warning", "warningInfo")):
                 infos = [{"code": code, "count": count} for o, code, count in self.record_codes if o == outcome]
                 if infos:
                     metrics["recordSummary"][key] = infos
             if self.files:
-                metrics["fileSummary"] = _json_counts(self.files, {
-                    "input": "inputFileCount", "output": "outputFileCount", "failed": "failedFileCount",
-                    "skipped": "skippedFileCount"})
+                metrics["fileSummary"] = _json_counts(
+                    self.files,
+                    {
+                        "input": "inputFileCount",
+                        "output": "outputFileCount",
+                        "failed": "failedFileCount",
+                        "skipped": "skippedFileCount",
+                    },
+                )
             if self.run_errors:
                 summary["errors"] = [{"code": c, "message": f"Simulated error {c}."} for c in self.run_errors]
         metrics["statusSummary"] = summary
         return {
-            "id": self.id, "flowId": self.flow_id, "sandboxName": self.sandbox,
-            "createdAt": self.created_ms, "updatedAt": min(now_ms, self.end_ms) if done else now_ms,
-            "etag": f'"{self.id[:8]}-{int(done)}"', "metrics": metrics,
+            "id": self.id,
+            "flowId": self.flow_id,
+            "sandboxName": self.sandbox,
+            "createdAt": self.created_ms,
+            "updatedAt": min(now_ms, self.end_ms) if done else now_ms,
+            "etag": f'"{self.id[:8]}-{int(done)}"',
+            "metrics": metrics,
             "activities": self._activities(now_ms, done),
         }
 
@@ -170,8 +194,11 @@ class SimRun:
             a_end = self.started_ms + (span * (i + 1)) // len(names)
             a_done = done or now_ms >= a_end
             last = i == len(names) - 1
-            status = (self.status if last else ("success" if self.status != "failed" else "failed")) if a_done \
+            status = (
+                (self.status if last else ("success" if self.status != "failed" else "failed"))
+                if a_done
                 else "in_progress"
+            )
             act: dict[str, Any] = {
                 "durationSummary": {"startedAtUTC": a_start, **({"completedAtUTC": a_end} if a_done else {})},
                 "statusSummary": {"status": RUN_STATUS_JSON[status][1 if self.destination else 0]},
@@ -182,20 +209,27 @@ class SimRun:
                 act["id"] = str(uuid.UUID(int=random.Random(f"{self.id}:{i}").getrandbits(128)))
                 act["name"] = name
             if a_done:
-                act["recordSummary"] = _json_counts(self.records if last else {}, {
-                    "input": "inputRecordCount", "output": "outputRecordCount", "failed": "failedRecordCount"})
+                act["recordSummary"] = _json_counts(
+                    self.records if last else {},
+                    {"input": "inputRecordCount", "output": "outputRecordCount", "failed": "failedRecordCount"},
+                )
                 act["sizeSummary"] = _json_counts(self.bytes, {"input": "inputBytes", "output": "outputBytes"})
                 if last and self.activity_errors:
-                    act["statusSummary"]["extensions"] = {"errors": [
-                        {"code": c, "message": f"Simulated activity error {c}.", "recordCount": 1}
-                        for c in self.activity_errors]}
+                    act["statusSummary"]["extensions"] = {
+                        "errors": [
+                            {"code": c, "message": f"Simulated activity error {c}.", "recordCount": 1}
+                            for c in self.activity_errors
+                        ]
+                    }
             out.append(act)
         return out
 
 
-ACTIVATION_CODES = {"skipped": ("ACTIVATION_BATCH-0001-SKIP", "IDENTITY-1101-NOT-FOUND"),
-                    "failed": ("DESTINATION-5001-REJECTED", "DESTINATION-4290-THROTTLED"),
-                    "warning": ("MAPPING-2001-TRUNCATED",)}
+ACTIVATION_CODES = {
+    "skipped": ("ACTIVATION_BATCH-0001-SKIP", "IDENTITY-1101-NOT-FOUND"),
+    "failed": ("DESTINATION-5001-REJECTED", "DESTINATION-4290-THROTTLED"),
+    "warning": ("MAPPING-2001-TRUNCATED",),
+}
 
 
 def _audience_ids(seed: str, flow_id: str) -> list[str]:
@@ -212,8 +246,12 @@ def _audience_counts(run: SimRun, audiences: list[str], rng: random.Random) -> N
     for audience in audiences:
         skipped = rng.randint(0, 20)
         source += [(audience, "input", rng.randint(0, 5_000)), (audience, "skipped", skipped)]
-        target += [(audience, "output", rng.randint(0, 5_000)), (audience, "created", rng.randint(0, 1_000)),
-                   (audience, "updated", rng.randint(0, 1_000)), (audience, "skipped", skipped)]
+        target += [
+            (audience, "output", rng.randint(0, 5_000)),
+            (audience, "created", rng.randint(0, 1_000)),
+            (audience, "updated", rng.randint(0, 1_000)),
+            (audience, "skipped", skipped),
+        ]
     run.source_entities = tuple(source)
     run.target_entities = () if run.status == "failed" and rng.random() < 0.5 else tuple(target)
 
@@ -249,23 +287,42 @@ def _segment_selectors(start_ms: int, seed: str, flow_id: str) -> list[dict[str,
     ids = iter(_audience_ids(seed, flow_id))
 
     def selector(frequency: str, days: int | None) -> dict[str, Any]:
-        schedule: dict[str, Any] = {"frequency": frequency, "triggerType": "SCHEDULED",
-                                    "startDate": start.isoformat(), "startTime": "00:00"}
+        schedule: dict[str, Any] = {
+            "frequency": frequency,
+            "triggerType": "SCHEDULED",
+            "startDate": start.isoformat(),
+            "startTime": "00:00",
+        }
         if days is not None:
             schedule["endDate"] = (start + datetime.timedelta(days=days)).isoformat()
-        return {"type": "PLATFORM_SEGMENT",
-                "value": {"id": next(ids), "name": f"Audience {frequency.lower()}",
-                          "schedule": schedule}}
+        return {
+            "type": "PLATFORM_SEGMENT",
+            "value": {"id": next(ids), "name": f"Audience {frequency.lower()}", "schedule": schedule},
+        }
 
-    return [{"name": "GeneralTransform", "params": {
-        "exportMode": "FIRST_FULL_THEN_INCREMENTAL",
-        "segmentSelectors": {"selectors": [selector("EVERY_3_HOURS", 30), selector("DAILY", 60),
-                                           selector("ONCE", None)]}}}]
+    return [
+        {
+            "name": "GeneralTransform",
+            "params": {
+                "exportMode": "FIRST_FULL_THEN_INCREMENTAL",
+                "segmentSelectors": {
+                    "selectors": [selector("EVERY_3_HOURS", 30), selector("DAILY", 60), selector("ONCE", None)]
+                },
+            },
+        }
+    ]
 
 
-RECORD_JSON = {"input": "inputRecordCount", "output": "outputRecordCount", "failed": "failedRecordCount",
-               "skipped": "skippedRecordCount", "warning": "warningRecordCount", "created": "createdRecordCount",
-               "updated": "updatedRecordCount", "deleted": "deletedRecordCount"}
+RECORD_JSON = {
+    "input": "inputRecordCount",
+    "output": "outputRecordCount",
+    "failed": "failedRecordCount",
+    "skipped": "skippedRecordCount",
+    "warning": "warningRecordCount",
+    "created": "createdRecordCount",
+    "updated": "updatedRecordCount",
+    "deleted": "deletedRecordCount",
+}
 
 
 def _json_counts(values: dict[str, int | None], keys: dict[str, str]) -> dict[str, int]:
@@ -339,15 +396,29 @@ class SimFlow:
     def _make_run(self, k: int, start: int, created: int, rng: random.Random, cap_s: float) -> SimRun:
         destination = self.kind == "destination"
         roll = rng.random()
-        status = ("success" if roll < 0.70 else "partial_success" if roll < 0.82 else "failed" if roll < 0.96
-                  else "cancelled" if roll < 0.98 else "other")
+        status = (
+            "success"
+            if roll < 0.70
+            else "partial_success"
+            if roll < 0.82
+            else "failed"
+            if roll < 0.96
+            else "cancelled"
+            if roll < 0.98
+            else "other"
+        )
         if self.forced_status is not None:
             status = self.forced_status
         max_duration = max(40.0, min(cap_s, (self.schedule_s or 3600) * 0.6))
         duration_ms = int(rng.uniform(30.0, max_duration) * 1000)
         inputs = rng.randint(100, 200_000)
-        failed = {"success": rng.choice([0, 0, 0, rng.randint(1, 5)]), "partial_success": max(1, inputs // 50),
-                  "failed": inputs, "cancelled": 0, "other": 0}[status]
+        failed = {
+            "success": rng.choice([0, 0, 0, rng.randint(1, 5)]),
+            "partial_success": max(1, inputs // 50),
+            "failed": inputs,
+            "cancelled": 0,
+            "other": 0,
+        }[status]
         records: dict[str, int | None] = {"input": inputs, "output": inputs - failed, "failed": failed}
         if rng.random() < 0.3:
             records["skipped"] = rng.randint(0, 50)
@@ -371,14 +442,28 @@ class SimFlow:
         if destination and status == "failed" and rng.random() < 0.5:
             run_errors = ("ACTIVATION_BATCH-0000-SKIP",)
         run_id = str(uuid.UUID(int=rng.getrandbits(128)))
-        run = SimRun(id=run_id, flow_id=self.id, sandbox=self.sandbox, index=k, created_ms=created,
-                     started_ms=start, end_ms=start + duration_ms, status=status, records=records,
-                     bytes={"input": in_bytes, "output": out_bytes}, files=files, run_errors=run_errors,
-                     activity_errors=act_errors, destination=destination, activity_style=self.activity_style)
+        run = SimRun(
+            id=run_id,
+            flow_id=self.id,
+            sandbox=self.sandbox,
+            index=k,
+            created_ms=created,
+            started_ms=start,
+            end_ms=start + duration_ms,
+            status=status,
+            records=records,
+            bytes={"input": in_bytes, "output": out_bytes},
+            files=files,
+            run_errors=run_errors,
+            activity_errors=act_errors,
+            destination=destination,
+            activity_style=self.activity_style,
+        )
         if destination:
             _activation(run, random.Random(f"{self.seed}:{self.id}:{created}:activation"))
-            _audience_counts(run, _audience_ids(self.seed, self.id),
-                             random.Random(f"{self.seed}:{self.id}:{created}:audiences"))
+            _audience_counts(
+                run, _audience_ids(self.seed, self.id), random.Random(f"{self.seed}:{self.id}:{created}:audiences")
+            )
         return run
 
     def visible_runs(self, now_ms: int) -> list[SimRun]:
@@ -397,23 +482,32 @@ class SimFlow:
         conn_rng = random.Random(f"{self.seed}:{self.id}:conn")
         src_conn, tgt_conn = (str(uuid.UUID(int=conn_rng.getrandbits(128))) for _ in range(2))
         flow: dict[str, Any] = {
-            "id": self.id, "name": self.name, "description": f"Simulated {self.kind} dataflow",
+            "id": self.id,
+            "name": self.name,
+            "description": f"Simulated {self.kind} dataflow",
             "flowSpec": {"id": SOURCE_FLOW_SPEC if source else DESTINATION_FLOW_SPEC, "version": "1.0"},
-            "state": self.state, "sandboxName": self.sandbox, "createdAt": self.created_ms,
-            "updatedAt": self.updated_ms, "sourceConnectionIds": [src_conn], "targetConnectionIds": [tgt_conn],
+            "state": self.state,
+            "sandboxName": self.sandbox,
+            "createdAt": self.created_ms,
+            "updatedAt": self.updated_ms,
+            "sourceConnectionIds": [src_conn],
+            "targetConnectionIds": [tgt_conn],
             "inheritedAttributes": {
                 "properties": {"isSourceFlow": True} if source else {"isDestinationFlow": True},
                 "sourceConnections": [{"id": src_conn, "connectionSpec": {"id": self.source_spec, "version": "1.0"}}],
-                "targetConnections": [{"id": tgt_conn, "connectionSpec": {
-                    "id": DATA_LAKE_SPEC if source else DESTINATION_SPEC, "version": "1.0"}}],
+                "targetConnections": [
+                    {
+                        "id": tgt_conn,
+                        "connectionSpec": {"id": DATA_LAKE_SPEC if source else DESTINATION_SPEC, "version": "1.0"},
+                    }
+                ],
             },
             "runs": f"/runs?property=flowId=={self.id}",
         }
         if self.frequency == "timeUnit" and self.index % 10 == 4:
             flow["transformations"] = _segment_selectors(self.start_ms, self.seed, self.id)  # a segment export
         elif self.frequency == "timeUnit":
-            flow["scheduleParams"] = {"startTime": self.start_ms // 1000, "interval": self.interval,
-                                      "timeUnit": "hour"}
+            flow["scheduleParams"] = {"startTime": self.start_ms // 1000, "interval": self.interval, "timeUnit": "hour"}
         elif self.frequency is not None:
             params: dict[str, Any] = {"startTime": self.start_ms // 1000, "frequency": self.frequency}
             if self.interval is not None:
@@ -422,8 +516,11 @@ class SimFlow:
         if visible:
             newest = visible[-1]
             done = newest.completed(now_ms)
-            details: dict[str, Any] = {"id": newest.id, "startedAtUTC": newest.started_ms,
-                                       "state": RUN_STATUS_JSON[newest.status if done else "in_progress"][0]}
+            details: dict[str, Any] = {
+                "id": newest.id,
+                "startedAtUTC": newest.started_ms,
+                "state": RUN_STATUS_JSON[newest.status if done else "in_progress"][0],
+            }
             if done:
                 details["completedAtUTC"] = newest.end_ms
             flow["lastRunDetails"] = details
@@ -431,19 +528,42 @@ class SimFlow:
 
 
 _SCHEDULES = (  # (frequency, interval, seconds)
-    ("minute", 15, 900), ("minute", 30, 1800), ("hour", 1, 3600), ("hour", 2, 7200), ("day", 1, 86400),
-    ("once", None, None), (None, None, 3600),  # a one-time flow; a streaming flow (no scheduleParams)
+    ("minute", 15, 900),
+    ("minute", 30, 1800),
+    ("hour", 1, 3600),
+    ("hour", 2, 7200),
+    ("day", 1, 86400),
+    ("once", None, None),
+    (None, None, 3600),  # a one-time flow; a streaming flow (no scheduleParams)
 )
-_NAMES = ("Customer Profiles", "Orders", "Loyalty Events", "Web Sessions", "Product Catalog", "Consents",
-          "Email Engagement", "Call Center Cases", "Store Visits", "Subscriptions")
+_NAMES = (
+    "Customer Profiles",
+    "Orders",
+    "Loyalty Events",
+    "Web Sessions",
+    "Product Catalog",
+    "Consents",
+    "Email Engagement",
+    "Call Center Cases",
+    "Store Visits",
+    "Subscriptions",
+)
 
 
 class World:
     """Every sandbox and flow of the simulated organisation; the source of the API's answers and the truth."""
 
-    def __init__(self, *, seed: int = 1, sandboxes: tuple[str, ...] = ("prod", "dev"), flows_per_sandbox: int = 8,
-                 history_s: float = 6 * 3600, clock: SimClock | None = None, min_interval_s: int | None = None,
-                 max_duration_s: float = 7200.0) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 1,
+        sandboxes: tuple[str, ...] = ("prod", "dev"),
+        flows_per_sandbox: int = 8,
+        history_s: float = 6 * 3600,
+        clock: SimClock | None = None,
+        min_interval_s: int | None = None,
+        max_duration_s: float = 7200.0,
+    ) -> None:
         self.seed = seed
         self.clock = clock or SimClock()
         self.max_duration_s = max_duration_s
@@ -467,11 +587,20 @@ class World:
         spec_name = rng.choice(sorted(SOURCE_SPECS))
         offset_ms = rng.randint(0, 600_000)
         return SimFlow(
-            id=str(uuid.UUID(int=rng.getrandbits(128))), sandbox=sandbox, index=n,
+            id=str(uuid.UUID(int=rng.getrandbits(128))),
+            sandbox=sandbox,
+            index=n,
             name=f"{spec_name} {rng.choice(_NAMES)} {n}" if kind == "source" else f"Destination export {n}",
-            kind=kind, state="enabled", frequency=frequency, interval=interval, schedule_s=seconds,
-            start_ms=start_ms + offset_ms, created_ms=start_ms - 86_400_000, updated_ms=start_ms - 86_400_000,
-            activity_style="legacy" if n % 2 == 0 else "uuid", source_spec=SOURCE_SPECS[spec_name],
+            kind=kind,
+            state="enabled",
+            frequency=frequency,
+            interval=interval,
+            schedule_s=seconds,
+            start_ms=start_ms + offset_ms,
+            created_ms=start_ms - 86_400_000,
+            updated_ms=start_ms - 86_400_000,
+            activity_style="legacy" if n % 2 == 0 else "uuid",
+            source_spec=SOURCE_SPECS[spec_name],
             seed=str(self.seed),
         )
 
@@ -532,8 +661,12 @@ class World:
         for sandbox in self.flows:
             flows = {}
             for flow in self.sandbox_flows(sandbox):
-                flows[flow.id] = {"name": flow.name, "kind": flow.kind, "state": flow.state,
-                                  "schedule_seconds": flow.schedule_s,
-                                  "runs": [r.truth(now) for r in flow.visible_runs(now)]}
+                flows[flow.id] = {
+                    "name": flow.name,
+                    "kind": flow.kind,
+                    "state": flow.state,
+                    "schedule_seconds": flow.schedule_s,
+                    "runs": [r.truth(now) for r in flow.visible_runs(now)],
+                }
             out["sandboxes"][sandbox] = flows
         return out

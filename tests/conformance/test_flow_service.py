@@ -25,8 +25,11 @@ def tutorial_flow(sim: Sim, flow_id: str, run: dict[str, Any]) -> dict[str, Any]
     """The monitoring tutorial's flow, renamed to ``flow_id``, its lastRunDetails naming ``run``."""
     flow = replay(load("monitor_flows"), sim.world.now_ms(), {TUTORIAL_FLOW: flow_id})["items"][0]
     duration = run["metrics"].get("durationSummary", {})
-    flow["lastRunDetails"] = {"id": run["id"], "state": run["metrics"]["statusSummary"]["status"],
-                              **{k: v for k, v in duration.items() if k in ("startedAtUTC", "completedAtUTC")}}
+    flow["lastRunDetails"] = {
+        "id": run["id"],
+        "state": run["metrics"]["statusSummary"]["status"],
+        **{k: v for k, v in duration.items() if k in ("startedAtUTC", "completedAtUTC")},
+    }
     return flow
 
 
@@ -36,7 +39,7 @@ async def scrape_prod(sim: Sim) -> dict[Any, float]:
 
 
 async def test_the_monitoring_tutorials_flow_and_run_give_their_values(sim: Sim) -> None:
-    """"Monitor dataflows using the Flow Service API": its /flows and /runs answers give one successful run with
+    """ "Monitor dataflows using the Flow Service API": its /flows and /runs answers give one successful run with
     100 input, 99 output and 1 failed record, 24,012 and 17,128 bytes, its three error codes, and no schedule
     interval (a once flow)."""
     run = replay(load("monitor_runs"), sim.world.now_ms())["items"][0]
@@ -57,7 +60,7 @@ async def test_the_monitoring_tutorials_flow_and_run_give_their_values(sim: Sim)
 
 
 async def test_a_destination_run_without_created_at_is_counted_and_demotes_the_created_at_query(sim: Sim) -> None:
-    """"View detailed activation results": a destination run as /runs gives it, with no createdAt and a null
+    """ "View detailed activation results": a destination run as /runs gives it, with no createdAt and a null
     latencySummary, counts its identities, records, bytes and files; and the sandbox stops asking /runs by
     createdAt, which could never return such a run."""
     flow_id = "0000f50a-0000-4000-8000-000000000001"
@@ -66,22 +69,25 @@ async def test_a_destination_run_without_created_at_is_counted_and_demotes_the_c
     samples = await scrape_prod(sim)
     flow = {"sandbox": "prod", "flow_id": flow_id}
     assert value(samples, "aep_flow_runs_total", status="success", **flow) == 1
-    assert [value(samples, f"aep_flow_{k}_records_total", **flow) for k in ("input", "output", "created", "skipped")] \
-        == [1, 1, 1, 0]
+    assert [
+        value(samples, f"aep_flow_{k}_records_total", **flow) for k in ("input", "output", "created", "skipped")
+    ] == [1, 1, 1, 0]
     assert [value(samples, f"aep_flow_{k}_bytes_total", **flow) for k in ("input", "output")] == [122, 122]
     assert value(samples, "aep_exporter_runs_query_strategy", sandbox="prod", strategy="created_at") == 0
 
 
 async def test_the_alert_rules_run_objects_are_read_as_runs(sim: Sim) -> None:
-    """"Standard alert rules": its Sources Flow Run Success and Failure payloads are run objects. Served as /runs
+    """ "Standard alert rules": its Sources Flow Run Success and Failure payloads are run objects. Served as /runs
     items, the success counts 0 input records (a known 0, not unknown); the failure counts a failed run with its
     run and activity error codes, and its failedInfo code without a count shows at 0 records; the Start payload's
     run (no durationSummary yet) is the flow's newest run, in progress."""
     now = sim.world.now_ms()
     flows = []
-    for name, flow_id in (("alert_source_flow_run_success", "0000f41a-0000-4000-8000-000000000001"),
-                          ("alert_source_flow_run_failure", "0000f42a-0000-4000-8000-000000000001"),
-                          ("alert_source_flow_run_start", "0000f40a-0000-4000-8000-000000000001")):
+    for name, flow_id in (
+        ("alert_source_flow_run_success", "0000f41a-0000-4000-8000-000000000001"),
+        ("alert_source_flow_run_failure", "0000f42a-0000-4000-8000-000000000001"),
+        ("alert_source_flow_run_start", "0000f40a-0000-4000-8000-000000000001"),
+    ):
         run = replay(load(name), now)
         run["sandboxName"] = "prod"
         for key in ("header", "flowName"):
@@ -102,21 +108,28 @@ async def test_the_alert_rules_run_objects_are_read_as_runs(sim: Sim) -> None:
 
 
 async def test_the_requests_have_the_forms_adobe_documents(sim: Sim) -> None:
-    """"Sorting and filtering responses in the Flow Service API": runs of a flow by property=flowId==<id>, in a
+    """ "Sorting and filtering responses in the Flow Service API": runs of a flow by property=flowId==<id>, in a
     period by property=metrics.durationSummary.startedAtUTC><ms>, flows by property=id==a,b (several ids) and
     destination flows only by property=inheritedAttributes.properties.isDestinationFlow==true."""
     run = replay(load("monitor_runs"), sim.world.now_ms())["items"][0]
     serve_flow(sim, tutorial_flow(sim, TUTORIAL_FLOW, run), [run])
     ids = sorted(sim.world.flows["dev"])[:2]
-    config = make_config(sim.url, sandboxes=("prod", "dev"), discover=False, flows={"prod": [TUTORIAL_FLOW],
-                                                                                     "dev": ids})
+    config = make_config(
+        sim.url, sandboxes=("prod", "dev"), discover=False, flows={"prod": [TUTORIAL_FLOW], "dev": ids}
+    )
     await poll_and_scrape(make_exporter(config, world=sim.world))
     queries = [unquote_plus(r["query"]) for r in sim.simulator.request_log]
     assert any(re.search(r"property=flowId==[0-9a-f-]{36}(&|$)", q) for q in queries)
     assert any(re.search(r"property=metrics\.durationSummary\.startedAtUTC>\d{13}(&|$)", q) for q in queries)
     assert any(re.search(rf"property=id=={ids[0]},{ids[1]}(&|$)", q) for q in queries)
-    only = dataclasses.replace(config, sandboxes=(dataclasses.replace(
-        config.sandboxes[0], flows=(), discover=DiscoverConfig(enabled=True, kinds=("destination",))),))
+    only = dataclasses.replace(
+        config,
+        sandboxes=(
+            dataclasses.replace(
+                config.sandboxes[0], flows=(), discover=DiscoverConfig(enabled=True, kinds=("destination",))
+            ),
+        ),
+    )
     sim.simulator.request_log.clear()
     await poll_and_scrape(make_exporter(only, world=sim.world))
     flows_queries = [unquote_plus(r["query"]) for r in sim.simulator.request_log if r["endpoint"] == "flows"]
@@ -124,7 +137,7 @@ async def test_the_requests_have_the_forms_adobe_documents(sim: Sim) -> None:
 
 
 async def test_the_api_references_flow_and_run_examples_are_read_as_shown(sim: Sim) -> None:
-    """"Flow Service API" reference (flow-service.yaml), its FlowItemDTO and FlowRunItemDTO examples with their
+    """ "Flow Service API" reference (flow-service.yaml), its FlowItemDTO and FlowRunItemDTO examples with their
     oddities (flowSpec a bare string, eTag, "activites", a count beside items): one successful run of 2 input,
     2 output, 2 created and 0 failed records, 124 and 1,884 bytes; the flow kind unknown (no isSourceFlow)."""
     now = sim.world.now_ms()
@@ -134,8 +147,9 @@ async def test_the_api_references_flow_and_run_examples_are_read_as_shown(sim: S
     samples = await scrape_prod(sim)
     labels = {"sandbox": "prod", "flow_id": flow["id"]}
     assert value(samples, "aep_flow_runs_total", status="success", **labels) == 1
-    assert [value(samples, f"aep_flow_{k}_records_total", **labels) for k in ("input", "output", "created", "failed")] \
-        == [2, 2, 2, 0]
+    assert [
+        value(samples, f"aep_flow_{k}_records_total", **labels) for k in ("input", "output", "created", "failed")
+    ] == [2, 2, 2, 0]
     assert [value(samples, f"aep_flow_{k}_bytes_total", **labels) for k in ("input", "output")] == [124, 1884]
     info = pick(samples, "aep_flow_info", **labels)
     assert [dict(k)["kind"] for k in info] == ["unknown"]

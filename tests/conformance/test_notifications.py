@@ -45,21 +45,28 @@ async def deliver(sim: Sim, exporter: Exporter, source: str, payload: Any) -> tu
         events.publish(payload)
         return 0, ""
     body = json.dumps(events.addressed(payload)).encode()
-    async with aiohttp.ClientSession() as session, session.post(
-            f"http://127.0.0.1:{exporter.webhook_port}{HOOK}", data=body, headers=events.signed(body)) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{exporter.webhook_port}{HOOK}", data=body, headers=events.signed(body)) as resp,
+    ):
         return resp.status, await resp.text()
 
 
 def ended_later(run: dict[str, Any]) -> dict[str, Any]:
     """The run as /runs shows it a moment before it ended: in progress, no end, no counts yet."""
-    early = {**run, "metrics": {"statusSummary": {"status": "inProgress"},
-                                "durationSummary": {k: v for k, v in run["metrics"]["durationSummary"].items()
-                                                    if k == "startedAtUTC"}}}
+    early = {
+        **run,
+        "metrics": {
+            "statusSummary": {"status": "inProgress"},
+            "durationSummary": {k: v for k, v in run["metrics"]["durationSummary"].items() if k == "startedAtUTC"},
+        },
+    }
     return {**early, "activities": []}
 
 
-async def announce_before_the_run_ends(sim: Sim, exporter: Exporter, source: str, payload: Any, *,
-                                       run: dict[str, Any], flow_id: str) -> dict[Any, float]:
+async def announce_before_the_run_ends(
+    sim: Sim, exporter: Exporter, source: str, payload: Any, *, run: dict[str, Any], flow_id: str
+) -> dict[Any, float]:
     """Serve the flow with its run still in progress, deliver the event, end the run in /runs between two event
     retries, and return the exposition once the event's refresh is done."""
     serve_flow(sim, tutorial_flow(sim, flow_id, run), [ended_later(run)])
@@ -74,13 +81,12 @@ async def announce_before_the_run_ends(sim: Sim, exporter: Exporter, source: str
 
 @pytest.mark.parametrize("source", SOURCES)
 async def test_the_success_notification_counts_its_run(sim: Sim, listening: Exporter, source: str) -> None:
-    """"Flow run notifications", success example (durationSummary in seconds): announced before /runs shows the
+    """ "Flow run notifications", success example (durationSummary in seconds): announced before /runs shows the
     run ended, the event's retries count it once it has: 100 input and 70 output records, 2,048 and 1,024 bytes,
     10 files each way; the lag histogram has it."""
     flow_id = "0000f20a-0000-4000-8000-000000000001"
     payload = replay(load("notification_success"), sim.world.now_ms())
-    samples = await announce_before_the_run_ends(sim, listening, source, payload, run=payload["event"],
-                                                 flow_id=flow_id)
+    samples = await announce_before_the_run_ends(sim, listening, source, payload, run=payload["event"], flow_id=flow_id)
     flow = {"sandbox": "prod", "flow_id": flow_id}
     assert value(samples, "aep_flow_runs_total", status="success", **flow) == 1
     assert [value(samples, f"aep_flow_{k}_records_total", **flow) for k in ("input", "output")] == [100, 70]
@@ -92,7 +98,7 @@ async def test_the_success_notification_counts_its_run(sim: Sim, listening: Expo
 
 @pytest.mark.parametrize("source", SOURCES)
 async def test_the_failure_notification_counts_its_failed_run(sim: Sim, listening: Exporter, source: str) -> None:
-    """"Flow run notifications", failure example: a message batch with no event id, whose run has no end of its
+    """ "Flow run notifications", failure example: a message batch with no event id, whose run has no end of its
     own; it is applied (never refused), and the run is counted failed with both error codes, its -1 bytes and
     files unknown (no sample), its end taken from its last activity."""
     flow_id = "0000f21a-0000-4000-8000-000000000001"
@@ -109,38 +115,51 @@ async def test_the_failure_notification_counts_its_failed_run(sim: Sim, listenin
 
 
 @pytest.mark.parametrize("source", SOURCES)
-async def test_payloads_that_name_no_tracked_run_are_counted_and_acknowledged(sim: Sim, listening: Exporter,
-                                                                             source: str) -> None:
-    """"Data ingestion notifications" (names a dataset, no flow) and the webhook page's delivered event are
+async def test_payloads_that_name_no_tracked_run_are_counted_and_acknowledged(
+    sim: Sim, listening: Exporter, source: str
+) -> None:
+    """ "Data ingestion notifications" (names a dataset, no flow) and the webhook page's delivered event are
     counted as not_a_flow; an Identity Service flow run ("Standard alert rules") is untracked; the webhook answers
     200 to each."""
     now = sim.world.now_ms()
-    answers = [await deliver(sim, listening, source, replay(load("ingestion_failure"), now)),
-               await deliver(sim, listening, source, load("webhook_intro_event")["event"]),
-               await deliver(sim, listening, source, replay(load("alert_identity_flow_run_success"), now))]
+    answers = [
+        await deliver(sim, listening, source, replay(load("ingestion_failure"), now)),
+        await deliver(sim, listening, source, load("webhook_intro_event")["event"]),
+        await deliver(sim, listening, source, replay(load("alert_identity_flow_run_success"), now)),
+    ]
     await until(lambda: sum(outcomes_now(listening, source).get(k, 0) for k in ("not_a_flow", "untracked")) == 3)
     if source == "webhook":
         assert answers == [(200, "not_a_flow"), (200, "not_a_flow"), (200, "untracked")]
 
 
 def outcomes_now(exporter: Exporter, source: str) -> dict[str, float]:
-    return {o: exporter.registry.get_sample_value("aep_exporter_events_total", {"source": source, "outcome": o}) or 0
-            for o in ("applied", "already_counted", "not_a_flow", "untracked", "invalid")}
+    return {
+        o: exporter.registry.get_sample_value("aep_exporter_events_total", {"source": source, "outcome": o}) or 0
+        for o in ("applied", "already_counted", "not_a_flow", "untracked", "invalid")
+    }
 
 
 @pytest.mark.parametrize("source", SOURCES)
 async def test_the_alert_rules_payloads_each_refresh_their_flow(sim: Sim, listening: Exporter, source: str) -> None:
-    """"Standard alert rules": Sources Flow Run Start (a run in progress), Flow Run Delay (a flowRunId) and
+    """ "Standard alert rules": Sources Flow Run Start (a run in progress), Flow Run Delay (a flowRunId) and
     Ingestion Error Rate (a flow only) each refresh the flow they name; Success and Failure announce runs the poll
     already counted, so they read nothing."""
     now = sim.world.now_ms()
-    names = ("alert_source_flow_run_start", "alert_source_flow_run_success", "alert_source_flow_run_failure",
-             "alert_source_flow_run_delay", "alert_sources_ingestion_error_rate")
+    names = (
+        "alert_source_flow_run_start",
+        "alert_source_flow_run_success",
+        "alert_source_flow_run_failure",
+        "alert_source_flow_run_delay",
+        "alert_sources_ingestion_error_rate",
+    )
     for name in names:
         example = replay(load(name), now)
         example["sandboxName"] = "prod"
-        run = example if "metrics" in example else {"id": f"run-of-{name}", "metrics": {"statusSummary": {
-            "status": "inProgress"}}}
+        run = (
+            example
+            if "metrics" in example
+            else {"id": f"run-of-{name}", "metrics": {"statusSummary": {"status": "inProgress"}}}
+        )
         serve_flow(sim, tutorial_flow(sim, example["flowId"], run), [run] if "metrics" in example else [])
     assert await listening.poll_once()
     before = sim.simulator.requests["runs"]
@@ -155,15 +174,16 @@ async def test_the_alert_rules_payloads_each_refresh_their_flow(sim: Sim, listen
 
 
 async def test_the_webhook_handshake_answers_as_documented(sim: Sim, listening: Exporter) -> None:
-    """"Introduction to Adobe I/O Events Webhooks": GET ?challenge=<value> answers the value as text, or as
+    """ "Introduction to Adobe I/O Events Webhooks": GET ?challenge=<value> answers the value as text, or as
     {"challenge": value} to a JSON client; the asynchronous validation POST, signed, is acknowledged."""
     example = load("webhook_intro_event")
     url = f"http://127.0.0.1:{listening.webhook_port}{HOOK}"
     async with aiohttp.ClientSession() as session:
         async with session.get(url, params={"challenge": example["challenge"]}) as resp:
             text = (resp.status, resp.content_type, await resp.text())
-        async with session.get(url, params={"challenge": example["challenge"]},
-                               headers={"Accept": "application/json"}) as resp:
+        async with session.get(
+            url, params={"challenge": example["challenge"]}, headers={"Accept": "application/json"}
+        ) as resp:
             as_json = (resp.status, resp.content_type, await resp.json())
     status, _answer = await deliver(sim, listening, "webhook", example["validation"])
     assert text == (200, "text/plain", example["challenge"])
