@@ -22,7 +22,8 @@ from exporter import __version__
 from exporter.auth import TokenProvider
 from exporter.bodies import ACCEPT_ENCODING
 from exporter.client import FlowServiceClient
-from exporter.config import Config, Overrides, load_config
+from exporter.config import Config
+from exporter.configfile import Overrides, load_config
 from exporter.errors import ConfigError
 from exporter.events import RETRY_DELAYS, EventRouter
 from exporter.exposition import SELF_TTL, MetricsRenderer

@@ -27,24 +27,25 @@ from aiohttp import web
 from exporter import __version__
 from exporter.app import Exporter
 from exporter.config import (
-    CONFIG_ENV,
-    DEFAULT_CONFIG_PATHS,
     AdobeConfig,
     Config,
     DiscoverConfig,
     EventsConfig,
     LogConfig,
-    Overrides,
     PollConfig,
     SandboxConfig,
     ServerConfig,
     StateConfig,
-    config_warnings,
-    find_config,
-    host_port,
-    load_config,
     parse_duration,
     parse_listen,
+)
+from exporter.configfile import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATHS,
+    Overrides,
+    config_warnings,
+    find_config,
+    load_config,
 )
 from exporter.errors import ConfigError, ExporterError, StateError
 from exporter.listeners import ListenerLimits, connection_budget_problem, raise_file_limit, start_listener
@@ -57,6 +58,7 @@ from exporter.simulator.server import (
     MISSING_CREATED_AT_PLACES,
     RUNS_FILTER_MODES,
 )
+from exporter.transport import host_port
 from exporter.values import Secret
 
 log = structlog.get_logger("exporter")

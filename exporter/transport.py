@@ -20,7 +20,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from exporter.config import host_port
+
+def host_port(url: str) -> str:
+    """host:port of a URL (a proxy's, an Adobe host's), for logs and errors (never a user or password in it)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
 def client_session(

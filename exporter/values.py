@@ -13,8 +13,10 @@ from exporter.model import Activity, Counts, Flow
 
 OVERLAP_MS = 10 * 60 * 1000
 """How far below the newest seen ``createdAt`` each runs query reaches, for runs that show up late."""
-RETENTION_MS = 91 * 86_400_000
-"""Adobe keeps dataflow runs for 90 days: a run older than this cannot come back."""
+ADOBE_RUN_RETENTION_DAYS = 90
+"""Adobe keeps dataflow runs for 90 days (Adobe's dataflow monitoring pages)."""
+RETENTION_MS = (ADOBE_RUN_RETENTION_DAYS + 1) * 86_400_000
+"""A day past Adobe's retention: a run older than this cannot come back."""
 ALWAYS_PRESENT_RUN_STATUSES = ("success", "partial_success", "failed")
 
 

@@ -220,7 +220,7 @@ async def test_upstream_error_text_never_shows_the_secret_or_a_token(sim: Sim) -
 
 def test_max_response_bytes_takes_sizes_with_units() -> None:
     """poll.max_response_bytes accepts 32MiB, 500KiB, 1GB or a whole number of bytes; below 1 KiB is refused."""
-    from exporter.config import parse_config
+    from exporter.configfile import parse_config
 
     base = {
         "adobe": {"client_id": "c", "client_secret": "s", "org_id": "o@AdobeOrg"},

@@ -10,15 +10,8 @@ import pytest
 import yaml
 
 from exporter.cli import main
-from exporter.config import (
-    FULL_BUCKETS,
-    EventsConfig,
-    MetricsConfig,
-    PollConfig,
-    load_config,
-    parse_config,
-    parse_duration,
-)
+from exporter.config import FULL_BUCKETS, EventsConfig, MetricsConfig, PollConfig, parse_duration
+from exporter.configfile import load_config, parse_config
 from exporter.errors import ConfigError
 
 ROOT = Path(__file__).parent.parent
@@ -252,3 +245,33 @@ def test_events_settings_are_read_and_each_problem_named_with_its_path() -> None
         "events.webhook.colour",
     ):
         assert path in found, (path, found)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("adobe:\n\tclient_id: x\n", "line 2, column 1: a tab: YAML indents with spaces only"),
+        ("adobe:\n  client_id: a: b\n", "line 2, column 15: a ':' where a value was expected"),
+        ("adobe:\n  client_id x\n  org_id: y\n", "line 2: a key without its ':'"),
+        ("adobe:\n    client_id: x\n  org_id: y\n", "line 3, column 3: this line's indentation does not match"),
+        ('adobe: {client_id: "x}\n', "line 1, column 20: a quote or a bracket that is never closed"),
+    ],
+)
+def test_yaml_mistakes_say_their_line_and_what_is_wrong_in_plain_words(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """A YAML mistake names the line (the key's own line when a ':' is missing, not the next one) and what is
+    wrong, in words a reader of the file understands."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(f"{path}: not valid YAML: {expected}"), info.value.problems
+
+
+def test_an_unknown_key_suggests_the_nearest_known_one() -> None:
+    """A misspelled key is an error that names the key it probably meant; one that resembles nothing names none."""
+    found = problems_of(VALID.replace("jitter: 10%", "jiter: 10%").replace("path: null", "path: null\ncolour: x"))
+    assert "poll.jiter: unknown key (did you mean jitter?)" in found
+    assert "colour: unknown key" in found

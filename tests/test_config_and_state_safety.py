@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter, Tuning
-from exporter.config import load_config
+from exporter.configfile import load_config
 from exporter.errors import StateError
 from exporter.store import SqliteStore
 from tests.helpers import parse_samples, scrape, serve, sim_config_yaml, value

@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter, Tuning
-from exporter.config import load_config
+from exporter.configfile import load_config
 from tests.helpers import sim_config_yaml
 from tests.simulation import Sim, make_config, make_exporter
 

@@ -8,7 +8,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter, Tuning
-from exporter.config import load_config
+from exporter.configfile import load_config
 from tests.helpers import parse_samples, pick, scrape, serve, sim_config_yaml, value
 from tests.simulation import Sim
 

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter, Tuning
-from exporter.config import load_config
+from exporter.configfile import load_config
 from exporter.errors import ConfigError
 from exporter.webconfig import load_web_config
 from tests.helpers import free_port, sim_config_yaml, wait_http

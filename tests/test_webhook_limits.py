@@ -22,7 +22,8 @@ import bcrypt
 import pytest
 
 from exporter.app import Exporter
-from exporter.config import ConfigError, load_config
+from exporter.configfile import load_config
+from exporter.errors import ConfigError
 from exporter.webconfig import load_web_config
 from exporter.webhook import KEY_FETCHES_PER_MINUTE
 from tests.helpers import free_port, sim_config_yaml, wait_http
