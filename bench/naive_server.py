@@ -11,8 +11,8 @@ import argparse
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.config import LEAN_BUCKETS
-from exporter.metrics import CollectorOptions, FlowCollector
+from exporter.config import LEAN_BUCKETS, MetricsConfig
+from exporter.metrics import FlowCollector
 from exporter.store import SqliteStore
 from exporter.tracker import Tracker
 
@@ -27,7 +27,7 @@ def main() -> None:
     tracker = Tracker(store, sorted({s.sandbox for s in states}))
     tracker.restore(states)
     registry = CollectorRegistry()
-    registry.register(FlowCollector(tracker.snapshot, CollectorOptions()))
+    registry.register(FlowCollector(tracker.snapshot, MetricsConfig()))
 
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), content_type="text/plain")

@@ -29,8 +29,7 @@ from exporter.events import RETRY_DELAYS, EventRouter
 from exporter.exposition import SELF_TTL, MetricsRenderer
 from exporter.journal import JournalReader
 from exporter.listeners import ListenerLimits, bound_port, start_listener
-from exporter.metrics import CollectorOptions
-from exporter.poller import OnceLog, PollSettings, SandboxPoller, Survey
+from exporter.poller import OnceLog, SandboxPoller, Survey
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MemoryStore, open_store
 from exporter.tracker import Tracker
@@ -51,31 +50,6 @@ class Tuning:
     seed: int | None = None
     self_metrics_ttl: float = SELF_TTL
     event_retries: tuple[float, ...] = RETRY_DELAYS  # when an event's run is not counted yet: try again after
-
-
-def _options(config: Config) -> CollectorOptions:
-    m = config.metrics
-    return CollectorOptions(
-        lean=m.profile == "lean",
-        activities=m.activities,
-        sparse_status=m.sparse_status,
-        histogram=m.duration_histogram,
-        audiences=m.audiences,
-    )
-
-
-def _settings(config: Config) -> PollSettings:
-    m = config.metrics
-    return PollSettings(
-        lookback_s=config.poll.initial_lookback,
-        buckets=m.duration_buckets,
-        max_error_codes=m.max_error_codes_per_flow,
-        max_flows=m.max_flows_per_sandbox,
-        max_activities=m.max_activities_per_flow,
-        max_audiences=m.max_audiences_per_flow if m.audiences else 0,
-        shard_index=config.shard.index,
-        shard_total=config.shard.total,
-    )
 
 
 class Exporter:
@@ -101,7 +75,7 @@ class Exporter:
         self.metrics = SelfMetrics(self.registry)
         self.tracker = Tracker(MemoryStore(), [s.name for s in config.sandboxes])  # the state file opens in start()
         self.renderer = MetricsRenderer(
-            self.tracker.snapshot, _options(config), self.registry, self_ttl=self.tuning.self_metrics_ttl
+            self.tracker.snapshot, config.metrics, self.registry, self_ttl=self.tuning.self_metrics_ttl
         )
         self.web_security = WebSecurity(config.server.web_config_path, config.server.web)
         self.once = OnceLog()
@@ -216,14 +190,15 @@ class Exporter:
             proxy=config.adobe.proxy,
         )
         self._client = client
-        settings = _settings(config)
         self.pollers = [
             SandboxPoller(
                 sandbox=sb,
-                settings=settings,
+                poll=config.poll,
+                metrics=config.metrics,
+                shard=config.shard,
                 client=client,
                 tracker=self.tracker,
-                metrics=self.metrics,
+                self_metrics=self.metrics,
                 once=self.once,
                 clock=self.clock,
                 rng=rng,
@@ -347,7 +322,7 @@ class Exporter:
         await self.tracker.set_sandboxes([s.name for s in new.sandboxes])
         for name in removed:
             self.metrics.forget_sandbox(name)
-        self.renderer.set_options(_options(new))
+        self.renderer.set_options(new.metrics)
         self.metrics.shard_index.set(new.shard.index)
         self.metrics.shard_total.set(new.shard.total)
         if self._session is not None:

@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from exporter.config import MetricsConfig
 from exporter.model import Flow, LastRunDetails, Run, normalize_status
 from exporter.values import (
     COUNT_KEYS,
@@ -38,16 +39,16 @@ from exporter.values import (
 
 
 def new_flow_state(
-    *, sandbox: str, flow_id: str, now_ms: int, lookback_s: float, buckets: tuple[float, ...]
+    *, sandbox: str, flow_id: str, now_ms: int, initial_lookback: float, duration_buckets: tuple[float, ...]
 ) -> FlowState:
-    """The state of a flow seen for the first time: counting starts ``lookback`` before now."""
-    start = now_ms - int(lookback_s * 1000)
+    """The state of a flow seen for the first time: counting starts ``poll.initial_lookback`` before now."""
+    start = now_ms - int(initial_lookback * 1000)
     return FlowState(
         sandbox=sandbox,
         flow_id=flow_id,
         counting_start_ms=start,
         count_floor_ms=start,
-        durations=Histogram.empty(buckets),
+        durations=Histogram.empty(duration_buckets),
     )
 
 
@@ -89,11 +90,9 @@ def keep_until_ms(run: Run, now_ms: int) -> int:
 class _Fold:
     """The mutable working copy of a flow's state while one runs answer is folded into it."""
 
-    def __init__(self, state: FlowState, max_error_codes: int, max_activities: int, max_audiences: int) -> None:
+    def __init__(self, state: FlowState, metrics: MetricsConfig) -> None:
         self.state = state
-        self.max_error_codes = max_error_codes
-        self.max_activities = max_activities
-        self.max_audiences = max_audiences
+        self.metrics = metrics
         self.activities_dropped = 0
         self.in_progress = dict(state.in_progress)
         self.counted = dict(state.counted)
@@ -131,7 +130,7 @@ class _Fold:
             self.last_failure = _max(self.last_failure, run.completed_at_ms)
         if end is not None and (self.last_completed is None or end >= self.last_completed.ended_ms):
             # Activities are capped like error codes: one run with thousands cannot flood the exposition.
-            kept = run.activities[: self.max_activities]
+            kept = run.activities[: self.metrics.max_activities_per_flow]
             self.activities_dropped = len(run.activities) - len(kept)
             self.last_completed = CompletedRun(id=run.id, ended_ms=end, counts=run.counts, activities=kept)
 
@@ -155,15 +154,17 @@ class _Fold:
         if run.duration_seconds is not None:
             self.durations = self.durations.observe(run.duration_seconds)
         for code in sorted(run.error_codes):
-            label = _capped(code, self.codes, self.max_error_codes)
+            label = _capped(code, self.codes, self.metrics.max_error_codes_per_flow)
             self.codes[label] = self.codes.get(label, 0) + 1
         for outcome, code, count in run.record_codes:
             codes = self.record_codes.setdefault(outcome, {})
-            label = _capped(code, codes, self.max_error_codes)
+            label = _capped(code, codes, self.metrics.max_error_codes_per_flow)
             codes[label] = codes.get(label, 0) + count
-        if self.max_audiences:  # metrics.audiences; audiences beyond the cap are summed as "other"
+        if self.metrics.audiences:  # audiences beyond metrics.max_audiences_per_flow are summed as "other"
             for audience, outcome, count in run.audience_counts:
-                counts = self.audiences.setdefault(_capped(audience, self.audiences, self.max_audiences), {})
+                counts = self.audiences.setdefault(
+                    _capped(audience, self.audiences, self.metrics.max_audiences_per_flow), {}
+                )
                 counts[outcome] = counts.get(outcome, 0) + count
 
     def drop_vanished(self, listed: Mapping[str, Run], window: Window) -> None:
@@ -200,23 +201,21 @@ def apply_runs(
     runs: Iterable[Run],
     *,
     now_ms: int,
-    max_error_codes: int,
+    metrics: MetricsConfig,
     window: Window = EVERYTHING,
-    max_activities: int = 20,
-    max_audiences: int = 0,
 ) -> Update:
     """Fold one runs answer into a flow's state, counting each newly completed run exactly once.
 
     ``window`` says which runs the answer is known to hold: tracked in-progress runs it should hold but does not
     have vanished, and the count floor rises to what it proves. Runs of another flow (a ``flowId`` filter the
-    server ignored) are never counted here. Per-audience counts are kept only when ``max_audiences`` > 0.
+    server ignored) are never counted here. Per-audience counts are kept only when ``metrics.audiences`` is on.
     """
     unique: dict[str, Run] = {}
     for run in runs:
         if run.flow_id is None or run.flow_id == flow.id:
             unique.setdefault(run.id, run)
     ordered = sorted(unique.values(), key=_order_key)
-    fold = _Fold(state, max_error_codes, max_activities, max_audiences)
+    fold = _Fold(state, metrics)
     for run in ordered:
         fold.see(run, now_ms)
     if window.field == "created" and (state.undated_runs or any(r.created_at_ms is None for r in ordered)):

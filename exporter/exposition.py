@@ -31,7 +31,8 @@ from prometheus_client import exposition as text_format
 from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_format
 
-from exporter.metrics import FAMILIES, CollectorOptions, flow_families
+from exporter.config import MetricsConfig
+from exporter.metrics import FAMILIES, flow_families
 from exporter.values import FlowState, Snapshot
 
 log = structlog.get_logger(__name__)
@@ -90,7 +91,7 @@ def split_families(body: bytes) -> dict[int, tuple[bytes, bytes]]:
 class FlowExposition:
     """Per-flow render cache for one format; ``render`` is thread-safe and meant to run off the event loop."""
 
-    def __init__(self, options: CollectorOptions, *, openmetrics: bool) -> None:
+    def __init__(self, options: MetricsConfig, *, openmetrics: bool) -> None:
         self.options = options
         self.openmetrics = openmetrics
         self._cache: dict[tuple[str, str], tuple[FlowState, Parts]] = {}
@@ -188,7 +189,7 @@ class MetricsRenderer:
     def __init__(
         self,
         source: Callable[[], Snapshot],
-        options: CollectorOptions,
+        options: MetricsConfig,
         self_registry: CollectorRegistry,
         *,
         self_ttl: float = SELF_TTL,
@@ -209,7 +210,7 @@ class MetricsRenderer:
         """How many per-flow renders happened (a flow is re-rendered only when its state changed)."""
         return sum(e.flows_rendered for e in self._expositions.values())
 
-    def set_options(self, options: CollectorOptions) -> None:
+    def set_options(self, options: MetricsConfig) -> None:
         """New cardinality controls (config reload): every cached render is dropped."""
         self._expositions = {fmt: FlowExposition(options, openmetrics=fmt.openmetrics) for fmt in Format}
         self._cache.clear()

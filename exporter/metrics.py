@@ -16,13 +16,13 @@ no longer tracked simply vanishes from ``/metrics``. Output for one flow looks l
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from exporter.config import MetricsConfig
 from exporter.model import STATUSES, TERMINAL_STATUSES, Counts
 from exporter.values import COUNT_KEYS, CompletedRun, CountKey, FlowState, Histogram, Snapshot
 
@@ -267,17 +267,6 @@ SELF_FAMILIES = (
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class CollectorOptions:
-    """Cardinality controls (``metrics:`` in the config)."""
-
-    lean: bool = True  # metrics.profile lean: families marked lean=False are left out
-    activities: bool = True
-    sparse_status: bool = True
-    histogram: bool = True
-    audiences: bool = False
-
-
 def _le(bound: float) -> str:
     """A bucket bound as prometheus-client writes it (``60.0``, ``+Inf``)."""
     return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
@@ -288,7 +277,7 @@ def _seconds(ms: int | None) -> float | None:
 
 
 class _Families:
-    def __init__(self, options: CollectorOptions) -> None:
+    def __init__(self, options: MetricsConfig) -> None:
         self.by_name = {f.name: Metric(f.name, f.help, f.type) for f in FAMILIES if f.lean or not options.lean}
 
     def add(self, family: str, labels: Mapping[str, str], value: float | int | None, sample: str = "") -> None:
@@ -319,7 +308,7 @@ class _Families:
             self.add(f"{prefix}{key.field}_{key.group}", labels, key.of(counts))
 
 
-def build_families(snapshot: Snapshot, options: CollectorOptions) -> list[Metric]:
+def build_families(snapshot: Snapshot, options: MetricsConfig) -> list[Metric]:
     """Every upstream metric family of the snapshot, in a fixed order; empty families are left out."""
     fam = _Families(options)
     for state in snapshot.flows:
@@ -327,14 +316,14 @@ def build_families(snapshot: Snapshot, options: CollectorOptions) -> list[Metric
     return [m for m in fam.by_name.values() if m.samples]
 
 
-def flow_families(state: FlowState, options: CollectorOptions) -> list[Metric]:
+def flow_families(state: FlowState, options: MetricsConfig) -> list[Metric]:
     """The families of one flow alone (the unit the exposition cache renders)."""
     fam = _Families(options)
     _flow(fam, state, options)
     return [m for m in fam.by_name.values() if m.samples]
 
 
-def _flow(fam: _Families, state: FlowState, options: CollectorOptions) -> None:
+def _flow(fam: _Families, state: FlowState, options: MetricsConfig) -> None:
     fam.add("aep_exporter_flow_up", {"sandbox": state.sandbox, "flow_id": state.flow_id}, 1 if state.up else 0)
     flow = state.flow
     if flow is None:  # never read (a configured id the API does not know): only flow_up says so
@@ -360,13 +349,13 @@ def _flow(fam: _Families, state: FlowState, options: CollectorOptions) -> None:
     if state.last_completed is not None:
         _newest_completed(fam, base, state.last_completed, options)
     _all_completed(fam, base, state)
-    if options.histogram:
+    if options.duration_histogram:
         _histogram(fam, base, state.durations)
     if options.audiences:
         _audiences(fam, base, state)
 
 
-def _newest_run(fam: _Families, base: Mapping[str, str], state: FlowState, options: CollectorOptions) -> None:
+def _newest_run(fam: _Families, base: Mapping[str, str], state: FlowState, options: MetricsConfig) -> None:
     last = state.last_run
     if last is not None:
         fam.one_hot("aep_flow_last_run_status", base, last.status, options.sparse_status)
@@ -382,9 +371,7 @@ def _newest_run(fam: _Families, base: Mapping[str, str], state: FlowState, optio
     fam.add("aep_flow_oldest_in_progress_run_start_timestamp_seconds", base, _seconds(min(starts, default=None)))
 
 
-def _newest_completed(
-    fam: _Families, base: Mapping[str, str], completed: CompletedRun, options: CollectorOptions
-) -> None:
+def _newest_completed(fam: _Families, base: Mapping[str, str], completed: CompletedRun, options: MetricsConfig) -> None:
     fam.counts("aep_flow_last_run_", base, completed.counts)
     if not options.activities:
         return
@@ -443,9 +430,9 @@ def _audiences(fam: _Families, base: Mapping[str, str], state: FlowState) -> Non
 class FlowCollector(Collector):
     """A prometheus-client collector over whatever snapshot ``source`` returns at collect time."""
 
-    def __init__(self, source: Callable[[], Snapshot], options: CollectorOptions | None = None) -> None:
+    def __init__(self, source: Callable[[], Snapshot], options: MetricsConfig | None = None) -> None:
         self._source = source
-        self._options = options or CollectorOptions()
+        self._options = options or MetricsConfig()
 
     def collect(self) -> Iterator[Metric]:
         yield from build_families(self._source(), self._options)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from exporter.client import FlowServiceClient
-from exporter.config import SandboxConfig
+from exporter.config import MetricsConfig, PollConfig, SandboxConfig, ShardConfig
 from exporter.counting import Update, apply_runs, mark_down, new_flow_state, refresh_flow
 from exporter.errors import ExporterError, NotFoundError, StateError
 from exporter.model import Flow, Run, clean_text, parse_flow
@@ -49,20 +49,6 @@ def shard_of(sandbox: str, flow_id: str, total: int) -> int:
     """The shard that owns a flow: the same in every process and version (not Python's salted hash)."""
     digest = hashlib.sha256(f"{sandbox}/{flow_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % total
-
-
-@dataclass(frozen=True, kw_only=True)
-class PollSettings:
-    """The parts of the config a sandbox poller needs."""
-
-    lookback_s: float
-    buckets: tuple[float, ...]
-    max_error_codes: int
-    max_activities: int = 20
-    max_audiences: int = 0  # 0: per-audience counts off (metrics.audiences false)
-    max_flows: int
-    shard_index: int = 0
-    shard_total: int = 1
 
 
 class OnceLog:
@@ -100,25 +86,29 @@ class SandboxPoller:
         self,
         *,
         sandbox: SandboxConfig,
-        settings: PollSettings,
+        poll: PollConfig,
+        metrics: MetricsConfig,
+        shard: ShardConfig,
         client: FlowServiceClient,
         tracker: Tracker,
-        metrics: SelfMetrics,
+        self_metrics: SelfMetrics,
         once: OnceLog | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.sandbox = sandbox
-        self.settings = settings
+        self.poll = poll
+        self.metrics = metrics
+        self.shard = shard
         self._client = client
         self._tracker = tracker
-        self._metrics = metrics
+        self._metrics = self_metrics
         self._once = once or OnceLog()
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
-        for counter in (metrics.polls, metrics.poll_failures):
+        for counter in (self_metrics.polls, self_metrics.poll_failures):
             counter.labels(sandbox.name)  # present at 0 from the start, so rate() and alerts see the first failure
-        metrics.poll_interval.labels(sandbox.name).set(sandbox.interval)
+        self_metrics.poll_interval.labels(sandbox.name).set(sandbox.interval)
         self._flow_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._wake = asyncio.Event()
         self.runs = RunsReader(
@@ -296,26 +286,22 @@ class SandboxPoller:
     def _select(self, flows: list[Flow]) -> tuple[dict[Flow, dict[str, str]], int]:
         """This shard's flows, capped at ``max_flows_per_sandbox``, each with its static labels; and how many
         were dropped by the cap."""
-        settings = self.settings
+        shard, cap = self.shard, self.metrics.max_flows_per_sandbox
         mine = sorted(
-            (
-                f
-                for f in flows
-                if settings.shard_total == 1 or shard_of(self.name, f.id, settings.shard_total) == settings.shard_index
-            ),
+            (f for f in flows if shard.total == 1 or shard_of(self.name, f.id, shard.total) == shard.index),
             key=lambda f: f.id,
         )
-        dropped = max(0, len(mine) - settings.max_flows)
+        dropped = max(0, len(mine) - cap)
         self._metrics.flows_dropped.labels(self.name).set(dropped)
         if dropped and self._once.first(self.name, "flows_dropped", str(dropped)):
             log.warning(
                 "flows_dropped",
                 sandbox=self.name,
                 dropped=dropped,
-                limit=settings.max_flows,
+                limit=cap,
                 hint="raise metrics.max_flows_per_sandbox or shard the exporter",
             )
-        return {f: self.sandbox.labels_for(f.id) for f in mine[: settings.max_flows]}, dropped
+        return {f: self.sandbox.labels_for(f.id) for f in mine[:cap]}, dropped
 
     def _flow_down(self, flow_id: str, flow: Flow | None, reason: str) -> None:
         key = (self.name, flow_id)
@@ -330,8 +316,8 @@ class SandboxPoller:
             sandbox=self.name,
             flow_id=flow_id,
             now_ms=int(self._clock() * 1000),
-            lookback_s=self.settings.lookback_s,
-            buckets=self.settings.buckets,
+            initial_lookback=self.poll.initial_lookback,
+            duration_buckets=self.metrics.duration_buckets,
         )
 
     async def refresh(self, flow_id: str) -> tuple[Run, ...]:
@@ -381,10 +367,8 @@ class SandboxPoller:
             flow,
             answer.runs,
             now_ms=int(self._clock() * 1000),
-            max_error_codes=self.settings.max_error_codes,
+            metrics=self.metrics,
             window=answer.window,
-            max_activities=self.settings.max_activities,
-            max_audiences=self.settings.max_audiences,
         )
         self._log_once(flow.id, update)
         await self._tracker.save(update.state)
@@ -400,7 +384,7 @@ class SandboxPoller:
                 sandbox=self.name,
                 flow_id=flow_id,
                 dropped=update.activities_dropped,
-                limit=self.settings.max_activities,
+                limit=self.metrics.max_activities_per_flow,
                 hint="raise metrics.max_activities_per_flow",
             )
         for raw in update.unknown_statuses:

@@ -140,7 +140,7 @@ class _Loaded:
             counts=self.counts(a["counts"]),
         )
 
-    def histogram(self, hist: Mapping[str, Any], buckets: tuple[float, ...]) -> tuple[Histogram, bool]:
+    def histogram(self, hist: Mapping[str, Any], duration_buckets: tuple[float, ...]) -> tuple[Histogram, bool]:
         bounds = tuple(float(b) for b in hist["bounds"])
         counts = tuple(valid_count(c) for c in hist["counts"])
         total = float(hist["sum"])
@@ -151,12 +151,12 @@ class _Loaded:
             or not all(map(math.isfinite, bounds))
             or any(b <= a for a, b in itertools.pairwise(bounds))
         ):
-            return Histogram.empty(tuple(buckets)), True
+            return Histogram.empty(tuple(duration_buckets)), True
         stored = Histogram(bounds=bounds, counts=tuple(c or 0 for c in counts), sum=total)
-        if bounds == tuple(buckets):
+        if bounds == tuple(duration_buckets):
             return stored, False
-        rebucketed = stored.rebucket(tuple(buckets))  # e.g. metrics.profile full -> lean: fewer, shared bounds
-        return (Histogram.empty(tuple(buckets)), True) if rebucketed is None else (rebucketed, False)
+        rebucketed = stored.rebucket(tuple(duration_buckets))  # e.g. metrics.profile full -> lean: fewer, shared bounds
+        return (Histogram.empty(tuple(duration_buckets)), True) if rebucketed is None else (rebucketed, False)
 
 
 def _finite(value: object, limit: float) -> float | None:
@@ -188,17 +188,17 @@ def _counted_from(data: Mapping[str, Any]) -> dict[str, int]:
 
 
 def state_from_json(
-    data: Mapping[str, Any], buckets: tuple[float, ...], now_ms: int | None = None
+    data: Mapping[str, Any], duration_buckets: tuple[float, ...], now_ms: int | None = None
 ) -> tuple[FlowState, bool]:
     """Rebuild a flow's state, validated like a fresh answer (``now_ms`` bounds timestamps; default: the wall
-    clock); the bool says the histogram was reset (the buckets changed, or it was not valid).
+    clock); the bool says the histogram was reset (the duration_buckets changed, or it was not valid).
 
     Raises KeyError, TypeError or ValueError on a malformed document; the store turns that into StateError.
     """
     load = _Loaded(int(time.time() * 1000) if now_ms is None else now_ms)
     completed = data.get("last_completed")
     last_run = data.get("last_run")
-    histogram, reset = load.histogram(data["durations"], buckets)
+    histogram, reset = load.histogram(data["durations"], duration_buckets)
     seen_key = data.get("seen_key")
     last_status = _status_of(last_run.get("status")) if last_run else None
     state = FlowState(
@@ -247,10 +247,10 @@ class Store(Protocol):
     """Persistence of flow states, keyed by (sandbox, flow_id)."""
 
     def load(
-        self, buckets: tuple[float, ...], now_ms: int | None = None
+        self, duration_buckets: tuple[float, ...], now_ms: int | None = None
     ) -> tuple[list[FlowState], list[tuple[str, str]]]:
         """Every stored state (validated as a fresh answer would be; ``now_ms`` bounds timestamps), and the keys
-        whose histogram was reset (the buckets changed, or it was not valid)."""
+        whose histogram was reset (the duration_buckets changed, or it was not valid)."""
 
     def save(self, state: FlowState) -> None:
         """Persist one flow's state atomically."""
@@ -279,7 +279,7 @@ class MemoryStore:
 
     def load(
         self,
-        buckets: tuple[float, ...],  # noqa: ARG002
+        duration_buckets: tuple[float, ...],  # noqa: ARG002
         now_ms: int | None = None,  # noqa: ARG002
     ) -> tuple[list[FlowState], list[tuple[str, str]]]:
         return [], []
@@ -400,7 +400,7 @@ class SqliteStore:
             raise StateError(f"state file {self.path} is corrupt ({check}); move it away to start afresh")
 
     def load(
-        self, buckets: tuple[float, ...], now_ms: int | None = None
+        self, duration_buckets: tuple[float, ...], now_ms: int | None = None
     ) -> tuple[list[FlowState], list[tuple[str, str]]]:
         states: list[FlowState] = []
         resets: list[tuple[str, str]] = []
@@ -410,7 +410,7 @@ class SqliteStore:
             raise StateError(f"cannot read state file {self.path}: {exc}") from exc
         for sandbox, flow_id, text in rows:
             try:
-                state, reset = state_from_json(json.loads(text), buckets, now_ms)
+                state, reset = state_from_json(json.loads(text), duration_buckets, now_ms)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
                 raise StateError(
                     f"state file {self.path}: entry {sandbox}/{flow_id} is corrupt "

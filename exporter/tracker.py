@@ -32,7 +32,7 @@ class Tracker:
         self._snapshot = Snapshot(version=0, flows=(), sandboxes=tuple(self._sandboxes.values()))
 
     async def attach(
-        self, opener: Callable[[], Store], buckets: tuple[float, ...], now_ms: int
+        self, opener: Callable[[], Store], duration_buckets: tuple[float, ...], now_ms: int
     ) -> tuple[list[FlowState], list[tuple[str, str]]]:
         """Open the real store and load what it holds, both on the writer thread; it replaces the in-memory
         store the tracker was made with. Returns the stored states and the keys whose histogram was reset."""
@@ -40,7 +40,7 @@ class Tracker:
         def open_and_load() -> tuple[Store, tuple[list[FlowState], list[tuple[str, str]]]]:
             store = opener()
             try:
-                return store, store.load(buckets, now_ms)
+                return store, store.load(duration_buckets, now_ms)
             except BaseException:
                 store.close()
                 raise

@@ -18,9 +18,9 @@ from structlog.testing import capture_logs
 
 from exporter.auth import TokenProvider
 from exporter.client import FlowServiceClient
-from exporter.config import PollConfig
+from exporter.config import MetricsConfig, PollConfig
 from exporter.errors import ConfigError
-from exporter.poller import PollSettings, SandboxPoller
+from exporter.poller import SandboxPoller
 from exporter.selfmetrics import SelfMetrics
 from exporter.simulator import Credentials
 from exporter.tracker import Tracker
@@ -183,10 +183,12 @@ async def test_an_unforeseen_exception_in_a_cycle_is_a_failed_poll_everywhere(si
         )
         poller = SandboxPoller(
             sandbox=config.sandboxes[0],
-            settings=PollSettings(lookback_s=86400.0, buckets=(60.0,), max_error_codes=5, max_flows=100),
+            poll=config.poll,
+            metrics=MetricsConfig(max_error_codes_per_flow=5, duration_buckets=(60.0,), max_flows_per_sandbox=100),
+            shard=config.shard,
             client=client,
             tracker=tracker,
-            metrics=metrics,
+            self_metrics=metrics,
             clock=lambda: sim.world.now_ms() / 1000.0,
         )
         assert await poller.cycle() is False

@@ -17,7 +17,6 @@ from exporter.app import Exporter
 from exporter.config import MetricsConfig
 from exporter.counting import apply_runs, new_flow_state
 from exporter.exposition import FlowExposition
-from exporter.metrics import CollectorOptions
 from exporter.model import Flow, parse_flow, parse_run
 from exporter.values import Snapshot
 from tests.helpers import assert_matches_truth, parse_samples, pick, scrape, serve, value
@@ -97,8 +96,14 @@ def test_a_future_end_never_pins_the_last_success() -> None:
         },
         NOW,
     )
-    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, lookback_s=3600, buckets=())
-    update = apply_runs(state, flow, [parse_run(good, NOW), parse_run(future, NOW)], now_ms=NOW, max_error_codes=5)
+    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, initial_lookback=3600, duration_buckets=())
+    update = apply_runs(
+        state,
+        flow,
+        [parse_run(good, NOW), parse_run(future, NOW)],
+        now_ms=NOW,
+        metrics=MetricsConfig(max_error_codes_per_flow=5),
+    )
     assert update.state.last_success_ms == NOW - 1000
     assert "lastRunDetails.completedAtUTC" in flow.invalid_fields
 
@@ -129,14 +134,13 @@ def test_activities_per_flow_are_capped() -> None:
     payload["activities"] = [
         {"id": f"a{i}", "name": f"Step {i}", "statusSummary": {"status": "success"}} for i in range(3000)
     ]
-    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, lookback_s=3600, buckets=())
+    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, initial_lookback=3600, duration_buckets=())
     update = apply_runs(
         state,
         parse_flow({"id": FLOW}, NOW),
         [parse_run(payload, NOW)],
         now_ms=NOW,
-        max_error_codes=5,
-        max_activities=20,
+        metrics=MetricsConfig(max_error_codes_per_flow=5, max_activities_per_flow=20),
     )
     assert update.state.last_completed is not None
     assert len(update.state.last_completed.activities) == 20
@@ -146,7 +150,7 @@ def test_activities_per_flow_are_capped() -> None:
 def test_a_flow_that_still_fails_to_render_is_left_out_alone(promtool: str) -> None:
     """Defence in depth: a state that bypassed validation (here built by hand) costs only its own series; it
     shows aep_exporter_flow_up 0 and every other flow is served."""
-    good = new_flow_state(sandbox="prod", flow_id="good", now_ms=NOW, lookback_s=0, buckets=(1.0,))
+    good = new_flow_state(sandbox="prod", flow_id="good", now_ms=NOW, initial_lookback=0, duration_buckets=(1.0,))
     good = dataclasses.replace(good, flow=parse_flow({"id": "good", "name": "Good", "state": "enabled"}))
     bad_flow = Flow(
         id="bad",
@@ -161,7 +165,7 @@ def test_a_flow_that_still_fails_to_render_is_left_out_alone(promtool: str) -> N
     )
     bad = dataclasses.replace(good, flow_id="bad", flow=bad_flow)
     text = (
-        FlowExposition(CollectorOptions(), openmetrics=False)
+        FlowExposition(MetricsConfig(), openmetrics=False)
         .render(Snapshot(version=1, flows=(bad, good), sandboxes=()))
         .decode()
     )
@@ -277,11 +281,13 @@ def test_an_activation_run_reports_identities_and_record_codes_and_a_failure_onl
     assert (run.counts.bytes["skipped"], run.counts.bytes["failed"], run.counts.files["skipped"]) == (100, 20, 1)
     assert run.record_codes == (("failed", "DESTINATION-5001", 10), ("skipped", "SKIP-1", 4), ("skipped", "SKIP-2", 0))
     assert {"recordSummary.skippedInfo", "recordSummary.skippedInfo.count"} <= set(run.unknown_fields)
-    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, lookback_s=3600, buckets=())
-    update = apply_runs(state, parse_flow({"id": FLOW}, NOW), [run], now_ms=NOW, max_error_codes=1)
+    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, initial_lookback=3600, duration_buckets=())
+    update = apply_runs(
+        state, parse_flow({"id": FLOW}, NOW), [run], now_ms=NOW, metrics=MetricsConfig(max_error_codes_per_flow=1)
+    )
     assert update.state.record_codes == {"failed": {"DESTINATION-5001": 10}, "skipped": {"SKIP-1": 4, "other": 0}}
     samples = parse_samples(
-        FlowExposition(CollectorOptions(), openmetrics=False)
+        FlowExposition(MetricsConfig(), openmetrics=False)
         .render(
             Snapshot(
                 version=1, flows=(dataclasses.replace(update.state, flow=parse_flow({"id": FLOW}, NOW)),), sandboxes=()
@@ -367,19 +373,28 @@ def test_audiences_are_counted_only_when_asked_and_capped_with_the_rest_as_other
         parse_run(_activation_run(f"r{k}", {"targetSummaries": [{"id": "t", "entitySummaries": entities}]}), NOW)
         for k in range(2)
     ]
-    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, lookback_s=3600, buckets=())
+    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=NOW, initial_lookback=3600, duration_buckets=())
     flow = parse_flow({"id": FLOW}, NOW)
-    assert apply_runs(state, flow, runs, now_ms=NOW, max_error_codes=5).state.audiences == {}
-    capped = apply_runs(state, flow, runs, now_ms=NOW, max_error_codes=5, max_audiences=2).state
+    assert (
+        apply_runs(state, flow, runs, now_ms=NOW, metrics=MetricsConfig(max_error_codes_per_flow=5)).state.audiences
+        == {}
+    )
+    capped = apply_runs(
+        state,
+        flow,
+        runs,
+        now_ms=NOW,
+        metrics=MetricsConfig(max_error_codes_per_flow=5, audiences=True, max_audiences_per_flow=2),
+    ).state
     assert capped.audiences == {"a0": {"output": 20}, "a1": {"output": 40}, "other": {"output": 60}}
 
-    def served(options: CollectorOptions) -> dict[frozenset[tuple[str, str]], float]:
+    def served(options: MetricsConfig) -> dict[frozenset[tuple[str, str]], float]:
         snapshot = Snapshot(version=1, flows=(capped,), sandboxes=())
         text = FlowExposition(options, openmetrics=False).render(snapshot).decode()
         return pick(parse_samples(text), "aep_flow_audience_records_total")
 
-    assert served(CollectorOptions()) == {}
-    assert sorted(served(CollectorOptions(audiences=True)).values()) == [20.0, 40.0, 60.0]
+    assert served(MetricsConfig()) == {}
+    assert sorted(served(MetricsConfig(audiences=True)).values()) == [20.0, 40.0, 60.0]
 
 
 async def test_per_audience_counters_equal_the_simulators_ground_truth(sim: Sim) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from exporter.config import MetricsConfig
 from exporter.counting import apply_runs, new_flow_state
 from exporter.model import parse_flow, parse_run
 from exporter.store import state_from_json, state_to_json
@@ -73,14 +74,19 @@ def total(state: Any) -> int:
 def test_whole_history_returned_on_every_poll_is_counted_once_and_ids_are_pruned() -> None:
     """A server that returns every run on every poll (filter ignored) never gets a run counted twice, while the
     id memory keeps only runs the count floor has not passed."""
-    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0, lookback_s=3600, buckets=())
+    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0, initial_lookback=3600, duration_buckets=())
     runs: list[dict[str, Any]] = []
     for poll in range(40):
         runs.append(history(poll + 1)[-1])
         now = T0 + poll * 15 * MIN + 6 * MIN
         flow = parse_flow(flow_json(runs[-1]["id"]))
         state = apply_runs(
-            state, flow, [parse_run(r) for r in runs], now_ms=now, max_error_codes=5, window=EVERYTHING
+            state,
+            flow,
+            [parse_run(r) for r in runs],
+            now_ms=now,
+            metrics=MetricsConfig(max_error_codes_per_flow=5),
+            window=EVERYTHING,
         ).state
         assert total(state) == len(runs)
     assert len(state.counted) <= 2
@@ -89,23 +95,34 @@ def test_whole_history_returned_on_every_poll_is_counted_once_and_ids_are_pruned
 
 def test_count_floor_never_rises_above_the_query_bound_nor_past_newest_minus_overlap() -> None:
     """The floor rises only to what the answer proves: min(window bound, newest time seen - overlap)."""
-    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0 + 60 * MIN, lookback_s=3600, buckets=())
+    state = new_flow_state(
+        sandbox="prod", flow_id=FLOW, now_ms=T0 + 60 * MIN, initial_lookback=3600, duration_buckets=()
+    )
     flow = parse_flow(flow_json())
     runs = [parse_run(r) for r in history(4)]
     newest = max(r.latest_ms or 0 for r in runs)
     bounded = apply_runs(
-        state, flow, runs, now_ms=T0, max_error_codes=5, window=Window(field="created", bound=T0 + 10 * MIN)
+        state,
+        flow,
+        runs,
+        now_ms=T0,
+        metrics=MetricsConfig(max_error_codes_per_flow=5),
+        window=Window(field="created", bound=T0 + 10 * MIN),
     ).state
     assert bounded.count_floor_ms == max(state.count_floor_ms, T0 + 10 * MIN)
-    everything = apply_runs(state, flow, runs, now_ms=T0, max_error_codes=5, window=EVERYTHING).state
+    everything = apply_runs(
+        state, flow, runs, now_ms=T0, metrics=MetricsConfig(max_error_codes_per_flow=5), window=EVERYTHING
+    ).state
     assert everything.count_floor_ms == max(state.count_floor_ms, newest - OVERLAP_MS)
-    cut_short = apply_runs(state, flow, runs, now_ms=T0, max_error_codes=5, window=Window(empty=True)).state
+    cut_short = apply_runs(
+        state, flow, runs, now_ms=T0, metrics=MetricsConfig(max_error_codes_per_flow=5), window=Window(empty=True)
+    ).state
     assert cut_short.count_floor_ms == state.count_floor_ms
 
 
 def test_run_with_no_time_at_all_is_counted_once_on_first_sight() -> None:
     """A finished run that carries no createdAt, updatedAt, start or end is counted when first seen, once."""
-    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0, lookback_s=3600, buckets=())
+    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0, initial_lookback=3600, duration_buckets=())
     timeless = run_json(1, created=None)
     for poll in range(5):
         others = history(poll + 1, first=T0 + 20 * MIN)
@@ -114,7 +131,7 @@ def test_run_with_no_time_at_all_is_counted_once_on_first_sight() -> None:
             parse_flow(flow_json()),
             [parse_run(r) for r in [timeless, *others]],
             now_ms=T0 + (poll + 2) * 20 * MIN,
-            max_error_codes=5,
+            metrics=MetricsConfig(max_error_codes_per_flow=5),
             window=EVERYTHING,
         ).state
         assert total(state) == 1 + len(others)
@@ -131,13 +148,15 @@ def test_runs_without_created_at_are_ordered_and_watermarked_by_their_best_time(
         T0 + 7 * MIN,
         T0 + 9 * MIN,
     )
-    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0 + 20 * MIN, lookback_s=3600, buckets=())
+    state = new_flow_state(
+        sandbox="prod", flow_id=FLOW, now_ms=T0 + 20 * MIN, initial_lookback=3600, duration_buckets=()
+    )
     update = apply_runs(
         state,
         parse_flow(flow_json()),
         [only_ended, only_updated, only_started],
         now_ms=T0 + 20 * MIN,
-        max_error_codes=5,
+        metrics=MetricsConfig(max_error_codes_per_flow=5),
     )
     assert total(update.state) == 3
     assert update.state.last_run is not None and update.state.last_run.id == "run-3"
@@ -146,13 +165,19 @@ def test_runs_without_created_at_are_ordered_and_watermarked_by_their_best_time(
 
 def test_run_watched_in_progress_is_counted_when_it_ends_even_below_the_floor() -> None:
     """A run seen running is counted when it ends, even if Adobe dates its end before the floor has reached."""
-    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0, lookback_s=3600, buckets=())
+    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0, initial_lookback=3600, duration_buckets=())
     flow = parse_flow(flow_json())
     running = run_json(1, created=T0, start=T0 + 1000, status="inProgress")
-    state = apply_runs(state, flow, [parse_run(running)], now_ms=T0 + MIN, max_error_codes=5).state
+    state = apply_runs(
+        state, flow, [parse_run(running)], now_ms=T0 + MIN, metrics=MetricsConfig(max_error_codes_per_flow=5)
+    ).state
     later = history(3, first=T0 + 60 * MIN)
     state = apply_runs(
-        state, flow, [parse_run(running), *map(parse_run, later)], now_ms=T0 + 100 * MIN, max_error_codes=5
+        state,
+        flow,
+        [parse_run(running), *map(parse_run, later)],
+        now_ms=T0 + 100 * MIN,
+        metrics=MetricsConfig(max_error_codes_per_flow=5),
     ).state
     assert state.count_floor_ms > T0 + 2 * MIN
     ended = run_json(1, created=T0, start=T0 + 1000, end=T0 + 2 * MIN)
@@ -161,7 +186,7 @@ def test_run_watched_in_progress_is_counted_when_it_ends_even_below_the_floor() 
         flow,
         [parse_run(ended)],
         now_ms=T0 + 110 * MIN,
-        max_error_codes=5,
+        metrics=MetricsConfig(max_error_codes_per_flow=5),
         window=Window(field="created", bound=T0),
     ).state
     assert total(state) == 4
@@ -170,9 +195,11 @@ def test_run_watched_in_progress_is_counted_when_it_ends_even_below_the_floor() 
 def test_state_file_of_the_previous_version_loads_and_counts_nothing_twice() -> None:
     """A state written before the count floor existed (counted ids mapped to createdAt) loads, and a server
     returning the whole history after the upgrade adds nothing already counted."""
-    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0, lookback_s=3600, buckets=())
+    state = new_flow_state(sandbox="prod", flow_id=FLOW, now_ms=T0, initial_lookback=3600, duration_buckets=())
     runs = [parse_run(r) for r in history(6)]
-    state = apply_runs(state, parse_flow(flow_json()), runs, now_ms=T0 + 90 * MIN, max_error_codes=5).state
+    state = apply_runs(
+        state, parse_flow(flow_json()), runs, now_ms=T0 + 90 * MIN, metrics=MetricsConfig(max_error_codes_per_flow=5)
+    ).state
     old = state_to_json(state)
     for key in ("count_floor_ms", "newest_started_ms"):
         del old[key]
@@ -180,6 +207,11 @@ def test_state_file_of_the_previous_version_loads_and_counts_nothing_twice() -> 
     loaded, _reset = state_from_json(json.loads(json.dumps(old)), ())
     assert loaded.count_floor_ms == loaded.counting_start_ms
     again = apply_runs(
-        loaded, parse_flow(flow_json()), runs, now_ms=T0 + 95 * MIN, max_error_codes=5, window=EVERYTHING
+        loaded,
+        parse_flow(flow_json()),
+        runs,
+        now_ms=T0 + 95 * MIN,
+        metrics=MetricsConfig(max_error_codes_per_flow=5),
+        window=EVERYTHING,
     ).state
     assert total(again) == total(state) == 6

@@ -9,14 +9,15 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from exporter.config import MetricsConfig
 from exporter.exposition import OPENMETRICS_EOF, FlowExposition
-from exporter.metrics import CollectorOptions, FlowCollector
+from exporter.metrics import FlowCollector
 from exporter.values import Snapshot
 from tests.helpers import parse_samples, pick
 from tests.simulation import Sim, make_config, make_exporter
 
 
-def reference(snapshot: Snapshot, options: CollectorOptions, openmetrics: bool) -> bytes:
+def reference(snapshot: Snapshot, options: MetricsConfig, openmetrics: bool) -> bytes:
     """What plain prometheus-client renders for the snapshot through a registered collector."""
     registry = CollectorRegistry()
     registry.register(FlowCollector(lambda: snapshot, options))
@@ -27,9 +28,9 @@ def reference(snapshot: Snapshot, options: CollectorOptions, openmetrics: bool) 
 
 
 @pytest.mark.parametrize("openmetrics", [False, True])
-@pytest.mark.parametrize("options", [CollectorOptions(), CollectorOptions(activities=False, sparse_status=True)])
+@pytest.mark.parametrize("options", [MetricsConfig(), MetricsConfig(activities=False, sparse_status=True)])
 async def test_cached_render_is_byte_for_byte_prometheus_client(
-    sim: Sim, openmetrics: bool, options: CollectorOptions
+    sim: Sim, openmetrics: bool, options: MetricsConfig
 ) -> None:
     """After incremental updates over several cycles, the assembled block equals prometheus-client's output."""
     exporter = make_exporter(make_config(sim.url))
@@ -51,7 +52,7 @@ async def test_only_flows_whose_state_changed_are_rendered_again(sim: Sim) -> No
     proves less, so the next read raises that flow's count floor.)"""
     exporter = make_exporter(make_config(sim.url))
     await exporter.start()
-    cache = FlowExposition(CollectorOptions(), openmetrics=False)
+    cache = FlowExposition(MetricsConfig(), openmetrics=False)
     try:
         assert await exporter.poll_once()
         assert await exporter.poll_once()
@@ -80,12 +81,12 @@ def test_hostile_label_values_render_and_parse_back(sim: Sim, promtool: str) -> 
     name = 'Ünïcødé "quoted" back\\slash\nnew line 数据流'
     flow = parse_flow({"id": "f-1", "name": name, "state": "enabled"})
     state = dataclasses.replace(
-        new_flow_state(sandbox="prod", flow_id="f-1", now_ms=0, lookback_s=0, buckets=(1.0,)),
+        new_flow_state(sandbox="prod", flow_id="f-1", now_ms=0, initial_lookback=0, duration_buckets=(1.0,)),
         flow=flow,
         labels={"team": 'a"b\\c\nd'},
     )
     snapshot = Snapshot(version=1, flows=(state,), sandboxes=())
-    text = FlowExposition(CollectorOptions(), openmetrics=False).render(snapshot).decode()
+    text = FlowExposition(MetricsConfig(), openmetrics=False).render(snapshot).decode()
     samples = parse_samples(text)
     info = pick(samples, "aep_flow_info")
     assert len(info) == 1

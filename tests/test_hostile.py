@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.cli import main
+from exporter.config import MetricsConfig
 from exporter.counting import apply_runs, new_flow_state
 from exporter.errors import PayloadError
 from exporter.exposition import FlowExposition
-from exporter.metrics import CollectorOptions
 from exporter.model import Run, parse_flow, parse_run
 from exporter.values import Snapshot
 from tests.helpers import parse_samples
@@ -166,10 +166,14 @@ def _parsed(batch: list[Any]) -> list[Run]:
 def test_counters_never_decrease_and_render_without_nan_or_negatives(batches: list[list[Any]]) -> None:
     """Folding arbitrary run batches: counters never go down, and rendered counts are never NaN or negative."""
     flow = parse_flow({"id": "flow-1", "name": 'a "flow"\\\nname', "state": "enabled"})
-    state = new_flow_state(sandbox="prod", flow_id="flow-1", now_ms=10**12, lookback_s=10**9, buckets=(60.0, 600.0))
+    state = new_flow_state(
+        sandbox="prod", flow_id="flow-1", now_ms=10**12, initial_lookback=10**9, duration_buckets=(60.0, 600.0)
+    )
     before: dict[str, float] = {}
     for batch in batches:
-        state = apply_runs(state, flow, _parsed(batch), now_ms=10**12, max_error_codes=3).state
+        state = apply_runs(
+            state, flow, _parsed(batch), now_ms=10**12, metrics=MetricsConfig(max_error_codes_per_flow=3)
+        ).state
         current = {f"runs.{k}": v for k, v in state.runs_total.items()}
         current |= {f"totals.{k}": v for k, v in state.totals.items()}
         current |= {f"codes.{k}": v for k, v in state.error_codes.items()}
@@ -180,7 +184,7 @@ def test_counters_never_decrease_and_render_without_nan_or_negatives(batches: li
         before = current
         assert len([c for c in state.error_codes if c != "other"]) <= 3
     text = (
-        FlowExposition(CollectorOptions(), openmetrics=False)
+        FlowExposition(MetricsConfig(), openmetrics=False)
         .render(Snapshot(version=1, flows=(state,), sandboxes=()))
         .decode()
     )

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from exporter.config import MetricsConfig
 from exporter.counting import apply_runs, new_flow_state
 from exporter.errors import PayloadError
 from exporter.exposition import generate
-from exporter.metrics import CollectorOptions, build_families
+from exporter.metrics import build_families
 from exporter.model import normalize_status, parse_flow, parse_run, snake_case
 from exporter.store import MemoryStore
 from exporter.tracker import Tracker
@@ -33,18 +34,28 @@ def render(
     runs_json: list[dict[str, Any]],
     *,
     now_ms: int = TUTORIAL_NOW_MS,
-    options: CollectorOptions | None = None,
-    lookback_s: float = 86400.0,
+    options: MetricsConfig | None = None,
+    initial_lookback: float = 86400.0,
 ) -> Samples:
     """Fold payloads through the real state and collector, and parse the exposition back."""
     flow = parse_flow(flow_json)
     state = new_flow_state(
-        sandbox="prod", flow_id=flow.id, now_ms=now_ms, lookback_s=lookback_s, buckets=(30.0, 60.0, 120.0)
+        sandbox="prod",
+        flow_id=flow.id,
+        now_ms=now_ms,
+        initial_lookback=initial_lookback,
+        duration_buckets=(30.0, 60.0, 120.0),
     )
-    update = apply_runs(state, flow, [parse_run(r) for r in runs_json], now_ms=now_ms, max_error_codes=20)
+    update = apply_runs(
+        state,
+        flow,
+        [parse_run(r) for r in runs_json],
+        now_ms=now_ms,
+        metrics=MetricsConfig(max_error_codes_per_flow=20),
+    )
     tracker = Tracker(MemoryStore(), ["prod"])
     tracker.put(update.state)
-    families = build_families(tracker.publish(), options or CollectorOptions(lean=False, sparse_status=False))
+    families = build_families(tracker.publish(), options or MetricsConfig(profile="full", sparse_status=False))
     text = generate(families, openmetrics=False).decode()
     return parse_samples(text)
 
@@ -193,7 +204,7 @@ def test_uuid_activities_are_keyed_by_their_snake_cased_names() -> None:
 def test_activities_can_be_switched_off_and_status_made_sparse() -> None:
     """metrics.activities false drops activity series; sparse_status keeps only the current status series."""
     flow, run = tutorial()
-    s = render(flow, [run], options=CollectorOptions(activities=False, sparse_status=True))
+    s = render(flow, [run], options=MetricsConfig(activities=False, sparse_status=True))
     assert not [k for k in s if k[0].startswith("aep_flow_last_run_activity_")]
     statuses = [dict(k[1])["status"] for k in s if k[0] == "aep_flow_last_run_status"]
     assert statuses == ["success"]
@@ -203,7 +214,7 @@ def test_the_duration_histogram_can_be_switched_off_and_counted_runs_stay() -> N
     """metrics.duration_histogram false drops every aep_flow_run_duration_seconds series, and nothing else."""
     flow, run = tutorial()
     with_histogram = render(flow, [run])
-    without = render(flow, [run], options=CollectorOptions(lean=False, sparse_status=False, histogram=False))
+    without = render(flow, [run], options=MetricsConfig(profile="full", sparse_status=False, duration_histogram=False))
     dropped = {k for k in with_histogram if k not in without}
     assert dropped and all(k[0].startswith("aep_flow_run_duration_seconds") for k in dropped)
     assert value(without, "aep_flow_runs_total", status="success") == 1
