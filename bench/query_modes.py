@@ -26,8 +26,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter, Tuning
-from exporter.cli import configure_logging, demo_config
 from exporter.config import parse_duration
+from exporter.demo import demo_config
+from exporter.logs import configure_logging
 from exporter.simulator import Faults, SimClock, Simulator, World
 
 MODES: dict[str, dict[str, Any]] = {

@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter, Tuning
-from exporter.cli import configure_logging, demo_config
 from exporter.config import PROFILES, MetricsConfig
+from exporter.demo import demo_config
+from exporter.logs import configure_logging
 from exporter.simulator import SimClock, Simulator, World
 
 FULL = PROFILES["full"]

@@ -1,4 +1,6 @@
-"""Composition root: the one module (with cli.py) that knows every other and wires them together."""
+"""Composition root: the ``Exporter`` that builds, starts and stops every part for one config (state, IMS and
+Flow Service clients, sandbox pollers, event sources, the web app) and applies a reload. Only cli.py and
+demo.py import it."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import contextlib
 import dataclasses
 import random
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,17 +29,17 @@ from exporter.config import Config
 from exporter.configfile import Overrides, load_config
 from exporter.errors import ConfigError
 from exporter.events import RETRY_DELAYS, EventRouter
+from exporter.eventsources import EventSources
 from exporter.exposition import SELF_TTL, MetricsRenderer
-from exporter.journal import JournalReader
-from exporter.listeners import ListenerLimits, bound_port, start_listener
-from exporter.poller import OnceLog, SandboxPoller, Survey
+from exporter.flowlist import Survey
+from exporter.logs import OnceLog
+from exporter.poller import SandboxPoller
 from exporter.selfmetrics import SelfMetrics
 from exporter.store import MemoryStore, open_store
 from exporter.tracker import Tracker
 from exporter.transport import client_session
 from exporter.values import Snapshot
 from exporter.web import WebSecurity, create_web_app
-from exporter.webhook import KeyCache, webhook_app
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +53,12 @@ class Tuning:
     seed: int | None = None
     self_metrics_ttl: float = SELF_TTL
     event_retries: tuple[float, ...] = RETRY_DELAYS  # when an event's run is not counted yet: try again after
+
+
+def tune_interpreter() -> None:
+    """The flow exposition renders on a worker thread; switching the GIL every 1 ms instead of 5 ms lets the
+    event loop take it back sooner, keeping /healthz and scrapes responsive during a large render."""
+    sys.setswitchinterval(0.001)
 
 
 class Exporter:
@@ -92,10 +101,10 @@ class Exporter:
             clock=clock,
             retry_delays=self.tuning.event_retries,
         )
-        self._journal: asyncio.Task[None] | None = None
+        self.events = EventSources(
+            router=self.router, tracker=self.tracker, metrics=self.metrics, clock=clock, on_gap=self.poll_all_now
+        )
         self._client: FlowServiceClient | None = None
-        self._webhook: web.AppRunner | None = None
-        self._keys: KeyCache | None = None
         self.metrics.shard_index.set(config.shard.index)
         self.metrics.shard_total.set(config.shard.total)
         self.metrics.reload_ok.set(1)
@@ -157,37 +166,12 @@ class Exporter:
         if self._auth is None or credentials != self._auth_for:
             if self._auth is not None:
                 self._auth.invalidate()  # a token of the old credentials is never used again
-            self._auth = TokenProvider(
-                session=self._session,
-                url=config.adobe.ims_token_url,
-                client_id=config.adobe.client_id,
-                client_secret=config.adobe.client_secret,
-                scopes=config.adobe.scopes,
-                metrics=self.metrics,
-                timeout=config.poll.timeout,
-                retries=min(config.poll.retries, 2),
-                backoff_base=self.tuning.backoff_base,
-                clock=self.clock,
-                rng=rng,
-                proxy=config.adobe.proxy,
+            self._auth = _token_provider(
+                config, session=self._session, metrics=self.metrics, tuning=self.tuning, clock=self.clock, rng=rng
             )
             self._auth_for = credentials
-        client = FlowServiceClient(
-            session=self._session,
-            base_url=config.adobe.flow_service_url,
-            auth=self._auth,
-            client_id=config.adobe.client_id,
-            org_id=config.adobe.org_id,
-            metrics=self.metrics,
-            timeout=config.poll.timeout,
-            retries=config.poll.retries,
-            requests_per_second=config.poll.requests_per_second,
-            max_concurrency=config.poll.max_concurrency,
-            backoff_base=self.tuning.backoff_base,
-            backoff_cap=self.tuning.backoff_cap,
-            rng=rng,
-            max_response_bytes=config.poll.max_response_bytes,
-            proxy=config.adobe.proxy,
+        client = _flow_service(
+            config, session=self._session, auth=self._auth, metrics=self.metrics, tuning=self.tuning, rng=rng
         )
         self._client = client
         self.pollers = [
@@ -241,61 +225,20 @@ class Exporter:
     async def start_events(self) -> None:
         """Adobe I/O Events (``events:``): the journal reader and the webhook listener, once ``start()`` has run.
         The webhook port is bound here; a busy one raises OSError."""
-        assert self._session is not None  # noqa: S101 -- start() made it
-        events = self.config.events
-        adobe = self.config.adobe
-        sources = (("journal",) if events.journal_url else ()) + (("webhook",) if events.webhook else ())
-        self.metrics.start_events(sources)
-        if events.journal_url and self._journal is None:
-            assert self._client is not None  # noqa: S101 -- start() made it
-            reader = JournalReader(
-                client=self._client,
-                url=events.journal_url,
-                org_id=adobe.org_id,
-                router=self.router,
-                tracker=self.tracker,
-                metrics=self.metrics,
-                wait=events.journal_wait,
-                clock=self.clock,
-                on_gap=self.poll_all_now,
-            )
-            self._journal = asyncio.get_running_loop().create_task(reader.run(), name="events-journal")
-        hook = events.webhook
-        if hook is not None and self._webhook is None:
-            self._keys = KeyCache(hook.public_key_base_url, proxy=adobe.proxy, ca_file=adobe.ca_file)
-            app = webhook_app(hook, client_id=adobe.client_id, router=self.router, keys=self._keys)
-            limits = ListenerLimits(header_timeout=hook.read_header_timeout, max_connections=hook.max_connections)
-            self._webhook, _site = await start_listener(
-                app, name="webhook", limits=limits, host=hook.host, port=hook.port, ssl_context=hook.web.ssl_context
-            )
-            log.info(
-                "webhook_listening",
-                listen=f"{hook.host}:{hook.port}",
-                path=hook.path,
-                tls=hook.web.ssl_context is not None,
-                max_connections=hook.max_connections,
-            )
+        assert self._client is not None  # noqa: S101 -- start() made it
+        await self.events.start(self.config.events, self.config.adobe, self._client)
 
     @property
     def webhook_port(self) -> int | None:
         """The webhook listener's port (when it runs), for tests that ask for port 0."""
-        return None if self._webhook is None else bound_port(self._webhook)
+        return self.events.webhook_port
 
     async def close(self) -> None:
         """Stop any reload under way (first: it could start loops again), the loops, the events, then close the
         session and the state file."""
         await _cancel(list(self._tasks))
         await self._stop_loops()
-        if self._journal is not None:
-            await _cancel([self._journal])
-            self._journal = None
-        if self._webhook is not None:
-            await self._webhook.cleanup()
-            self._webhook = None
-        if self._keys is not None:
-            await self._keys.close()
-            self._keys = None
-        await self.router.close()
+        await self.events.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -376,6 +319,61 @@ class Exporter:
 
         app.cleanup_ctx.append(lifecycle)
         return app
+
+
+def _token_provider(
+    config: Config,
+    *,
+    session: aiohttp.ClientSession,
+    metrics: SelfMetrics,
+    tuning: Tuning,
+    clock: Callable[[], float],
+    rng: random.Random,
+) -> TokenProvider:
+    """IMS tokens for ``adobe:``, with ``poll.timeout`` and at most two retries."""
+    return TokenProvider(
+        session=session,
+        url=config.adobe.ims_token_url,
+        client_id=config.adobe.client_id,
+        client_secret=config.adobe.client_secret,
+        scopes=config.adobe.scopes,
+        metrics=metrics,
+        timeout=config.poll.timeout,
+        retries=min(config.poll.retries, 2),
+        backoff_base=tuning.backoff_base,
+        clock=clock,
+        rng=rng,
+        proxy=config.adobe.proxy,
+    )
+
+
+def _flow_service(
+    config: Config,
+    *,
+    session: aiohttp.ClientSession,
+    auth: TokenProvider,
+    metrics: SelfMetrics,
+    tuning: Tuning,
+    rng: random.Random,
+) -> FlowServiceClient:
+    """The Flow Service client of ``adobe:``, paced and bounded as ``poll:`` says."""
+    return FlowServiceClient(
+        session=session,
+        base_url=config.adobe.flow_service_url,
+        auth=auth,
+        client_id=config.adobe.client_id,
+        org_id=config.adobe.org_id,
+        metrics=metrics,
+        timeout=config.poll.timeout,
+        retries=config.poll.retries,
+        requests_per_second=config.poll.requests_per_second,
+        max_concurrency=config.poll.max_concurrency,
+        backoff_base=tuning.backoff_base,
+        backoff_cap=tuning.backoff_cap,
+        rng=rng,
+        max_response_bytes=config.poll.max_response_bytes,
+        proxy=config.adobe.proxy,
+    )
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

@@ -1,4 +1,5 @@
-"""Flow Service HTTP client: headers, pagination, retries, rate limit, error mapping, self-metrics.
+"""Flow Service HTTP client: headers, pagination and the listing envelope, retries, rate limit, error mapping,
+self-metrics.
 
 One instance (and one aiohttp session) serves every sandbox, so the rate limit and the concurrency cap
 are global, as Adobe's gateway sees them.
@@ -31,7 +32,7 @@ from exporter.errors import (
     TransportError,
 )
 from exporter.hints import hint_for
-from exporter.model import clean_text, items_of, next_link
+from exporter.model import clean_text
 from exporter.selfmetrics import SelfMetrics
 from exporter.transport import describe_failure
 
@@ -278,3 +279,26 @@ def _error_code(body: bytes) -> tuple[str | None, str]:
         code = code.rstrip("/").rsplit("/", 1)[-1]
     # The title is cut only after redaction (a cut inside a secret would show part of it): here, just bounded.
     return (clean_text(str(code), 64) if code else None), str(title)[:TITLE_BOUND]
+
+
+# --- the listing envelope of /flows and /runs: {"items": [...], "_links": {"next": {"href": ...}}} ---
+
+
+def items_of(envelope: object, what: str) -> list[object]:
+    """The ``items`` list of a Flow Service list envelope; PayloadError when the shape is wrong."""
+    if not isinstance(envelope, dict):
+        raise PayloadError(f"{what} answer is not a JSON object")
+    items = envelope.get("items", [])
+    if not isinstance(items, list):
+        raise PayloadError(f"{what} answer has no items list")
+    return items
+
+
+def next_link(envelope: dict[str, Any]) -> str | None:
+    """``_links.next.href`` of a list envelope, or None on the last page."""
+    href = _mapping(_mapping(envelope.get("_links")).get("next")).get("href")
+    return href if isinstance(href, str) and href else None
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

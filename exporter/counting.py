@@ -23,7 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from exporter.config import MetricsConfig
-from exporter.model import Flow, LastRunDetails, Run, normalize_status
+from exporter.model import Flow, LastRunDetails, Run
+from exporter.statuses import normalize_status
 from exporter.values import (
     COUNT_KEYS,
     EVERYTHING,

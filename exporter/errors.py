@@ -4,6 +4,22 @@ Every error the package raises on purpose derives from :class:`ExporterError`. T
 exceptions (aiohttp, sqlite3, yaml) are translated at the module that meets them
 (``raise ... from exc``), so callers catch these classes and nothing else. No message built
 here ever contains a secret: callers pass status codes and error codes, never request bodies.
+
+The tree (tests/test_structure.py checks that it is drawn as the classes are)::
+
+    ExporterError
+        ConfigError          the config (or a web config file): every problem, each with its path
+        PayloadError         an answer that cannot be understood
+            TooLargeError        over its size cap, as sent or inflated
+            DuplicateKeyError    a JSON object naming one key twice
+        StateError           the state file: corrupt, foreign, locked or not writable
+        AuthError            IMS gave no token
+        TransportError       no HTTP answer at all (timeout, connection), after retries
+        ApiError             an HTTP error status, after retries where they apply
+            RedirectError        a redirect, never followed
+            NotFoundError        404: the flow, sandbox or page is not there
+            ThrottledError       429, with Retry-After when Adobe sent it
+            ServerError          5xx
 """
 
 from __future__ import annotations

@@ -43,9 +43,11 @@ from typing import Any
 import structlog
 
 from exporter.counting import still_countable
-from exporter.model import adobe_ms, clean_text, normalize_status
-from exporter.poller import OnceLog, SandboxPoller
+from exporter.logs import OnceLog
+from exporter.model import adobe_ms, clean_text
+from exporter.poller import SandboxPoller
 from exporter.selfmetrics import SelfMetrics
+from exporter.statuses import normalize_status
 from exporter.tracker import Tracker
 
 log = structlog.get_logger(__name__)

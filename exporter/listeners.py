@@ -11,7 +11,8 @@ the same limits, so that no client can take the process down:
 - error answers that never echo what the client sent (aiohttp's 400 quotes the offending header, which may be an
   ``Authorization``): the status and its reason only.
 
-A listener's body timeout, when it reads bodies, is its handler's (the webhook's).
+A listener's body timeout, when it reads bodies, is its handler's (the webhook's). ``serve_until_signal`` keeps
+them open until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import signal
 import socket
 import ssl
 from dataclasses import dataclass
@@ -180,3 +182,17 @@ async def start_listener(
 def bound_port(runner: web.AppRunner) -> int:
     """The port a runner's first site listens on (for tests and demos that ask for port 0)."""
     return int(runner.addresses[0][1])
+
+
+async def serve_until_signal(runners: list[web.AppRunner]) -> None:
+    """Wait for SIGINT or SIGTERM, then close the listeners, the last started first."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()

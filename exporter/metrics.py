@@ -23,7 +23,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.config import MetricsConfig
-from exporter.model import STATUSES, TERMINAL_STATUSES, Counts
+from exporter.model import Counts
+from exporter.statuses import STATUSES, TERMINAL_STATUSES
 from exporter.values import COUNT_KEYS, CompletedRun, CountKey, FlowState, Histogram, Snapshot
 
 

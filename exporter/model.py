@@ -1,4 +1,4 @@
-"""Flow Service JSON -> frozen ``Flow`` and ``Run`` values. Pure: no I/O, no package imports but errors.
+"""Flow Service JSON -> frozen ``Flow`` and ``Run`` values. Pure: no I/O; imports only errors, schedules and statuses.
 
 Parsing is defensive: Adobe's payloads vary between connectors and over time. Anything that is not a
 JSON object with a clean ``id`` raises :class:`PayloadError`; every other field is optional. Every value is
@@ -10,7 +10,7 @@ validated here, so nothing downstream (counting, state file, exposition, landing
   booleans, strings, objects) is ``None``, never 0;
 - timestamps are epoch milliseconds from 2015 to one day ahead of ``now_ms``; anything else is ``None`` (a run
   "completed" in the year 33658 cannot pin a flow's last success);
-- schedule intervals are finite, positive and at most a year.
+- schedule intervals are finite, positive and at most a year, end dates real dates (schedules.py).
 
 Names of fields found invalid are kept in ``Run.unknown_fields`` / ``Flow.invalid_fields`` so the caller can log
 them once with the flow id.
@@ -18,44 +18,15 @@ them once with the flow id.
 
 from __future__ import annotations
 
-import datetime
 import math
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.errors import PayloadError
-
-STATUSES = ("success", "partial_success", "failed", "in_progress", "scheduled", "cancelled", "other")
-"""Every normalised run status, in the order the one-hot metrics list them."""
-
-TERMINAL_STATUSES = ("success", "partial_success", "failed", "cancelled", "other")
-"""Statuses a completed run can end with (``aep_flow_runs_total``'s ``status`` values)."""
-FINAL_STATUSES = ("success", "partial_success", "failed", "cancelled")
-"""Statuses that say a run has ended, whatever else its payload says (``other`` may be either)."""
-
-_STATUS_ALIASES = {
-    "success": "success",
-    "succeeded": "success",
-    "completed": "success",
-    "partialsuccess": "partial_success",
-    "failed": "failed",
-    "failure": "failed",
-    "error": "failed",
-    "inprogress": "in_progress",
-    "processing": "in_progress",
-    "running": "in_progress",
-    "started": "in_progress",
-    "scheduled": "scheduled",
-    "waiting": "scheduled",
-    "queued": "scheduled",
-    "pending": "scheduled",
-    "cancelled": "cancelled",
-    "canceled": "cancelled",
-    "aborted": "cancelled",
-}
+from exporter.schedules import flow_schedule
+from exporter.statuses import FINAL_STATUSES, TERMINAL_STATUSES, normalize_status
 
 RECORD_FIELDS = {
     "input": "inputRecordCount",
@@ -77,7 +48,6 @@ FILE_FIELDS = {
 RECORD_CODE_LISTS = {"skipped": "skippedInfo", "failed": "failedInfo", "warning": "warningInfo"}
 """``recordSummary`` lists of ``{code, count}`` in destination runs, by outcome."""
 
-_SCHEDULE_UNITS = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 
 MAX_COUNT = 2**53
 """Largest count taken: beyond it a float (what Prometheus stores) is no longer exact."""
@@ -85,7 +55,6 @@ EARLIEST_MS = 1_420_070_400_000
 """2015-01-01: no Experience Platform run is older."""
 MAX_AHEAD_MS = 86_400_000
 """A timestamp more than a day ahead of now is not a time, it is a bug."""
-MAX_INTERVAL_S = 366 * 86400.0
 MAX_TEXT = 256
 _UNCLEAN = re.compile(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
 """Lone surrogates (not encodable), non-characters, and control characters but tab, newline and carriage return
@@ -103,6 +72,14 @@ def valid_count(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
         return None
     return value
+
+
+def valid_seconds(value: object) -> float | None:
+    """A duration in seconds: a finite number in 0..2^53, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    seconds = float(value)
+    return seconds if math.isfinite(seconds) and 0 <= seconds <= MAX_COUNT else None
 
 
 def plausible_ms(value: object, now_ms: int) -> int | None:
@@ -125,17 +102,6 @@ def adobe_ms(value: object, now_ms: int) -> int | None:
     if not math.isfinite(value) or not EARLIEST_MS / 1000 <= value <= (now_ms + MAX_AHEAD_MS) / 1000:
         return None
     return int(value * 1000)
-
-
-def normalize_status(raw: object) -> str | None:
-    """Map Adobe's status spellings (``partialSuccess``, ``Failed``, ``Processing``) to ``STATUSES``.
-
-    Returns ``None`` when there is no status at all, and ``"other"`` for one we do not know.
-    """
-    if not isinstance(raw, str) or not raw.strip():
-        return None
-    key = re.sub(r"[\s_-]", "", raw).lower()
-    return _STATUS_ALIASES.get(key, "other")
 
 
 def snake_case(name: str) -> str:
@@ -482,93 +448,6 @@ def _dedupe_activities(activities: list[Activity]) -> list[Activity]:
     return list(seen.values())
 
 
-def _schedule_interval(params: object, check: _Checker) -> float | None:
-    sched = _obj(params)
-    raw_interval = sched.get("interval")
-    try:
-        interval = float(raw_interval) if raw_interval is not None and not isinstance(raw_interval, bool) else None
-    except (TypeError, ValueError, OverflowError):
-        interval = None
-    unit = check.text(sched.get("frequency"), "scheduleParams.frequency") or check.text(
-        sched.get("timeUnit"), "scheduleParams.timeUnit"
-    )
-    seconds = _SCHEDULE_UNITS.get(unit.lower().rstrip("s"))
-    if seconds is None:  # "once", streaming flows (no scheduleParams), or an unknown unit
-        return None
-    if interval is None:
-        interval = 1.0
-    if not math.isfinite(interval) or interval <= 0 or interval * seconds > MAX_INTERVAL_S:
-        check.invalid.append("scheduleParams.interval")
-        return None
-    return interval * seconds
-
-
-SELECTOR_FREQUENCIES = {
-    "DAILY": 86400.0,
-    "EVERY_3_HOURS": 10800.0,
-    "EVERY_6_HOURS": 21600.0,
-    "EVERY_8_HOURS": 28800.0,
-    "EVERY_12_HOURS": 43200.0,
-    "ONCE": None,
-}
-LATEST_DATE_MS = 7_258_118_400_000
-"""2200-01-01: an audience's endDate may be years ahead, but not centuries."""
-
-
-def _selector_schedule(transformations: object, check: _Checker) -> tuple[float | None, int | None]:
-    """A segment-export flow's schedule from its audiences' selectors
-    (``transformations[].params.segmentSelectors.selectors[].value.schedule``): the shortest fixed interval among
-    those still in effect (``ONCE`` has none), and the latest ``endDate`` (the end of that day, UTC) when every
-    scheduled selector has one."""
-    intervals: list[float] = []
-    ends: list[int | None] = []
-    for schedule in _schedules(transformations):
-        frequency = check.text(schedule.get("frequency"), "selectors.schedule.frequency", limit=32).upper()
-        end = _date_end_ms(schedule.get("endDate"), check)
-        if end is not None and end <= check.now_ms:
-            continue  # this audience's exports are over
-        if frequency not in SELECTOR_FREQUENCIES:
-            check.invalid.append("selectors.schedule.frequency")
-            continue
-        seconds = SELECTOR_FREQUENCIES[frequency]
-        if seconds is not None:
-            intervals.append(seconds)
-            ends.append(end)
-    end_ms = max(e for e in ends if e is not None) if ends and all(e is not None for e in ends) else None
-    return (min(intervals) if intervals else None), end_ms
-
-
-def _schedules(transformations: object) -> Iterator[dict[str, Any]]:
-    """Each audience selector's ``schedule`` object, wherever the flow's transformations hold one."""
-    for transformation in transformations if isinstance(transformations, list) else []:
-        selectors = _obj(_obj(_obj(_obj(transformation).get("params")).get("segmentSelectors"))).get("selectors")
-        for selector in selectors if isinstance(selectors, list) else []:
-            schedule = _obj(_obj(_obj(selector).get("value")).get("schedule"))
-            if schedule:
-                yield schedule
-
-
-def _date_end_ms(value: object, check: _Checker) -> int | None:
-    """``YYYY-MM-DD`` -> the end of that day (UTC) in epoch ms; None when absent or not such a date."""
-    if value is None or value == "":
-        return None
-    try:
-        day = datetime.date.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        day = None
-    if day is None:
-        check.invalid.append("selectors.schedule.endDate")
-        return None
-    end = int(
-        datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(), tzinfo=datetime.UTC).timestamp()
-        * 1000
-    )
-    if not EARLIEST_MS <= end <= LATEST_DATE_MS:
-        check.invalid.append("selectors.schedule.endDate")
-        return None
-    return end
-
-
 def _connection_spec(attrs: dict[str, Any], key: str, check: _Checker) -> str:
     conns = attrs.get(key)
     if isinstance(conns, list) and conns:
@@ -601,10 +480,8 @@ def parse_flow(payload: object, now_ms: int | None = None) -> Flow:
         )
     elif last_id is not None:
         check.invalid.append("lastRunDetails.id")
-    interval = _schedule_interval(data.get("scheduleParams"), check)
-    end_ms = None
-    if data.get("scheduleParams") is None:
-        interval, end_ms = _selector_schedule(data.get("transformations"), check)
+    schedule = flow_schedule(data, check.now_ms)
+    check.invalid.extend(schedule.invalid)
     return Flow(
         id=flow_id,
         name=check.text(data.get("name"), "name"),
@@ -613,24 +490,8 @@ def parse_flow(payload: object, now_ms: int | None = None) -> Flow:
         target_connection_spec_id=_connection_spec(attrs, "targetConnections", check),
         kind=kind,
         state=check.text(data.get("state"), "state", "unknown", limit=64) or "unknown",
-        schedule_interval_seconds=interval,
-        schedule_end_ms=end_ms,
+        schedule_interval_seconds=schedule.interval_seconds,
+        schedule_end_ms=schedule.end_ms,
         last_run=last_run,
         invalid_fields=tuple(dict.fromkeys(check.invalid)),
     )
-
-
-def items_of(envelope: object, what: str) -> list[object]:
-    """The ``items`` list of a Flow Service list envelope; PayloadError when the shape is wrong."""
-    if not isinstance(envelope, dict):
-        raise PayloadError(f"{what} answer is not a JSON object")
-    items = envelope.get("items", [])
-    if not isinstance(items, list):
-        raise PayloadError(f"{what} answer has no items list")
-    return items
-
-
-def next_link(envelope: dict[str, Any]) -> str | None:
-    """``_links.next.href`` of a list envelope, or None on the last page."""
-    href = _obj(_obj(envelope.get("_links")).get("next")).get("href")
-    return href if isinstance(href, str) and href else None

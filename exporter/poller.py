@@ -1,10 +1,12 @@
-"""One poll loop per sandbox: list flows, read runs only where something changed, fold them into state.
+"""One poll loop per sandbox: list its flows (flowlist.py), read runs only where something changed, fold them
+into state (counting.py), publish.
 
 API economy: a cycle reads the tracked flows in pages of up to 100 (``property=id==a,b,...`` or the
 sandbox's discovery listing), then calls ``/runs`` only for flows that are new, whose ``lastRunDetails``
 changed, or that have runs in progress, and only for runs since the flow's watermark, by the sandbox's
-runs query strategy (runsquery.py: verified, never trusted). A flow
-that fails is marked down and keeps its values; the others go on. The loop itself never dies.
+runs query strategy (runsquery.py: verified, never trusted). A flow that fails is marked down and keeps its
+values; the others go on. The loop itself never dies. An event's ``refresh`` reads one flow the same way, never
+at the same time as the cycle reads it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import random
 import time
 import weakref
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import structlog
 
@@ -26,57 +25,15 @@ from exporter.client import FlowServiceClient
 from exporter.config import MetricsConfig, PollConfig, SandboxConfig, ShardConfig
 from exporter.counting import Update, apply_runs, mark_down, new_flow_state, refresh_flow
 from exporter.errors import ExporterError, NotFoundError, StateError
-from exporter.model import Flow, Run, clean_text, parse_flow
+from exporter.flowlist import FlowLister, Survey
+from exporter.logs import OnceLog, describe
+from exporter.model import Flow, Run
 from exporter.runsquery import RunsReader
 from exporter.selfmetrics import SelfMetrics
 from exporter.tracker import Tracker
 from exporter.values import FlowState, Strategy
 
 log = structlog.get_logger(__name__)
-
-ID_BATCH = 100
-
-
-def _describe(exc: Exception) -> str:
-    """An error for the landing page and logs: our own errors' text (upstream parts already redacted and
-    cleaned by the client), only the type of anything else (its text could quote upstream data)."""
-    if isinstance(exc, ExporterError):
-        return clean_text(f"{type(exc).__name__}: {exc}", 300)
-    return f"unexpected {type(exc).__name__}"
-
-
-def shard_of(sandbox: str, flow_id: str, total: int) -> int:
-    """The shard that owns a flow: the same in every process and version (not Python's salted hash)."""
-    digest = hashlib.sha256(f"{sandbox}/{flow_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % total
-
-
-class OnceLog:
-    """Logs a problem the first time it is seen, so a bad payload does not flood the log every poll."""
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
-        self._limit = limit
-
-    def first(self, *key: str) -> bool:
-        if key in self._seen:
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self._limit:
-            self._seen.popitem(last=False)
-        return True
-
-
-@dataclass(frozen=True, kw_only=True)
-class Survey:
-    """What the credential can see in one sandbox (``check-config --online``): flows by kind, how many discovery
-    would track, configured ids not found; or why it could not look."""
-
-    sandbox: str
-    kinds: Mapping[str, int] = field(default_factory=dict)
-    discovered: int = 0
-    missing: tuple[str, ...] = ()
-    error: str = ""
 
 
 class SandboxPoller:
@@ -120,6 +77,15 @@ class SandboxPoller:
             knowledge=tracker.meta(self._knowledge_key),
         )
         self._strategy_changed(self.runs.strategy)
+        self.flows = FlowLister(
+            sandbox=sandbox,
+            metrics=metrics,
+            shard=shard,
+            client=client,
+            self_metrics=self_metrics,
+            once=self._once,
+            clock=clock,
+        )
 
     @property
     def name(self) -> str:
@@ -168,11 +134,11 @@ class SandboxPoller:
         self._metrics.polls.labels(name).inc()
         started = time.perf_counter()
         try:
-            flows, missing = await self._list_flows()
+            flows, missing = await self.flows.tracked()
         except ExporterError as exc:
             self._fail(exc, started)
             return False
-        selected, dropped = self._select(flows)
+        selected, dropped = self.flows.select(flows)
         wanted = {f.id for f in selected} | set(missing)
         await self._tracker.remove([k for k in self._tracker.keys(name) if k[1] not in wanted])
         for flow_id in missing:
@@ -210,98 +176,9 @@ class SandboxPoller:
             if state is not None:
                 self._tracker.put(mark_down(state))
         status = self._tracker.sandbox(name)
-        error = _describe(exc)
+        error = describe(exc)
         self._tracker.update_sandbox(name, polls=status.polls + 1, last_ok=False, last_error=error)
         log.warning("poll_failed", sandbox=name, error=error, error_type=type(exc).__name__)
-
-    async def _list_flows(self) -> tuple[list[Flow], list[str]]:
-        """Every flow to track (discovered and configured), and configured ids the API does not know."""
-        sandbox = self.sandbox
-        found = await self._discover() if sandbox.discover.enabled else {}
-        explicit = [ref.id for ref in sandbox.flows if ref.id not in found]
-        for i in range(0, len(explicit), ID_BATCH):
-            batch = explicit[i : i + ID_BATCH]
-            wanted = set(batch)
-            params = [("property", "id==" + ",".join(batch))]
-            async for items in self._client.pages(sandbox.name, "flows", "/flows", params):
-                found.update((flow.id, flow) for flow in self._parse_flows(items) if flow.id in wanted)
-        missing = [ref.id for ref in sandbox.flows if ref.id not in found]
-        return list(found.values()), missing
-
-    async def _discover(self) -> dict[str, Flow]:
-        """The sandbox's flows that discovery's kinds and name patterns accept."""
-        discover = self.sandbox.discover
-        kinds = set(discover.kinds)
-        params: list[tuple[str, str]] = []
-        if kinds == {"source"}:
-            params.append(("property", "inheritedAttributes.properties.isSourceFlow==true"))
-        elif kinds == {"destination"}:
-            params.append(("property", "inheritedAttributes.properties.isDestinationFlow==true"))
-        found: dict[str, Flow] = {}
-        async for items in self._client.pages(self.name, "flows", "/flows", params):
-            for flow in self._parse_flows(items):
-                kind_ok = flow.kind in kinds or (flow.kind == "unknown" and len(kinds) == 2)
-                if kind_ok and discover.accepts(flow.name):
-                    found[flow.id] = flow
-        return found
-
-    async def survey(self) -> Survey:
-        """List every flow of the sandbox once (no state touched); a failure is reported, never raised."""
-        flows: dict[str, Flow] = {}
-        try:
-            async for items in self._client.pages(self.name, "flows", "/flows", []):
-                flows.update((flow.id, flow) for flow in self._parse_flows(items))
-        except ExporterError as exc:
-            return Survey(sandbox=self.name, error=_describe(exc))
-        discover = self.sandbox.discover
-        return Survey(
-            sandbox=self.name,
-            kinds=Counter(flow.kind for flow in flows.values()),
-            discovered=sum(
-                1
-                for f in flows.values()
-                if discover.enabled and discover.accepts(f.name) and (f.kind in discover.kinds or f.kind == "unknown")
-            ),
-            missing=tuple(ref.id for ref in self.sandbox.flows if ref.id not in flows),
-        )
-
-    def _parse_flows(self, items: Iterable[object]) -> list[Flow]:
-        flows = []
-        now_ms = int(self._clock() * 1000)
-        for item in items:
-            try:
-                flow = parse_flow(item, now_ms)
-            except ExporterError as exc:
-                flow_id = item.get("id") if isinstance(item, dict) else None
-                if self._once.first(self.name, "flow_payload", str(flow_id), str(exc)):
-                    log.warning(
-                        "flow_payload_invalid", sandbox=self.name, flow_id=clean_text(str(flow_id), 64), error=str(exc)
-                    )
-                continue
-            flows.append(flow)
-            if flow.invalid_fields and self._once.first(self.name, flow.id, "flow_fields", *flow.invalid_fields):
-                log.warning("flow_values_invalid", sandbox=self.name, flow_id=flow.id, fields=list(flow.invalid_fields))
-        return flows
-
-    def _select(self, flows: list[Flow]) -> tuple[dict[Flow, dict[str, str]], int]:
-        """This shard's flows, capped at ``max_flows_per_sandbox``, each with its static labels; and how many
-        were dropped by the cap."""
-        shard, cap = self.shard, self.metrics.max_flows_per_sandbox
-        mine = sorted(
-            (f for f in flows if shard.total == 1 or shard_of(self.name, f.id, shard.total) == shard.index),
-            key=lambda f: f.id,
-        )
-        dropped = max(0, len(mine) - cap)
-        self._metrics.flows_dropped.labels(self.name).set(dropped)
-        if dropped and self._once.first(self.name, "flows_dropped", str(dropped)):
-            log.warning(
-                "flows_dropped",
-                sandbox=self.name,
-                dropped=dropped,
-                limit=cap,
-                hint="raise metrics.max_flows_per_sandbox or shard the exporter",
-            )
-        return {f: self.sandbox.labels_for(f.id) for f in mine[:cap]}, dropped
 
     def _flow_down(self, flow_id: str, flow: Flow | None, reason: str) -> None:
         key = (self.name, flow_id)
@@ -319,6 +196,10 @@ class SandboxPoller:
             initial_lookback=self.poll.initial_lookback,
             duration_buckets=self.metrics.duration_buckets,
         )
+
+    async def survey(self) -> Survey:
+        """What the credential can see in this sandbox (``check-config --online``); never raises."""
+        return await self.flows.survey()
 
     async def refresh(self, flow_id: str) -> tuple[Run, ...]:
         """Read one tracked flow's runs now, as an event asks (through the same counting rule, never at the same
@@ -357,7 +238,7 @@ class SandboxPoller:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 -- whatever one flow's answer does, it costs that flow alone
-            self._flow_down(flow.id, flow, _describe(exc))
+            self._flow_down(flow.id, flow, describe(exc))
             return None
         if self.runs.learned:  # kept before the answer's runs are counted: a restart never re-learns at a loss
             self.runs.learned = False

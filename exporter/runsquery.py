@@ -38,7 +38,7 @@ import structlog
 from exporter.client import MAX_PAGES, FlowServiceClient
 from exporter.errors import ApiError, ExporterError
 from exporter.model import Flow, Run, clean_text, parse_run
-from exporter.values import EVERYTHING, NOTHING, FlowState, Strategy, Window
+from exporter.values import EVERYTHING, NOTHING, OVERLAP_MS, FlowState, Strategy, Window
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +51,11 @@ STRATEGIES = tuple(Strategy)
 
 @dataclass(frozen=True, kw_only=True)
 class Bounds:
-    """What a flow's state says the next query must reach down to, and whether it has runs without createdAt."""
+    """What a flow's state says the next query must reach down to, and whether it has runs without createdAt.
+
+    On first sight (no runs answer read yet) both bounds are the counting start less ``OVERLAP_MS``; after it,
+    ``OVERLAP_MS`` below the newest time seen and below every run still in progress (in ``createdAt`` for the
+    createdAt filter, in ``startedAtUTC`` for the documented run time filter)."""
 
     first_sight: bool
     created_ms: int
@@ -60,12 +64,24 @@ class Bounds:
 
     @classmethod
     def of(cls, state: FlowState) -> Bounds:
+        first_sight = state.newest_created_ms is None
         return cls(
-            first_sight=state.first_sight,
-            created_ms=state.runs_lower_bound_ms(),
-            started_ms=state.started_lower_bound_ms(),
+            first_sight=first_sight,
+            created_ms=_lower_bound(state, None if first_sight else state.newest_created_ms, 0),
+            started_ms=_lower_bound(state, None if first_sight else state.newest_started_ms, 1),
             undated=state.undated_runs,
         )
+
+
+def _lower_bound(state: FlowState, newest: int | None, index: int) -> int:
+    if newest is None:
+        return max(state.counting_start_ms - OVERLAP_MS, 0)
+    bound = newest - OVERLAP_MS
+    for times in state.in_progress.values():
+        value = times[index]
+        if value is not None:
+            bound = min(bound, value)
+    return max(bound, 0)
 
 
 @dataclass(kw_only=True)
@@ -122,11 +138,6 @@ class RunsReader:
     def strategy(self) -> Strategy:
         """The strategy incremental reads use now: the first one not shown to fail."""
         return next(s for s in STRATEGIES if s not in self._failed)
-
-    @property
-    def failures(self) -> dict[Strategy, str]:
-        """Each strategy given up for this sandbox, with why."""
-        return dict(self._failed)
 
     def _candidates(self, bounds: Bounds) -> list[Strategy]:
         """The strategies to try for this flow, best first. A createdAt filter can never return a run without

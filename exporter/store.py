@@ -24,11 +24,8 @@ from typing import Any, Protocol
 
 from exporter.errors import StateError
 from exporter.model import (
-    EARLIEST_MS,
-    LATEST_DATE_MS,
     RECORD_CODE_LISTS,
     RECORD_FIELDS,
-    STATUSES,
     Activity,
     Counts,
     Flow,
@@ -37,7 +34,10 @@ from exporter.model import (
     plausible_ms,
     snake_case,
     valid_count,
+    valid_seconds,
 )
+from exporter.schedules import valid_end, valid_interval
+from exporter.statuses import STATUSES
 from exporter.values import RETENTION_MS, CompletedRun, FlowState, Histogram, LastRun
 
 APPLICATION_ID = 0x41455046  # "AEPF": marks the file as ours (PRAGMA application_id)
@@ -111,7 +111,6 @@ class _Loaded:
         if data is None:
             return None
         last = data.get("last_run")
-        interval = _finite(data.get("schedule_interval_seconds"), 366 * 86400.0)
         return Flow(
             id=self.text(data["id"], 128),
             name=self.text(data.get("name")),
@@ -120,8 +119,8 @@ class _Loaded:
             target_connection_spec_id=self.text(data.get("target_connection_spec_id"), 128),
             kind=self.text(data.get("kind"), 32) or "unknown",
             state=self.text(data.get("state"), 64) or "unknown",
-            schedule_interval_seconds=interval if interval else None,
-            schedule_end_ms=_date_ms(data.get("schedule_end_ms")),
+            schedule_interval_seconds=valid_interval(data.get("schedule_interval_seconds")),
+            schedule_end_ms=valid_end(data.get("schedule_end_ms")),
             last_run=LastRunDetails(
                 id=self.text(last["id"], 128),
                 state=self.text(last.get("state"), 64) or None,
@@ -136,7 +135,7 @@ class _Loaded:
         return Activity(
             name=snake_case(self.text(a["name"], 128)),
             status=_status_of(a.get("status")),
-            duration_seconds=_finite(a.get("duration_seconds"), 2.0**53),
+            duration_seconds=valid_seconds(a.get("duration_seconds")),
             counts=self.counts(a["counts"]),
         )
 
@@ -157,21 +156,6 @@ class _Loaded:
             return stored, False
         rebucketed = stored.rebucket(tuple(duration_buckets))  # e.g. metrics.profile full -> lean: fewer, shared bounds
         return (Histogram.empty(tuple(duration_buckets)), True) if rebucketed is None else (rebucketed, False)
-
-
-def _finite(value: object, limit: float) -> float | None:
-    """A number in 0..limit, or None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) and 0 <= number <= limit else None
-
-
-def _date_ms(value: object) -> int | None:
-    """A schedule's end (years ahead is fine, centuries are not), or None."""
-    if isinstance(value, bool) or not isinstance(value, int) or not EARLIEST_MS <= value <= LATEST_DATE_MS:
-        return None
-    return value
 
 
 def _status_of(value: object) -> str | None:

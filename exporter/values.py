@@ -210,35 +210,6 @@ class FlowState:
         """Whether ``/runs`` must be read: something changed, or runs are still going."""
         return self.newest_created_ms is None or self.seen_key != flow.change_key or bool(self.in_progress)
 
-    @property
-    def first_sight(self) -> bool:
-        """No runs answer has been read for this flow yet."""
-        return self.newest_created_ms is None
-
-    def runs_lower_bound_ms(self) -> int:
-        """How far back (in ``createdAt``) the next runs query must reach: the first-sight floor, or
-        ``OVERLAP_MS`` below the newest ``createdAt`` seen and below every run still in progress."""
-        return self._lower_bound(self.newest_created_ms, 0)
-
-    def started_lower_bound_ms(self) -> int:
-        """The same in ``startedAtUTC``, for the documented run time filter."""
-        return self._lower_bound(self.newest_started_ms, 1)
-
-    def _lower_bound(self, newest: int | None, index: int) -> int:
-        if newest is None:
-            return max(self.first_sight_floor_ms, 0)
-        bound = newest - OVERLAP_MS
-        for times in self.in_progress.values():
-            value = times[index]
-            if value is not None:
-                bound = min(bound, value)
-        return max(bound, 0)
-
-    @property
-    def first_sight_floor_ms(self) -> int:
-        """On first sight, paging stops once runs are older than this."""
-        return self.counting_start_ms - OVERLAP_MS
-
 
 @dataclass(frozen=True, kw_only=True)
 class SandboxStatus:

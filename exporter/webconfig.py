@@ -34,9 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from exporter.errors import ConfigError
+from exporter.yamlfile import read_yaml
 
 _CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
@@ -78,11 +77,9 @@ def load_web_config(path: Path, where: str = "server.web_config_file") -> WebCon
     """Read and check a web config file; ConfigError lists every problem with its path."""
     problems: list[str] = []
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError([f"{where}: cannot read {path}: {exc.strerror}"]) from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{where}: {path} is not valid YAML"]) from exc
+        raw = read_yaml(path) or {}
+    except ConfigError as exc:
+        raise ConfigError([f"{where}: {problem}" for problem in exc.problems]) from exc
     if not isinstance(raw, dict):
         raise ConfigError([f"{where}: {path} must be a mapping"])
     for key in raw:

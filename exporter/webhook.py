@@ -82,7 +82,6 @@ class KeyCache:
         self._keys: OrderedDict[str, tuple[rsa.RSAPublicKey | None, float]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[rsa.RSAPublicKey | None]] = {}
         self._fetched: deque[float] = deque()
-        self.fetches = 0  # for tests and benchmarks
 
     async def get(self, path: str) -> rsa.RSAPublicKey | None:
         """The key at ``path`` under the base; None for a path not of the documented shape, a key that could not be
@@ -106,7 +105,6 @@ class KeyCache:
         return await asyncio.shield(task)
 
     async def _fetch(self, path: str) -> rsa.RSAPublicKey | None:
-        self.fetches += 1
         if self._session is None:  # its own pool: two connections, never the Flow Service's
             self._session = client_session(headers={}, proxy=self._proxy, ca_file=self._ca_file, limit=2)
         key: rsa.RSAPublicKey | None = None

@@ -1,4 +1,45 @@
-"""Shared fixtures (the helpers they use live in tests/simulation.py, tests/helpers.py and tests/servers.py)."""
+"""Shared fixtures (the helpers they use live in tests/simulation.py, tests/helpers.py and tests/servers.py).
+
+Where each module's behaviour is pinned (tests/test_structure.py checks every product module is listed here and
+every file named exists):
+
+    app            test_lifecycle, test_reload, test_crash, test_config_and_state_safety
+    auth           test_client, test_secrets, test_adobe_calls
+    backoff        test_client, test_faults
+    bodies         test_adobe_calls, test_web
+    cli            test_cli, test_onboarding, test_healthcheck, test_front_door
+    client         test_client, test_adobe_calls, conformance/test_flow_service
+    config         test_config, test_hostile
+    configfile     test_config, test_hostile, test_reload
+    counting       test_counting, test_count_floor, test_boundary, test_hostile
+    demo           test_cli, test_front_door
+    errors         test_structure
+    events         test_events, test_event_shapes, conformance/test_notifications
+    eventsources   test_events, test_journal, test_webhook_limits
+    exposition     test_exposition, test_web
+    flowlist       test_poller, test_onboarding
+    hints          test_onboarding, test_adobe_calls
+    journal        test_journal, conformance/test_journaling_api
+    listeners      test_webhook_limits, test_onboarding
+    logs           test_logs
+    metrics        test_model, test_structure, test_dashboards
+    model          test_model, test_boundary, test_hostile, conformance/test_flow_service
+    poller         test_poller, test_adobe_calls, test_faults
+    redaction      test_secrets
+    runsquery      test_query_modes, test_count_floor
+    schedules      test_schedules
+    selfmetrics    test_client, test_poller, test_web
+    statuses       test_model
+    store          test_store, test_crash, test_config_and_state_safety
+    tracker        test_store, test_lifecycle
+    transport      test_network
+    values         test_secrets, test_count_floor
+    web            test_web, test_web_security
+    webconfig      test_webconfig, test_web_security, test_webhook_limits
+    webhook        test_events, test_webhook_limits
+    yamlfile       test_config, test_webconfig
+    simulator/     test_simulator, conformance/
+"""
 
 from __future__ import annotations
 

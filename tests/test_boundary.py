@@ -417,40 +417,6 @@ async def test_per_audience_counters_equal_the_simulators_ground_truth(sim: Sim)
     assert {dict(k)["outcome"] for k in audiences} >= {"input", "output", "created", "updated", "skipped"}
 
 
-def test_a_segment_exports_schedule_comes_from_its_audiences_selectors() -> None:
-    """No scheduleParams: the shortest fixed interval among audience schedules still in effect (ONCE has none,
-    an ended one no longer counts), and the latest endDate when every scheduled audience has one."""
-
-    def flow(*schedules: dict[str, str]) -> Flow:
-        selectors = [
-            {"type": "PLATFORM_SEGMENT", "value": {"id": f"s{i}", "schedule": s}} for i, s in enumerate(schedules)
-        ]
-        return parse_flow(
-            {
-                "id": FLOW,
-                "transformations": [
-                    {"name": "GeneralTransform", "params": {"segmentSelectors": {"selectors": selectors}}}
-                ],
-            },
-            NOW,
-        )
-
-    today = "2026-09-21"  # NOW is 2026-09-21 (UTC)
-    both = flow(
-        {"frequency": "EVERY_3_HOURS", "endDate": "2026-10-01"},
-        {"frequency": "DAILY", "endDate": "2026-12-01"},
-        {"frequency": "ONCE"},
-    )
-    assert both.schedule_interval_seconds == 3 * 3600
-    assert both.schedule_end_ms == 1_796_169_600_000  # 2026-12-02T00:00Z: the end of the latest endDate
-    ended = flow({"frequency": "EVERY_3_HOURS", "endDate": "2026-09-01"}, {"frequency": "DAILY"})
-    assert ended.schedule_interval_seconds == 86400 and ended.schedule_end_ms is None  # DAILY has no end
-    assert flow({"frequency": "ONCE", "startDate": today}).schedule_interval_seconds is None
-    odd = flow({"frequency": "EVERY_MINUTE", "endDate": "not a date"})
-    assert odd.schedule_interval_seconds is None
-    assert {"selectors.schedule.frequency", "selectors.schedule.endDate"} <= set(odd.invalid_fields)
-
-
 async def test_every_scheduled_flow_shows_its_interval_segment_exports_included(
     sim: Sim, served: tuple[Exporter, TestServer]
 ) -> None:

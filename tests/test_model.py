@@ -12,7 +12,8 @@ from exporter.counting import apply_runs, new_flow_state
 from exporter.errors import PayloadError
 from exporter.exposition import generate
 from exporter.metrics import build_families
-from exporter.model import normalize_status, parse_flow, parse_run, snake_case
+from exporter.model import parse_flow, parse_run, snake_case
+from exporter.statuses import normalize_status
 from exporter.store import MemoryStore
 from exporter.tracker import Tracker
 from tests.helpers import Samples, parse_samples, value

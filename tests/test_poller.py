@@ -7,7 +7,7 @@ import math
 import pytest
 
 from exporter.config import MetricsConfig
-from exporter.poller import shard_of
+from exporter.flowlist import shard_of
 from tests.helpers import parse_samples, pick, poll_and_scrape, scrape, serve, value
 from tests.simulation import Sim, make_config, make_exporter, make_world, start_sim
 

@@ -146,3 +146,89 @@ def test_readme_drawing_names_every_module() -> None:
     modules = {p.name for p in PACKAGE.glob("*.py")} - {"__init__.py", "__main__.py"}
     assert {m for m in modules if m not in drawing} == set()
     assert "simulator/" in drawing
+
+
+MAX_MODULE_LINES = 500
+
+
+def test_no_product_module_is_over_500_lines_outside_the_simulator() -> None:
+    """A room that outgrows 500 lines holds more than one concept: give the new one its own module."""
+    sizes = {
+        path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+        for path in PACKAGE.rglob("*.py")
+        if "simulator" not in path.parts
+    }
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+    assert len(sizes) > 30  # the walk found the package
+
+
+def loaded_by(*argv: str) -> list[str]:
+    """The simulator and demo modules loaded by parsing ``aep-flow-exporter <argv> --help``."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from exporter.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    main({[*argv, '--help']!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('exporter.simulator', 'exporter.demo'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return list(ast.literal_eval(out.stdout.strip()))
+
+
+def test_run_never_loads_the_simulator_which_simulate_and_demo_load() -> None:
+    """The daemon's commands leave the simulator unloaded; simulate and demo (and only they) import it."""
+    for command in ("run", "once", "check-config", "healthcheck"):
+        assert loaded_by(command) == [], command
+    for command in ("simulate", "demo"):
+        assert {"exporter.demo", "exporter.simulator"} <= set(loaded_by(command)), command
+
+
+def test_the_exception_tree_is_drawn_in_errors_py_as_the_classes_are() -> None:
+    """errors.py's docstring draws every exception class under its parent, and no other module of the product
+    defines a public exception class."""
+    from exporter import errors
+
+    doc = errors.__doc__ or ""
+    drawing = doc[doc.index("::") :]
+    drawn: dict[str, str] = {}
+    parents: list[tuple[int, str]] = []
+    for line in drawing.splitlines()[1:]:
+        match = re.match(r"( *)([A-Z]\w+Error)\b", line)
+        if not match:
+            continue
+        depth = len(match.group(1))
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        drawn[match.group(2)] = parents[-1][1] if parents else "Exception"
+        parents.append((depth, match.group(2)))
+    defined = {
+        name: cls.__bases__[0].__name__
+        for name, cls in vars(errors).items()
+        if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == errors.__name__
+    }
+    assert drawn == defined
+    elsewhere = {
+        f"{path.name}:{node.name}"
+        for path in PACKAGE.rglob("*.py")
+        if "simulator" not in path.parts and path.name != "errors.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+        and not node.name.startswith("_")
+        and any(getattr(b, "id", "").endswith(("Error", "Exception")) for b in node.bases)
+    }
+    assert elsewhere == set()
+
+
+def test_every_module_says_where_its_tests_are() -> None:
+    """tests/conftest.py's table names every product module and only test files that exist."""
+    from tests import conftest
+
+    table = {}
+    for line in (conftest.__doc__ or "").splitlines():
+        match = re.fullmatch(r" {4}(\S+) +(\S.*)", line)
+        if match:
+            table[match.group(1)] = [t.strip() for t in match.group(2).split(",")]
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert modules | {"simulator/"} == set(table)
+    for name in (t for tests in table.values() for t in tests):
+        assert (ROOT / "tests" / name).exists() or (ROOT / "tests" / f"{name}.py").exists(), name

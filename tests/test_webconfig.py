@@ -163,6 +163,24 @@ def test_bad_web_config_lists_every_problem_with_its_path(certs: Certs) -> None:
     assert "plaintext" not in text  # a would-be password is never echoed
 
 
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("tls_server_config:\n\tcert_file: a.crt\n", "line 2, column 1: a tab: YAML indents with spaces only"),
+        ("basic_auth_users:\n  bob: '$2y$10$abc\n", "line 2, column 8: a quote or a bracket that is never closed"),
+    ],
+)
+def test_a_web_config_that_is_not_yaml_says_where_and_what_in_plain_words(certs: Certs, text: str, words: str) -> None:
+    """The web config file's YAML mistakes are worded like the config file's: its key, the file, the line and
+    what to change; never the hash or password being typed."""
+    path = write_web_config(certs, text)
+    with pytest.raises(ConfigError) as info:
+        load_web_config(path, where="events.webhook.web_config_file")
+    (problem,) = info.value.problems
+    assert problem == f"events.webhook.web_config_file: {path}: not valid YAML: {words}"
+    assert "$2y$" not in problem
+
+
 def test_check_config_exits_2_on_a_bad_web_config(certs: Certs, tmp_path: Path) -> None:
     """A config whose web_config_file is invalid fails check-config with status 2."""
     write_web_config(certs, "tls_server_config:\n  key_file: server.key\n")
