@@ -74,12 +74,14 @@ class Exporter:
         clock: Callable[[], float] = time.time,
         config_path: str | Path | None = None,
         config_overrides: Overrides | None = None,
+        clock_note: str = "",
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.config_overrides = config_overrides  # command-line flags, applied again on every reload
         self.tuning = tuning or Tuning()
         self.clock = clock
+        self.clock_note = clock_note  # the landing page's word on the clock (the demo's is the simulator's)
         self.registry = registry or CollectorRegistry()
         self.metrics = SelfMetrics(self.registry)
         self.tracker = Tracker(MemoryStore(), [s.name for s in config.sandboxes])  # the state file opens in start()
@@ -304,6 +306,8 @@ class Exporter:
             snapshot=self.snapshot,
             security=self.web_security,
             reload=self.reload if server.enable_lifecycle else None,
+            clock=self.clock,
+            clock_note=self.clock_note,
         )
 
         async def lifecycle(_app: web.Application) -> AsyncIterator[None]:

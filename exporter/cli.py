@@ -1,5 +1,5 @@
-"""Command line: ``run``, ``check-config``, ``once``, ``healthcheck``, ``--version``; and ``simulate`` and ``demo``,
-whose options and code are in demo.py, loaded only for them.
+"""Command line: ``run``, ``check-config``, ``once``, ``healthcheck``, ``rules``, ``--version``; and ``simulate``
+and ``demo``, whose options and code are in demo.py, loaded only for them.
 
 Exit status: 0 fine, 1 runtime failure (state file refused, a poll failed in ``once``), 2 bad config or usage.
 """
@@ -23,12 +23,11 @@ import structlog
 
 from exporter import __version__
 from exporter.app import Exporter, tune_interpreter
-from exporter.config import Config, StateConfig
+from exporter.config import AlertsConfig, Config, StateConfig, config_warnings
 from exporter.configfile import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATHS,
     Overrides,
-    config_warnings,
     find_config,
     load_config,
 )
@@ -41,6 +40,9 @@ from exporter.listeners import (
     start_listener,
 )
 from exporter.logs import configure_logging
+from exporter.pages import plural
+from exporter.poller import NOT_LISTED
+from exporter.rules import render as render_rules
 from exporter.transport import host_port
 
 log = structlog.get_logger("exporter")
@@ -88,6 +90,15 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     _config_arg(health)
     health.add_argument("--timeout", type=float, default=4.0, help="seconds (default %(default)s)")
+
+    rules = sub.add_parser(
+        "rules", help="print the Prometheus alert and recording rules for the config's alerts: section"
+    )
+    rules.add_argument(
+        "--config",
+        help="path of the YAML config (default: as run finds one; with none found, the defaults, which "
+        "deploy/prometheus/rules/aep-flows.rules.yml holds)",
+    )
 
     sim = sub.add_parser("simulate", help="serve the fake Adobe IMS and Flow Service")
     demo = sub.add_parser("demo", help="simulator and exporter together: no Adobe account needed")
@@ -257,12 +268,25 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
     return done[0]
 
 
+def _cmd_rules(args: argparse.Namespace) -> int:
+    try:
+        path = find_config(args.config)
+    except ConfigError:
+        if args.config is not None:
+            raise
+        alerts = AlertsConfig()  # no config anywhere: the defaults, as shipped
+    else:
+        alerts = load_config(path).alerts
+    sys.stdout.write(render_rules(alerts))
+    return 0
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(find_config(args.config))
     flows = sum(len(s.flows) for s in config.sandboxes)
     for warning in config_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"config OK: {len(config.sandboxes)} sandboxes, {flows} configured flows")
+    print(f"config OK: {plural(len(config.sandboxes), 'sandbox', 'sandboxes')}, {plural(flows, 'configured flow')}")
     if not args.online:
         return 0
     configure_logging("error", "console")
@@ -270,7 +294,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 async def _online(config: Config) -> int:
-    """check-config --online: a token, then a table of what the credential can see in each sandbox."""
+    """check-config --online: a token, then a narrow table of what the credential can see in each sandbox, and
+    each problem in full under it (Adobe's code and what to do)."""
     exporter = Exporter(dataclasses.replace(config, state=StateConfig(path=None)))
     try:
         surveys = await exporter.survey()
@@ -279,27 +304,35 @@ async def _online(config: Config) -> int:
         return 1
     finally:
         await exporter.close()
-    print("token OK")
-    rows = [("sandbox", "flows", "source", "destination", "discovery tracks", "configured not found", "problem")]
+    print("token OK\n")
+    rows = [("sandbox", "flows", "source", "destination", "tracked", "status")]
+    problems = []
     for s in surveys:
         if s.error:
-            rows.append((s.sandbox, "-", "-", "-", "-", "-", s.error))
-        else:
-            rows.append(
-                (
-                    s.sandbox,
-                    str(sum(s.kinds.values())),
-                    str(s.kinds.get("source", 0)),
-                    str(s.kinds.get("destination", 0)),
-                    str(s.discovered),
-                    ", ".join(s.missing) or "none",
-                    "none" if not s.missing else "configured ids not found",
-                )
+            rows.append((s.sandbox, "-", "-", "-", "-", s.problem))
+            problems.append(f"{s.sandbox}: {s.error}")
+            continue
+        status = f"{plural(len(s.missing), 'configured flow')} not found" if s.missing else "ok"
+        rows.append(
+            (
+                s.sandbox,
+                str(sum(s.kinds.values())),
+                str(s.kinds.get("source", 0)),
+                str(s.kinds.get("destination", 0)),
+                str(s.discovered),
+                status,
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+        )
+        problems.extend(f"{s.sandbox}: configured flow {flow_id} {NOT_LISTED}" for flow_id in s.missing)
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths, strict=True)) + "  " + row[6])
-    return 1 if any(s.error or s.missing for s in surveys) else 0
+        cells = [row[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(row[1:5], widths[1:], strict=True))]
+        print("  ".join([*cells, row[5]]))
+    if problems:
+        print("\nproblems:")
+        for problem in problems:
+            print(f"  {problem}")
+    return 1 if problems else 0
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:
@@ -322,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "once": _cmd_once,
             "check-config": _cmd_check_config,
             "healthcheck": _cmd_healthcheck,
+            "rules": _cmd_rules,
             "simulate": _cmd_simulator,
             "demo": _cmd_simulator,
         }[args.command]

@@ -201,7 +201,7 @@ class FlowServiceClient:
             raise ServerError(endpoint, status, code, detail)
         found = hint_for(status, code)
         hint = found.text(sandbox) if found is not None else ""
-        text = f"{detail}. {hint}" if detail and hint else detail or hint
+        text = f"{detail.rstrip('.')}. {hint[:1].upper()}{hint[1:]}" if detail and hint else detail or hint
         if status == 404:
             raise NotFoundError(endpoint, status, code, text)
         raise ApiError(endpoint, status, code, text)

@@ -1,7 +1,7 @@
 """What can be configured: frozen, typed dataclasses, each key's default and its rule side by side (``setting``
 keeps the rule in the field's metadata), and the value syntax the rules read (durations, sizes, percentages,
-URLs, ``host:port``). configfile.py turns a YAML file into a :class:`Config` from these fields alone; nothing
-here reads a file or the environment.
+URLs, ``host:port``), and ``config_warnings``: what is valid but will not do what it seems. configfile.py turns a
+YAML file into a :class:`Config` from these fields alone; nothing here reads a file or the environment.
 
 A rule takes the YAML value (strings already ``${VAR}``-expanded) and returns the typed value, or raises
 ValueError/TypeError with a message that never echoes an expanded environment value (configfile.py replaces
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from exporter.values import Secret
+from exporter.values import ADOBE_RUN_RETENTION_DAYS, Secret
 from exporter.webconfig import WebConfig
 
 FULL_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0)
@@ -141,6 +141,17 @@ def durations(value: object) -> tuple[float, ...]:
     if any(b <= a for a, b in itertools.pairwise(parsed)):
         raise ValueError("buckets must be strictly increasing")
     return tuple(parsed)
+
+
+def words(value: object) -> tuple[str, ...]:
+    """A non-empty list of plain words (letters, digits, ``_``, ``-``), as label values to match."""
+    if not isinstance(value, list) or not value:
+        raise ValueError("expected a non-empty list of words")
+    out = tuple(string(v) for v in value)
+    bad = [w for w in out if not re.fullmatch(r"[A-Za-z0-9_-]+", w)]
+    if bad:
+        raise ValueError(f"not a plain word (letters, digits, _ and - only): {bad[0][:64]!r}")
+    return out
 
 
 def size(value: object) -> int:
@@ -401,6 +412,15 @@ class EventsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AlertsConfig:
+    """What ``aep-flow-exporter rules`` writes into the alert rules; the daemon itself does not read it."""
+
+    runbook_url: str | None = setting(None, optional_url)  # None: the exporter's own /runbook page
+    dashboard_url: str = setting("http://localhost:3000", url)  # Grafana, for the links in alert descriptions
+    paging_tiers: tuple[str, ...] = setting(("production",), words)  # values of the tier label whose alerts page
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     adobe: AdobeConfig
     sandboxes: tuple[SandboxConfig, ...]
@@ -411,3 +431,28 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but will not do what it seems to: each with its path (check-config prints, run logs them)."""
+    warnings = []
+    if config.poll.initial_lookback > ADOBE_RUN_RETENTION_DAYS * 86400.0:
+        days = config.poll.initial_lookback / 86400
+        warnings.append(
+            f"poll.initial_lookback: {days:g}d is longer than Adobe's {ADOBE_RUN_RETENTION_DAYS}-day "
+            f"run retention; runs older than {ADOBE_RUN_RETENTION_DAYS} days cannot be read, so the first "
+            f"counts cover at most {ADOBE_RUN_RETENTION_DAYS} days"
+        )
+    tiers = {
+        labels.get("tier")
+        for sandbox in config.sandboxes
+        for labels in (sandbox.labels, *(ref.labels for ref in sandbox.flows))
+    }
+    if not tiers & set(config.alerts.paging_tiers):
+        warnings.append(
+            f"sandboxes[].labels.tier: no sandbox or flow has a tier of alerts.paging_tiers "
+            f"({', '.join(config.alerts.paging_tiers)}), so no flow alert will page, only open tickets; label the "
+            "production sandboxes, e.g. labels: {tier: production}"
+        )
+    return warnings

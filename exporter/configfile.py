@@ -32,6 +32,7 @@ from exporter.config import (
     RESERVED_LABELS,
     SANDBOX_NAME,
     AdobeConfig,
+    AlertsConfig,
     Config,
     DiscoverConfig,
     EventsConfig,
@@ -53,7 +54,7 @@ from exporter.config import (
     string,
 )
 from exporter.errors import ConfigError
-from exporter.values import ADOBE_RUN_RETENTION_DAYS, Secret
+from exporter.values import Secret
 from exporter.webconfig import WebConfig, load_web_config
 from exporter.yamlfile import read_yaml
 
@@ -63,7 +64,7 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECRET_FILE_MAX = 64 * 1024
 CONFIG_ENV = "AEP_FLOW_EXPORTER_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("config.yaml"), Path("/etc/aep-flow-exporter/config.yaml"))
-SECTIONS = ("adobe", "sandboxes", "poll", "state", "metrics", "shard", "server", "log", "events")
+SECTIONS = ("adobe", "sandboxes", "poll", "state", "metrics", "shard", "server", "log", "events", "alerts")
 
 Overrides = Mapping[str, Mapping[str, object]]
 """Command-line flags as config values: section -> key -> value, applied over the file's (on reload too)."""
@@ -411,6 +412,7 @@ def parse_config(raw: object, *, env: Mapping[str, str] | None = None, base_dir:
         server=reader.server(top.get("server")),
         log=reader.simple(LogConfig, top.get("log"), "log"),
         events=reader.events(top.get("events")),
+        alerts=reader.simple(AlertsConfig, top.get("alerts"), "alerts"),
     )
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -440,19 +442,6 @@ def read_secret_file(path: Path) -> str:
     if not secret:
         raise ValueError("is empty")
     return secret
-
-
-def config_warnings(config: Config) -> list[str]:
-    """What is valid but will not do what it seems to: each with its path (check-config prints, run logs them)."""
-    warnings = []
-    if config.poll.initial_lookback > ADOBE_RUN_RETENTION_DAYS * 86400.0:
-        days = config.poll.initial_lookback / 86400
-        warnings.append(
-            f"poll.initial_lookback: {days:g}d is longer than Adobe's {ADOBE_RUN_RETENTION_DAYS}-day "
-            f"run retention; runs older than {ADOBE_RUN_RETENTION_DAYS} days cannot be read, so the first "
-            f"counts cover at most {ADOBE_RUN_RETENTION_DAYS} days"
-        )
-    return warnings
 
 
 def find_config(given: str | None, env: Mapping[str, str] | None = None) -> Path:

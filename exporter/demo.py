@@ -145,6 +145,12 @@ def _build_simulator(args: argparse.Namespace) -> Simulator:
     return sim
 
 
+def demo_tier(sandbox: str) -> str:
+    """The demo's tier label: ``production`` for a sandbox named prod or production (its alerts page), else
+    ``development`` (tickets only)."""
+    return "production" if sandbox.lower() in ("prod", "production") else "development"
+
+
 def demo_config(*, sim_url: str, sandboxes: Sequence[str], listen: tuple[str, int], interval: float) -> Config:
     """The exporter config ``demo`` runs with: discover every flow of the simulator's sandboxes."""
     creds = Credentials()
@@ -158,7 +164,11 @@ def demo_config(*, sim_url: str, sandboxes: Sequence[str], listen: tuple[str, in
         ),
         sandboxes=tuple(
             SandboxConfig(
-                name=name, labels={"env": "demo"}, discover=DiscoverConfig(enabled=True), interval=interval, jitter=0.1
+                name=name,
+                labels={"env": "demo", "tier": demo_tier(name)},
+                discover=DiscoverConfig(enabled=True),
+                interval=interval,
+                jitter=0.1,
             )
             for name in sandboxes
         ),
@@ -209,7 +219,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise ConfigError([f"--listen/--interval: {exc}"]) from exc
     config = demo_config(sim_url=sim_url, sandboxes=list(sim.world.flows), listen=listen, interval=interval)
-    exporter = Exporter(config)
+    # One clock: the exporter reads the simulator's (which runs at --speed), so Adobe's times are never "ahead"
+    # of it, and the landing page says the clock is simulated.
+    exporter = Exporter(
+        config,
+        clock=lambda: sim.world.now_ms() / 1000.0,
+        clock_note=f"The demo's clock: simulated time, at {args.speed:g}x real time.",
+    )
 
     async def serve() -> None:
         sim_runner = await _start(sim.app(), args.host, args.port)

@@ -18,8 +18,9 @@ import structlog
 
 from exporter.client import FlowServiceClient
 from exporter.config import MetricsConfig, SandboxConfig, ShardConfig
-from exporter.errors import ExporterError
-from exporter.logs import OnceLog, describe
+from exporter.errors import ApiError, AuthError, ExporterError, TransportError
+from exporter.hints import hint_for
+from exporter.logs import OnceLog
 from exporter.model import Flow, clean_text, parse_flow
 from exporter.selfmetrics import SelfMetrics
 
@@ -43,7 +44,21 @@ class Survey:
     kinds: Mapping[str, int] = field(default_factory=dict)
     discovered: int = 0
     missing: tuple[str, ...] = ()
-    error: str = ""
+    error: str = ""  # why the sandbox could not be listed, with Adobe's code and what to do
+    problem: str = ""  # the same in a few words, for a table cell
+
+
+def _in_words(exc: ExporterError) -> tuple[str, str]:
+    """(a few words, the whole reason) for a sandbox that could not be listed; no Python class names."""
+    text = clean_text(str(exc), 600)
+    if isinstance(exc, ApiError):
+        found = hint_for(exc.status, exc.code)
+        return (found.problem if found else f"HTTP {exc.status}"), text
+    if isinstance(exc, TransportError):
+        return f"no answer ({exc.reason})", text
+    if isinstance(exc, AuthError):
+        return "token refused", text
+    return "unreadable answer", text
 
 
 class FlowLister:
@@ -107,7 +122,8 @@ class FlowLister:
             async for items in self._client.pages(self.name, "flows", "/flows", []):
                 flows.update((flow.id, flow) for flow in self._parse_flows(items))
         except ExporterError as exc:
-            return Survey(sandbox=self.name, error=describe(exc))
+            problem, error = _in_words(exc)
+            return Survey(sandbox=self.name, error=error, problem=problem)
         discover = self.sandbox.discover
         return Survey(
             sandbox=self.name,

@@ -32,9 +32,10 @@ _SANDBOX_MISSING = Hint(
 _NO_PERMISSION = Hint(
     problem="no permission",
     advice=(
-        "the credential may not read dataflows in sandbox '{sandbox}': its role (or product profile) needs this "
-        f"sandbox and the View Sources and View Destinations permissions; only a system administrator can add an API "
-        f"credential to a role ({SETUP}, step 3)"
+        "the credential may not read dataflows in sandbox '{sandbox}': its role needs this sandbox (Adobe's default "
+        "role, Default production all access, covers the Production sandbox only) and the View Sources and View "
+        f"Destinations permissions; only a system administrator can add an API credential to a role ({SETUP}, "
+        "step 3)"
     ),
 )
 _FLOW_HIDDEN = Hint(

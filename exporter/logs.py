@@ -71,8 +71,9 @@ class OnceLog:
 
 
 def describe(exc: Exception) -> str:
-    """An error for the landing page and logs: our own errors' text (upstream parts already redacted and
-    cleaned by the client), only the type of anything else (its text could quote upstream data)."""
+    """An error for the landing page and logs: our own errors' text, which names the endpoint, Adobe's status and
+    code and what to do (upstream parts already redacted and cleaned by the client), without a Python class name;
+    only the type of anything else (its text could quote upstream data)."""
     if isinstance(exc, ExporterError):
-        return clean_text(f"{type(exc).__name__}: {exc}", 300)
+        return clean_text(str(exc), 600)
     return f"unexpected {type(exc).__name__}"

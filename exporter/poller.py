@@ -35,6 +35,15 @@ from exporter.values import FlowState, Strategy
 
 log = structlog.get_logger(__name__)
 
+HIDDEN = "the flow was deleted, or is hidden by an access label the credential's role lacks"
+NOT_LISTED = (
+    "not found in the sandbox: a wrong or deleted id, or a flow hidden by an access label the credential's role "
+    "lacks (Adobe answers alike for all three: a labelled flow is not listed, and GET /flows/{id} answers 404 "
+    "FLOW-1439-404)"
+)
+"""Why a flow is not readable, in the words of Adobe's "Apply access labels to sources dataflows" page: Adobe's
+answer cannot tell a missing flow from a hidden one, so the reason names both."""
+
 
 class SandboxPoller:
     """Polls one sandbox; ``cycle`` is one poll, ``run`` repeats it forever."""
@@ -142,7 +151,7 @@ class SandboxPoller:
         wanted = {f.id for f in selected} | set(missing)
         await self._tracker.remove([k for k in self._tracker.keys(name) if k[1] not in wanted])
         for flow_id in missing:
-            self._flow_down(flow_id, None, "not found")
+            self._flow_down(flow_id, None, NOT_LISTED)
         try:
             await asyncio.gather(*(self._update_flow(flow, labels) for flow, labels in selected.items()))
         except StateError as exc:
@@ -232,8 +241,8 @@ class SandboxPoller:
             return None
         try:
             answer = await self.runs.read(flow, state)
-        except NotFoundError:
-            self._flow_down(flow.id, flow, "runs not found")
+        except NotFoundError as exc:
+            self._flow_down(flow.id, flow, f"runs not found (404{f' {exc.code}' if exc.code else ''}): {HIDDEN}")
             return None
         except asyncio.CancelledError:
             raise

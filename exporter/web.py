@@ -1,5 +1,5 @@
-"""HTTP face of the exporter: thin handlers for ``/metrics``, ``/``, ``/healthz``, ``/readyz`` and
-``/-/reload``, the landing page, and the web config file kept live (basic auth, headers).
+"""HTTP face of the exporter: thin handlers for ``/metrics``, ``/``, ``/runbook``, ``/healthz``, ``/readyz`` and
+``/-/reload`` (the pages themselves are pages.py's), and the web config file kept live (basic auth, headers).
 
 ``/metrics`` writes the parts exposition.py's renderer hands it, in slices, never concatenated into a second
 copy of a large body.
@@ -12,7 +12,6 @@ import base64
 import binascii
 import functools
 import hashlib
-import html
 import os
 import ssl
 import time
@@ -27,15 +26,14 @@ import structlog
 from aiohttp import web
 from prometheus_client import exposition as text_format
 
-from exporter import __version__
 from exporter.errors import ConfigError
 from exporter.exposition import Format, MetricsRenderer
+from exporter.pages import landing_page, runbook_page
 from exporter.values import Snapshot
 from exporter.webconfig import WebConfig, load_web_config
 
 log = structlog.get_logger(__name__)
 
-LANDING_FLOW_ROWS = 1000
 WRITE_CHUNK = 256 * 1024
 """/metrics is written in slices of this size, so a slow reader never makes the transport copy a 40 MB body."""
 
@@ -44,57 +42,6 @@ def wants_openmetrics(accept: str) -> bool:
     """Whether the ``Accept`` header asks for OpenMetrics, as prometheus-client decides it."""
     _encoder, content_type = text_format.choose_encoder(accept)
     return content_type.startswith("application/openmetrics-text")
-
-
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
-
-
-def landing_page(snapshot: Snapshot, *, title: str = "AEP Flow Exporter") -> str:
-    """A small HTML page: version, links, each sandbox's last poll and each flow's newest run."""
-    esc = html.escape
-    rows = []
-    for sb in snapshot.sandboxes:
-        result = "not yet polled" if sb.last_ok is None else ("ok" if sb.last_ok else f"failed: {sb.last_error}")
-        rows.append(
-            f"<tr><td>{esc(sb.name)}</td><td>{sb.flows}</td><td>{sb.dropped}</td>"
-            f"<td>{esc(result)}</td><td>{_fmt_time(sb.last_success_s)}</td>"
-            f"<td><code>{esc(sb.runs_strategy)}</code></td></tr>"
-        )
-    flow_rows = []
-    for state in snapshot.flows[:LANDING_FLOW_ROWS]:
-        flow = state.flow
-        last = state.last_run
-        status = last.status if last else "no runs"
-        ended = _fmt_time(last.ended_ms / 1000.0) if last and last.ended_ms is not None else "-"
-        flow_rows.append(
-            f"<tr><td>{esc(state.sandbox)}</td><td>{esc(flow.name if flow else '?')}</td>"
-            f"<td><code>{esc(state.flow_id)}</code></td><td>{esc(flow.kind if flow else '?')}</td>"
-            f"<td>{esc(flow.state if flow else '?')}</td><td class='{esc(status)}'>{esc(status)}</td>"
-            f"<td>{ended}</td><td>{'yes' if state.up else 'no'}</td></tr>"
-        )
-    more = len(snapshot.flows) - LANDING_FLOW_ROWS
-    note = f"<p>{more} more flows not shown; see /metrics.</p>" if more > 0 else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}.failed{{color:#b00}}.success{{color:#070}}</style>
-</head><body>
-<h1>{esc(title)}</h1>
-<p>Version {esc(__version__)}. <a href="/metrics">Metrics</a> &middot; <a href="/healthz">Health</a>
-&middot; <a href="/readyz">Readiness</a></p>
-<h2>Sandboxes</h2>
-<table><tr><th>Sandbox</th><th>Flows</th><th>Dropped</th><th>Last poll</th><th>Last success</th>
-<th>Runs query</th></tr>
-{"".join(rows)}</table>
-<h2>Flows</h2>
-<table><tr><th>Sandbox</th><th>Name</th><th>Flow id</th><th>Kind</th><th>State</th><th>Last run</th>
-<th>Ended</th><th>Up</th></tr>
-{"".join(flow_rows)}</table>{note}
-</body></html>
-"""
 
 
 def is_ready(snapshot: Snapshot) -> bool:
@@ -132,17 +79,22 @@ def create_web_app(
     snapshot: Callable[[], Snapshot],
     security: WebSecurity | None = None,
     reload: Callable[[], Awaitable[bool]] | None = None,
+    clock: Callable[[], float] = time.time,
+    clock_note: str = "",
 ) -> web.Application:
-    """The aiohttp application: the four endpoints, the web config file's basic auth and headers when
-    ``security`` is given, and ``POST /-/reload`` when ``reload`` is given (else 403, as Prometheus answers
-    when its lifecycle endpoints are off)."""
+    """The aiohttp application: the endpoints (the landing page on ``clock``, and ``/runbook``), the web config
+    file's basic auth and headers when ``security`` is given, and ``POST /-/reload`` when ``reload`` is given
+    (else 403, as Prometheus answers when its lifecycle endpoints are off)."""
 
     metrics = _metrics_endpoint(renderer)
 
     async def index(_request: web.Request) -> web.Response:
         # Every string on the page was validated in model.py; "replace" keeps a page up whatever slips through.
-        body = landing_page(snapshot()).encode("utf-8", "replace")
+        body = landing_page(snapshot(), now=clock(), clock_note=clock_note).encode("utf-8", "replace")
         return web.Response(body=body, content_type="text/html", charset="utf-8")
+
+    async def runbook(_request: web.Request) -> web.Response:
+        return web.Response(text=runbook_page(), content_type="text/html", charset="utf-8")
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -171,6 +123,7 @@ def create_web_app(
     app.router.add_post("/-/reload", reload_handler if reload is not None else reload_disabled)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
+    app.router.add_get("/runbook", runbook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

@@ -24,8 +24,10 @@ every file named exists):
     logs           test_logs
     metrics        test_model, test_structure, test_dashboards
     model          test_model, test_boundary, test_hostile, conformance/test_flow_service
+    pages          test_web, test_alerting
     poller         test_poller, test_adobe_calls, test_faults
     redaction      test_secrets
+    rules          test_alerting, rules/aep-flows.test.yml
     runsquery      test_query_modes, test_count_floor
     schedules      test_schedules
     selfmetrics    test_client, test_poller, test_web

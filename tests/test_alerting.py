@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
+import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from aiohttp.test_utils import TestServer
 
-from tests.servers import RULES, WebhookSink, alertmanager, binary, prometheus
-from tests.simulation import make_config, make_exporter, make_world, start_sim
+from exporter.config import AlertsConfig
+from exporter.rules import render as render_rules
+from tests.servers import RULES, WebhookSink, alertmanager, binary, prometheus, query
+from tests.simulation import Sim, make_config, make_exporter, make_world, start_sim
 
 ROOT = Path(__file__).parent.parent
 AM_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
@@ -74,7 +80,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case_and_a_runbook_section() -> No
         for test in yaml.safe_load(path.read_text())["tests"]:
             for case in test.get("alert_rule_test", []):
                 (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
-    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    runbook = (ROOT / "exporter" / "runbook.md").read_text()
     for name, rule in alerts.items():
         assert name in fires and name in quiet, name
         assert {"severity"} <= set(rule["labels"]) and {"summary", "description", "runbook_url"} <= set(
@@ -83,6 +89,76 @@ def test_every_alert_has_a_firing_and_a_quiet_case_and_a_runbook_section() -> No
         anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
         assert anchor == name.lower() and f"\n## {name}\n" in runbook, name
     assert len(alerts) >= 11
+
+
+def rules_command(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`aep-flow-exporter rules ARGS` in a fresh interpreter."""
+    cmd = [sys.executable, "-m", "exporter", "rules", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=cwd, check=False)
+
+
+def test_the_shipped_rules_are_what_the_rules_command_writes_for_the_defaults(tmp_path: Path) -> None:
+    """deploy/prometheus/rules/aep-flows.rules.yml is `aep-flow-exporter rules` with no config: they cannot drift."""
+    proc = rules_command(cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == RULES.read_text() == render_rules(AlertsConfig())
+
+
+def test_the_rules_follow_the_configs_alerts_section(tmp_path: Path) -> None:
+    """alerts.runbook_url, dashboard_url and paging_tiers reach every alert of `rules --config`, and the result
+    passes promtool check rules."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "adobe: {client_id: a, client_secret: b, org_id: c}\n"
+        "sandboxes: [{name: prod, labels: {tier: live}, discover: {enabled: true}}]\n"
+        "alerts:\n"
+        "  runbook_url: https://wiki.example.test/aep/runbook\n"
+        "  dashboard_url: https://grafana.example.test/\n"
+        "  paging_tiers: [live, gold]\n"
+    )
+    proc = rules_command("--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "rules.yml"
+    out.write_text(proc.stdout)
+    check = run(binary("promtool"), "check", "rules", str(out))
+    assert check.returncode == 0, check.stdout + check.stderr
+    alerts = [r for r in yaml.safe_load(proc.stdout)["groups"][0]["rules"] if "alert" in r]
+    for rule in alerts:
+        assert rule["annotations"]["runbook_url"] == f"https://wiki.example.test/aep/runbook#{rule['alert'].lower()}"
+        assert "Dashboard: https://grafana.example.test/d/aep-" in rule["annotations"]["description"]
+    failing = next(r for r in alerts if r["alert"] == "AEPFlowFailing")
+    assert (
+        failing["labels"]["severity"]
+        == '{{ if match "^(?:live|gold)$" $labels.tier }}critical{{ else }}warning{{ end }}'
+    )
+    assert {r["labels"]["severity"] for r in alerts if r["alert"] == "AEPFlowRunFailed"} == {"warning"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("[live, gold]", '["live prod"]').replace("https://wiki", "wiki"))
+    proc = rules_command("--config", str(bad))
+    assert proc.returncode == 2
+    assert "alerts.runbook_url: 'wiki.example.test/aep/runbook' is not an http(s) URL" in proc.stderr
+    assert "alerts.paging_tiers: not a plain word (letters, digits, _ and - only): 'live prod'" in proc.stderr
+
+
+async def test_every_runbook_url_resolves_to_its_section_on_the_exporters_runbook_page(sim: Sim) -> None:
+    """The default runbook_url of every alert, filled in with a live exporter's address, is a page that has the
+    alert's anchor as a heading id."""
+    exporter = make_exporter(make_config(sim.url))
+    server = TestServer(exporter.web_app(poll=False), host="127.0.0.1")
+    await server.start_server()
+    instance = f"127.0.0.1:{server.port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for rule in (r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r):
+                url = rule["annotations"]["runbook_url"].replace("{{ $labels.instance }}", instance)
+                page, anchor = url.split("#", 1)
+                async with session.get(page) as resp:
+                    assert resp.status == 200, url
+                    assert resp.content_type == "text/html"
+                    assert f'<h2 id="{anchor}">{rule["alert"]}</h2>' in await resp.text(), url
+    finally:
+        await server.close()
+        await exporter.close()
 
 
 def test_alertmanager_and_prometheus_examples_are_valid() -> None:
@@ -106,7 +182,10 @@ def test_config_for_test(sink: WebhookSink) -> dict[str, Any]:
 test_config_for_test.__test__ = False  # type: ignore[attr-defined]
 
 
-async def wait_for(sink: WebhookSink, status: str, flow_id: str, timeout: float = 60.0) -> tuple[str, dict[str, Any]]:
+async def wait_for(
+    sink: WebhookSink, status: str, flow_id: str, alertname: str, timeout: float = 60.0
+) -> tuple[str, dict[str, Any]]:
+    """The first notification of ``alertname`` for ``flow_id`` in ``status``: (receiver, the whole payload)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for receiver, payload in sink.received:
@@ -114,42 +193,84 @@ async def wait_for(sink: WebhookSink, status: str, flow_id: str, timeout: float 
                 labels = alert["labels"]
                 if (
                     alert["status"] == status
-                    and labels.get("alertname") == "AEPFlowRunFailed"
+                    and labels.get("alertname") == alertname
                     and labels.get("flow_id") == flow_id
                 ):
-                    return receiver, alert
+                    return receiver, payload
         await asyncio.sleep(0.2)
-    raise AssertionError(f"no {status} AEPFlowRunFailed for {flow_id} within {timeout}s; got {sink.received}")
+    raise AssertionError(f"no {status} {alertname} for {flow_id} within {timeout}s; got {sink.received}")
 
 
-async def test_failed_run_alert_reaches_the_receiver_and_resolves(tmp_path: Path) -> None:
-    """A flow fails in the simulator; the pager receiver gets AEPFlowRunFailed with the flow's labels, then resolved."""
+async def scraped(prom: str, selector: str, timeout: float = 30.0) -> None:
+    """Wait until Prometheus holds two samples of ``selector`` (so an increase after this is seen whole)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = (await query(prom, f"count_over_time({selector}[1m])"))["data"]["result"]
+        if result and float(result[0]["value"][1]) >= 2:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"Prometheus has no samples of {selector} within {timeout}s")
+
+
+def title_of(payload: dict[str, Any], tmp: Path) -> str:
+    """The notification title deploy/alertmanager/aep-flows.tmpl gives this webhook payload (amtool renders it)."""
+    data = tmp / "payload.json"
+    data.write_text(json.dumps(payload))
+    proc = run(
+        binary("amtool"),
+        "template",
+        "render",
+        f"--template.glob={AM_CONFIG.parent / 'aep-flows.tmpl'}",
+        f"--template.data={data}",
+        '--template.text={{ template "aep.title" . }}',
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+async def test_a_failed_run_opens_a_ticket_and_repeated_failures_in_production_page(tmp_path: Path) -> None:
+    """Through real Prometheus and Alertmanager with the shipped rules and routes: one failed run of a production
+    flow reaches the ticket receiver (with its error code and dashboard link, the flow named in the title); a
+    second failure in a row pages; the first success resolves both."""
     world = make_world(sandboxes=("prod",))
     flow = next(f for f in world.flows["prod"].values() if f.kind == "source")
     handle, sim_server = await start_sim(world)
-    exporter = make_exporter(make_config(handle.url, sandboxes=("prod",), interval=1.0))
+    config = make_config(handle.url, sandboxes=("prod",), interval=1.0)
+    config = dataclasses.replace(
+        config, sandboxes=tuple(dataclasses.replace(s, labels={"tier": "production"}) for s in config.sandboxes)
+    )
+    exporter = make_exporter(config)
     exp_server = TestServer(exporter.web_app(poll=True), host="127.0.0.1")
     await exp_server.start_server()
     try:
         async with (
             WebhookSink() as sink,
             alertmanager(tmp_path, test_config_for_test(sink)) as am_address,
-            prometheus(tmp_path, str(exp_server.make_url("")).rstrip("/"), alertmanager=am_address),
+            prometheus(tmp_path, str(exp_server.make_url("")).rstrip("/"), alertmanager=am_address) as prom,
         ):
+            await scraped(prom, f'aep_flow_runs_total{{flow_id="{flow.id}",status="failed"}}')  # the count before
             world.force_status(flow.id, "failed")
             flow.trigger_run(world.now_ms(), 1.0)
-            receiver, alert = await wait_for(sink, "firing", flow.id)
-            assert receiver == "pager"  # severity critical routes to the pager
-            assert alert["labels"]["sandbox"] == "prod"
+            receiver, payload = await wait_for(sink, "firing", flow.id, "AEPFlowRunFailed")
+            assert receiver == "ticket"
+            (alert,) = [a for a in payload["alerts"] if a["labels"]["flow_id"] == flow.id]
+            assert (alert["labels"]["severity"], alert["labels"]["tier"]) == ("warning", "production")
             assert alert["labels"]["flow_name"] == flow.name
-            assert alert["labels"]["severity"] == "critical"
-            assert flow.name in alert["annotations"]["summary"]
-            assert alert["annotations"]["runbook_url"].endswith("#aepflowrunfailed")
+            assert "Most frequent error code of the last day: " in alert["annotations"]["description"]
+            assert f"/d/aep-flow/?var-sandbox=prod&var-flow={flow.id}" in alert["annotations"]["description"]
+            assert alert["annotations"]["runbook_url"].endswith("/runbook#aepflowrunfailed")
+            assert title_of(payload, tmp_path) == f"[FIRING:1] AEPFlowRunFailed in prod: {flow.name}"
+
+            world.clock.advance(5)
+            flow.trigger_run(world.now_ms(), 1.0)
+            receiver, payload = await wait_for(sink, "firing", flow.id, "AEPFlowFailing")
+            assert receiver == "pager"
+            assert title_of(payload, tmp_path) == f"[FIRING:1] AEPFlowFailing in prod: {flow.name}"
 
             world.force_status(flow.id, "success")
             world.clock.advance(5)
             flow.trigger_run(world.now_ms(), 1.0)
-            receiver, _resolved = await wait_for(sink, "resolved", flow.id)
+            receiver, _resolved = await wait_for(sink, "resolved", flow.id, "AEPFlowFailing")
             assert receiver == "pager"
     finally:
         await exp_server.close()

@@ -224,7 +224,7 @@ async def test_other_4xx_are_not_retried(rig: Rig) -> None:
     the credential may not use) raises ApiError; no retry in any case."""
     with pytest.raises(NotFoundError):
         await rig.client.get("prod", "flow", "/flows/does-not-exist", [])
-    with pytest.raises(NotFoundError, match="sandbox 'nosuchsandbox' does not exist"):
+    with pytest.raises(NotFoundError, match="Sandbox 'nosuchsandbox' does not exist"):
         await rig.client.get("nosuchsandbox", "flows", "/flows", [])
     rig.sim.simulator.faults.forbidden_sandboxes = ["dev"]
     with pytest.raises(ApiError) as info:

@@ -201,6 +201,34 @@ def test_check_config_warns_when_the_lookback_exceeds_adobes_run_retention(
         assert ("poll.initial_lookback: 120d is longer than Adobe's 90-day run retention" in err) is warned, err
 
 
+def test_check_config_warns_when_no_flow_is_in_a_paging_tier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a tier label of alerts.paging_tiers on any sandbox or flow, nothing about flows pages: check-config
+    says so (exit 0); a sandbox labelled tier production, or a flow labelled with a configured tier, silences it."""
+    for key, val in ENV.items():
+        monkeypatch.setenv(key, val)
+    path = tmp_path / "tiers.yaml"
+    warning = (
+        "warning: sandboxes[].labels.tier: no sandbox or flow has a tier of alerts.paging_tiers (production), so "
+        "no flow alert will page, only open tickets; label the production sandboxes, e.g. labels: {tier: production}"
+    )
+    cases = (
+        (VALID, True),
+        (VALID.replace("labels: {env: production}", "labels: {env: production, tier: production}"), False),
+        (
+            VALID.replace("labels: {team: crm}", "labels: {team: crm, tier: gold}")
+            + "alerts: {paging_tiers: [gold]}\n",
+            False,
+        ),
+    )
+    for text, warned in cases:
+        path.write_text(text)
+        assert main(["check-config", "--config", str(path)]) == 0
+        err = capsys.readouterr().err
+        assert (warning in err.splitlines()) is warned, err
+
+
 def test_bad_yaml_and_missing_file_exit_2_through_the_real_command(tmp_path: Path) -> None:
     """The installed entry point (python -m exporter) exits 2 on unreadable or malformed config."""
     bad = tmp_path / "bad.yaml"

@@ -87,6 +87,125 @@ async def test_every_metric_name_a_dashboard_uses_exists(sim: Any) -> None:
                 assert name in produced or name in recorded, f"{path.stem} / {panel['title']}: {name}"
 
 
+def by_uid() -> dict[str, dict[str, Any]]:
+    return {load(path)["uid"]: load(path) for path in DASHBOARDS}
+
+
+def variable(dashboard: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(v for v in dashboard["templating"]["list"] if v["name"] == name)
+
+
+def query_result_line(series: dict[str, Any]) -> str:
+    """One series as Grafana's query_result() variable query shows it to the variable's regex."""
+    labels = dict(series["metric"])
+    name = labels.pop("__name__", "")
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"{name}{{{inner}}} {series['value'][1]} {series['value'][0]}"
+
+
+async def check_flow_picker_and_failed_first(prom: str, world: Any) -> None:
+    """The drill-down's flow picker shows "name (sandbox)" and keeps the flow id as the value; the fleet table's
+    query ranks failed flows first (its rows sort by that rank)."""
+    picker = variable(by_uid()["aep-flow"], "flow")
+    expr = picker["query"]["query"].replace("$sandbox", ".*")
+    assert expr.startswith("query_result(") and expr.endswith(")")
+    answer = await query(prom, expr.removeprefix("query_result(").removesuffix(")"))
+    regex = re.compile(picker["regex"].strip("/").replace("(?<", "(?P<"))
+    shown = {}
+    for series in answer["data"]["result"]:
+        match = regex.search(query_result_line(series))
+        assert match is not None, query_result_line(series)
+        shown[match.group("value")] = match.group("text")
+    truth = {fid: f"{flow.name} ({sb})" for sb, flows in world.flows.items() for fid, flow in flows.items()}
+    assert shown == truth
+    table = next(p for p in by_uid()["aep-fleet"]["panels"] if p["title"] == "Every flow's newest run")
+    rows = (await query(prom, table["targets"][0]["expr"].replace("$sandbox", ".*")))["data"]["result"]
+    order = ["failed", "partial_success", "in_progress", "scheduled", "cancelled", "other", "success"]
+    assert rows and {float(r["value"][1]) for r in rows} <= set(map(float, range(len(order))))
+    for row in rows:  # the value is the status's rank: failed 0 ... success 6
+        assert order[int(float(row["value"][1]))] == row["metric"]["status"], row
+    assert table["options"]["sortBy"] == [{"displayName": "rank", "desc": False}]
+
+
+LINK_VAR = re.compile(r"\$\{([^}:]+)(?::[a-z]+)?\}")
+
+
+def links_of(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any] | None, dict[str, Any]]]:
+    """(the panel or None for the dashboard's own links, the link) for every link of a dashboard."""
+    for link in dashboard.get("links", []):
+        yield None, link
+    for panel in dashboard["panels"]:
+        config = panel.get("fieldConfig", {})
+        for link in config.get("defaults", {}).get("links", []):
+            yield panel, link
+        for override in config.get("overrides", []):
+            for prop in override["properties"]:
+                if prop["id"] == "links":
+                    for link in prop["value"]:
+                        yield panel, link
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_every_data_link_targets_an_existing_dashboard_and_variable(path: Path) -> None:
+    """A link to /d/<uid>/ names a shipped dashboard and sets only variables it has; every ${var} a link uses is a
+    variable of its own dashboard, or a field (label) its panel's queries keep."""
+    dashboards = by_uid()
+    dashboard = load(path)
+    own = {v["name"] for v in dashboard["templating"]["list"]}
+    count = 0
+    for panel, link in links_of(dashboard):
+        url = link["url"]
+        count += 1
+        if url.startswith("/d/"):
+            uid = url.split("/")[2]
+            assert uid in dashboards, url
+            theirs = {v["name"] for v in dashboards[uid]["templating"]["list"]}
+            assert set(re.findall(r"var-(\w+)=", url)) <= theirs, url
+            assert set(re.findall(r"\$\{(\w+):queryparam\}", url)) <= theirs & own, url
+        for var in LINK_VAR.findall(url):
+            if var.startswith("__data.fields."):
+                assert panel is not None, url
+                field = var.removeprefix("__data.fields.")
+                exprs = " ".join(t["expr"] for t in panel["targets"])
+                assert field in exprs, (panel["title"], field)
+            else:
+                assert var in own, (url, var)
+    assert count >= 1
+
+
+def test_the_fleet_links_each_flow_to_its_drill_down_and_to_adobe_and_tables_hide_noise() -> None:
+    """Every fleet table with a flow name links it to the drill-down (sandbox and flow set) and to the flow in
+    Experience Platform's UI (the aep_ui variable); no table shows Value, job or instance columns as such."""
+    fleet = by_uid()["aep-fleet"]
+    with_names = [p for p in fleet["panels"] if p["type"] == "table" and "flow_name" in json.dumps(p["targets"])]
+    assert len(with_names) >= 4
+    for panel in with_names:
+        urls = [link["url"] for p, link in links_of(fleet) if p is panel]
+        assert any(u.startswith("/d/aep-flow/") and "var-flow=${__data.fields.flow_id}" in u for u in urls), panel
+        assert any(u.startswith("${aep_ui}/sname:${__data.fields.sandbox}/") for u in urls), panel["title"]
+    for path in DASHBOARDS:
+        for panel in load(path)["panels"]:
+            if panel["type"] != "table":
+                continue
+            organize = next(t["options"] for t in panel["transformations"] if t["id"] == "organize")
+            assert organize["excludeByName"].get("job") and organize["excludeByName"].get("instance"), panel["title"]
+            renamed, hidden = organize.get("renameByName", {}), organize["excludeByName"]
+            refs = [t["refId"] for t in panel["targets"]]
+            for column in ["Value"] if len(refs) == 1 else [f"Value #{r}" for r in refs]:
+                assert column in renamed or hidden.get(column), f"{path.stem} / {panel['title']}: a bare {column}"
+
+
+def test_the_token_expiry_stat_shows_no_token_yet_instead_of_decades_ago() -> None:
+    """The IMS token gauge is 0 until the first token: the stat leaves 0 out (promtool tests that expression)
+    and says "no token yet"."""
+    panel = next(p for p in by_uid()["aep-exporter"]["panels"] if p["title"] == "IMS token expires in")
+    assert panel["targets"][0]["expr"] == "min(aep_exporter_token_expiry_timestamp_seconds > 0) - time()"
+    assert panel["fieldConfig"]["defaults"]["noValue"] == "no token yet"
+    tests = yaml.safe_load((Path(__file__).parent / "rules" / "aep-flows.test.yml").read_text())["tests"]
+    exprs = {case["expr"] for test in tests for case in test.get("promql_expr_test", [])}
+    assert panel["targets"][0]["expr"] in exprs
+
+
 def pick_flow(world: Any) -> tuple[str, str]:
     """A scheduled source flow whose history has failed runs with error codes: one every panel has data for."""
     truth = world.truth()
@@ -141,6 +260,7 @@ async def test_every_panel_query_returns_data_from_real_prometheus(tmp_path: Pat
                     checked += 1
                     if not answer["data"]["result"]:
                         empty.append(f"{path.stem} / {panel['title']}: {expr}")
+            await check_flow_picker_and_failed_first(prom, world)
     finally:
         await exp_server.close()
         await exporter.close()

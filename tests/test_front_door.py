@@ -147,3 +147,18 @@ def test_every_shell_script_passes_shellcheck() -> None:
         pytest.fail("shellcheck not found: run the suite with `scripts/test`, which installs Debian's shellcheck")
     proc = subprocess.run([shellcheck, "--shell=bash", *map(str, SCRIPTS)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_readmes_build_command_as_written_makes_a_wheel_and_an_sdist(clean_copy: Path) -> None:
+    """README's build block, run as written in a clean copy (it installs build into its own venv), leaves a
+    wheel and an sdist in dist/."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"^```sh build\n(.*?)^```", text, re.S | re.M)
+    assert block is not None, "README has no build block"
+    (command,) = [line for line in block.group(1).splitlines() if line.strip()]
+    proc = subprocess.run(
+        ["bash", "-c", command], cwd=clean_copy, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(list((clean_copy / "dist").glob("aep_flow_exporter-*.whl"))) == 1
+    assert len(list((clean_copy / "dist").glob("aep_flow_exporter-*.tar.gz"))) == 1

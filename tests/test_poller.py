@@ -102,6 +102,33 @@ async def test_configured_flow_that_404s_is_down_and_vanished_discovered_flow_di
     assert value(samples, "aep_exporter_flows", sandbox="prod") == 6  # five discovered + the configured one
 
 
+async def test_a_flow_hidden_by_an_access_label_is_unreadable_with_both_causes_named(sim: Sim) -> None:
+    """A configured flow that gets an access label the credential's role lacks ("Apply access labels to sources
+    dataflows": no longer listed, its runs neither) shows flow_up 0, keeps its values, and is logged once with a
+    reason naming both a wrong id and an access label, since Adobe's answer cannot tell them apart."""
+    from structlog.testing import capture_logs
+
+    flow_id = next(iter(sim.world.flows["prod"]))
+    exporter = make_exporter(make_config(sim.url, sandboxes=("prod",), flows={"prod": [flow_id]}))
+    server = await serve(exporter)
+    try:
+        assert await exporter.poll_once()
+        sim.simulator.faults.labelled_flows = [flow_id]
+        with capture_logs() as logs:
+            assert await exporter.poll_once()
+            assert await exporter.poll_once()
+        _s, text, _h = await scrape(server)
+    finally:
+        await server.close()
+    samples = parse_samples(text)
+    assert value(samples, "aep_exporter_flow_up", sandbox="prod", flow_id=flow_id) == 0
+    assert pick(samples, "aep_flow_info", flow_id=flow_id)  # its last values are kept
+    (line,) = [entry for entry in logs if entry["event"] == "flow_unreadable"]
+    assert line["flow_id"] == flow_id
+    assert "wrong or deleted id" in line["reason"] and "access label" in line["reason"]
+    assert "FLOW-1439-404" in line["reason"]
+
+
 async def test_discovery_filters_by_kind_and_name(sim: Sim) -> None:
     """discover.kinds and include/exclude regexes decide which flows are tracked."""
     from dataclasses import replace

@@ -162,6 +162,48 @@ async def test_landing_page_health_and_readiness(sim: Sim) -> None:
     assert "<td>prod</td>" in page and "<td>dev</td>" in page
 
 
+async def test_landing_page_puts_trouble_first_with_colours_meanings_and_ages_on_one_clock(sim: Sim) -> None:
+    """Unreadable flows, then failed ones, come first; each status has its colour class and its meaning in a
+    legend (every status the exporter knows); every time shows its age against the exporter's clock, never in the
+    future when the clock is the simulator's; counts are in words with the right number."""
+    import html
+    import re
+
+    from exporter.pages import STATUS_MEANING
+    from exporter.statuses import STATUSES
+
+    world = sim.world
+    failing = next(f for f in world.flows["prod"].values() if f.kind == "source")
+    world.force_status(failing.id, "failed")
+    failing.trigger_run(world.now_ms(), 1.0)
+    world.clock.advance(5)
+    exporter = make_exporter(
+        make_config(sim.url, flows={"prod": ["f0000000-0000-4000-8000-00000000dead"]}), world=world
+    )
+    exporter.clock_note = "The demo's clock: simulated time, at 60x real time."
+    server = await serve(exporter)
+    try:
+        assert await exporter.poll_once()
+        _status, page, _headers = await scrape(server, "/")
+    finally:
+        await server.close()
+    assert set(STATUS_MEANING) == set(STATUSES)
+    for status, (colour, meaning) in STATUS_MEANING.items():
+        assert f".s-{status}{{color:{colour}" in page and meaning in page
+    flows = page[page.index("<h2>Flows</h2>") : page.index("<h2>Statuses</h2>")]
+    rows = re.findall(r"<tr><td>(?:prod|dev)</td>.*?</tr>", flows)
+    order = ["down" if "cannot be read" in r else (re.findall(r"class='s-(\w+)'", r) or ["none"])[0] for r in rows]
+    assert order[0] == "down" and "f0000000-0000-4000-8000-00000000dead" in rows[0]
+    failed = [i for i, status in enumerate(order) if status == "failed"]
+    assert failed == list(range(1, 1 + len(failed))), order  # every failed flow right after the unreadable one
+    assert any(failing.id in rows[i] for i in failed)
+    assert order[-1] in ("success", "none"), order
+    assert html.escape("The demo's clock: simulated time, at 60x real time.") in page
+    ages = re.findall(r"<span class='age'>\(([^)]*)\)</span>", page)
+    assert ages and all(age.endswith(" ago") for age in ages), ages
+    assert re.search(r"2 sandboxes, \d+ flows:\s+\d+ failed flows?, 1 flow not readable\.", page), page[:1500]
+
+
 async def test_readiness_stays_503_while_a_sandbox_keeps_failing(sim: Sim) -> None:
     """A sandbox whose polls fail keeps /readyz at 503 and counts its failures, the other sandbox goes on."""
     sim.simulator.faults.forbidden_sandboxes = ["dev"]

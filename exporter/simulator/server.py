@@ -94,6 +94,10 @@ class Faults:
     # error messages, counts of 10^400 and 1e400 in fields the run does not report, a lastRunDetails end in the
     # year 33658, and 3,000 activities per run.
     hostile_flows: list[str] = field(default_factory=list)
+    # Flows carrying an access label the credential's role lacks (Adobe's "Apply access labels to sources
+    # dataflows" page): nobody without the label can view them or their runs, so /flows and /runs leave them
+    # out, and GET /flows/{id} answers the page's 404 FLOW-1439-404 "Resource not found", as for a missing flow.
+    labelled_flows: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -432,7 +436,7 @@ class Simulator:
     def _flow_items(self, sandbox: str, filters: list[Any]) -> list[dict[str, Any]]:
         now = self.world.now_ms()
         ids = next((set(f.values) for f in filters if f.path == "id" and f.op == "=="), None)
-        flows = self.world.sandbox_flows(sandbox, ids)
+        flows = [f for f in self.world.sandbox_flows(sandbox, ids) if f.id not in self.faults.labelled_flows]
         items = [
             _hostile_flow(f.to_json(now)) if f.id in self.faults.hostile_flows else f.to_json(now) for f in flows
         ] + self.fixture_flows.get(sandbox, [])
@@ -444,7 +448,7 @@ class Simulator:
         ids = next((set(f.values) for f in filters if f.path == "flowId" and f.op == "=="), None)
         if self.faults.runs_filters == "ignore":
             filters = [f for f in filters if f.path not in _TIME_PATHS]
-        flows = self.world.sandbox_flows(sandbox, ids)
+        flows = [f for f in self.world.sandbox_flows(sandbox, ids) if f.id not in self.faults.labelled_flows]
         created_floor = min(
             (
                 float(f.values[0])
@@ -537,7 +541,13 @@ class Simulator:
             return checked
         wanted = request.match_info["id"]
         now = self.world.now_ms()
-        items = [f.to_json(now) for f in self.world.sandbox_flows(checked) if f.id == wanted]
+        items = [
+            f.to_json(now)
+            for f in self.world.sandbox_flows(checked)
+            if f.id == wanted and f.id not in self.faults.labelled_flows
+        ]
+        if not items:  # missing or labelled: the same answer ("Apply access labels to sources dataflows")
+            return _platform_error(404, "1439-404", "Resource not found")
         return await self._get_one(request, "flow", items)
 
     async def _get_run(self, request: web.Request) -> web.StreamResponse:
