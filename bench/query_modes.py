@@ -26,10 +26,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter, Tuning
-from exporter.config import parse_duration
 from exporter.demo import demo_config
 from exporter.logs import configure_logging
 from exporter.simulator import Faults, SimClock, Simulator, World
+from exporter.syntax import parse_duration
 
 MODES: dict[str, dict[str, Any]] = {
     "honour": {},

@@ -308,6 +308,7 @@ class Exporter:
             reload=self.reload if server.enable_lifecycle else None,
             clock=self.clock,
             clock_note=self.clock_note,
+            aep_ui=server.aep_ui,
         )
 
         async def lifecycle(_app: web.Application) -> AsyncIterator[None]:

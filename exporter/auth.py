@@ -19,8 +19,8 @@ import structlog
 
 from exporter.backoff import full_jitter
 from exporter.bodies import decode, read_capped
+from exporter.checks import clean_text
 from exporter.errors import AuthError, PayloadError
-from exporter.model import clean_text
 from exporter.redaction import redactor, safe_text
 from exporter.selfmetrics import SelfMetrics
 from exporter.transport import describe_failure

@@ -23,7 +23,7 @@ import structlog
 
 from exporter import __version__
 from exporter.app import Exporter, tune_interpreter
-from exporter.config import AlertsConfig, Config, StateConfig, config_warnings
+from exporter.config import AlertsConfig, Config, SloConfig, StateConfig, config_warnings
 from exporter.configfile import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATHS,
@@ -43,6 +43,7 @@ from exporter.logs import configure_logging
 from exporter.pages import plural
 from exporter.poller import NOT_LISTED
 from exporter.rules import render as render_rules
+from exporter.syntax import parse_duration
 from exporter.transport import host_port
 
 log = structlog.get_logger("exporter")
@@ -100,6 +101,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         "deploy/prometheus/rules/aep-flows.rules.yml holds)",
     )
 
+    _backfill_parser(sub)
+
     sim = sub.add_parser("simulate", help="serve the fake Adobe IMS and Flow Service")
     demo = sub.add_parser("demo", help="simulator and exporter together: no Adobe account needed")
     if command in SIMULATOR_COMMANDS:
@@ -107,6 +110,21 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
         demo_module.add_arguments(sim, demo)
     return parser
+
+
+def _backfill_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    back = sub.add_parser(
+        "backfill",
+        help="before the first start: write the runs Adobe still holds as OpenMetrics history for promtool",
+    )
+    _config_arg(back)
+    back.add_argument("--since", default="90d", help="how far back, at most 90d (default %(default)s)")
+    back.add_argument(
+        "--output",
+        default="aep-flows-backfill",
+        help="the directory of the OpenMetrics files to write, one per day (default %(default)s)",
+    )
+    back.add_argument("--step", default="1h", help="a sample of every series at least this often (default %(default)s)")
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -274,11 +292,33 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     except ConfigError:
         if args.config is not None:
             raise
-        alerts = AlertsConfig()  # no config anywhere: the defaults, as shipped
+        alerts, slo = AlertsConfig(), SloConfig()  # no config anywhere: the defaults, as shipped
     else:
-        alerts = load_config(path).alerts
-    sys.stdout.write(render_rules(alerts))
+        config = load_config(path)
+        alerts, slo = config.alerts, config.slo
+    sys.stdout.write(render_rules(alerts, slo))
     return 0
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from exporter import backfill  # noqa: PLC0415 -- only this command needs it
+
+    config = load_config(find_config(args.config))
+    configure_logging(config.log.level, config.log.format)
+    problems, spans = [], {}
+    for option in ("since", "step"):
+        try:
+            spans[option] = parse_duration(getattr(args, option))
+        except ValueError as exc:
+            problems.append(f"--{option}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    output = Path(args.output)
+    result = asyncio.run(
+        backfill.backfill(config, since_s=spans["since"], output=output, step_s=spans["step"], progress=sys.stderr)
+    )
+    print(backfill.summary(result, output))
+    return 1 if result.unreadable or result.sandboxes_failed else 0
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -356,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "check-config": _cmd_check_config,
             "healthcheck": _cmd_healthcheck,
             "rules": _cmd_rules,
+            "backfill": _cmd_backfill,
             "simulate": _cmd_simulator,
             "demo": _cmd_simulator,
         }[args.command]

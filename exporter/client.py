@@ -22,6 +22,7 @@ from multidict import CIMultiDictProxy
 from exporter.auth import TokenProvider
 from exporter.backoff import full_jitter, retry_after_seconds
 from exporter.bodies import DEFAULT_MAX_BYTES, decode, decode_text, read_capped
+from exporter.checks import clean_text
 from exporter.errors import (
     ApiError,
     NotFoundError,
@@ -32,7 +33,6 @@ from exporter.errors import (
     TransportError,
 )
 from exporter.hints import hint_for
-from exporter.model import clean_text
 from exporter.selfmetrics import SelfMetrics
 from exporter.transport import describe_failure
 

@@ -1,25 +1,39 @@
 """What can be configured: frozen, typed dataclasses, each key's default and its rule side by side (``setting``
-keeps the rule in the field's metadata), and the value syntax the rules read (durations, sizes, percentages,
-URLs, ``host:port``), and ``config_warnings``: what is valid but will not do what it seems. configfile.py turns a
-YAML file into a :class:`Config` from these fields alone; nothing here reads a file or the environment.
-
-A rule takes the YAML value (strings already ``${VAR}``-expanded) and returns the typed value, or raises
-ValueError/TypeError with a message that never echoes an expanded environment value (configfile.py replaces
-it). The client secret is wrapped in :class:`Secret` so that no repr, log line or exception can show it.
+keeps the rule in the field's metadata; the rules are syntax.py's), and ``config_warnings``: what is valid but will
+not do what it seems. configfile.py turns a YAML file into a :class:`Config` from these fields alone; nothing here
+reads a file or the environment. The client secret is wrapped in :class:`Secret` so that no repr, log line or
+exception can show it.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
+from exporter.syntax import (
+    boolean,
+    durations,
+    fraction,
+    integer,
+    objective,
+    one_of,
+    optional_string,
+    optional_url,
+    parse_duration,
+    positive_duration,
+    positive_float,
+    proxy_url,
+    setting,
+    share,
+    size,
+    string,
+    url,
+    webhook_path,
+    words,
+)
 from exporter.values import ADOBE_RUN_RETENTION_DAYS, Secret
 from exporter.webconfig import WebConfig
 
@@ -56,216 +70,6 @@ KINDS = ("source", "destination")
 
 
 # --- the value syntax -------------------------------------------------------------------------------------------
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
-
-
-def string(value: object) -> str:
-    if isinstance(value, (dict, list)):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
-    return str(value)
-
-
-def optional_string(value: object) -> str | None:
-    """A string; empty means none."""
-    return string(value) or None
-
-
-def boolean(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-        return value.lower() in ("true", "yes", "on")
-    raise TypeError(f"expected true or false, got {value!r}")
-
-
-def integer(minimum: int) -> Callable[[object], int]:
-    """A whole number of at least ``minimum`` (a string of digits too)."""
-
-    def rule(value: object) -> int:
-        if isinstance(value, bool):
-            raise TypeError(f"expected an integer, got {value!r}")
-        number = int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
-        if not isinstance(number, int):
-            raise TypeError(f"expected an integer, got {value!r}")
-        if number < minimum:
-            raise ValueError(f"must be at least {minimum}, got {number}")
-        return number
-
-    return rule
-
-
-def one_of(*choices: str) -> Callable[[object], str]:
-    """One of ``choices`` (any case)."""
-
-    def rule(value: object) -> str:
-        text = string(value).lower()
-        if text not in choices:
-            listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
-            raise ValueError(f"{text!r} is not {listed}")
-        return text
-
-    return rule
-
-
-def parse_duration(value: object) -> float:
-    """``90s``, ``5m``, ``1h``, ``1d``, ``250ms`` or a bare number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise TypeError("expected a duration such as 90s, 5m, 1h or 1d")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = _DURATION_RE.match(str(value))
-        if not match:
-            raise ValueError(f"{value!r} is not a duration (use 90s, 5m, 1h or 1d)")
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{value!r} is not a non-negative duration")
-    return seconds
-
-
-def positive_duration(value: object) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("must be greater than zero")
-    return seconds
-
-
-def durations(value: object) -> tuple[float, ...]:
-    """A non-empty, strictly increasing list of durations (histogram buckets)."""
-    if not isinstance(value, list) or not value:
-        raise ValueError("expected a non-empty list of durations")
-    parsed = [parse_duration(b) for b in value]
-    if any(b <= a for a, b in itertools.pairwise(parsed)):
-        raise ValueError("buckets must be strictly increasing")
-    return tuple(parsed)
-
-
-def words(value: object) -> tuple[str, ...]:
-    """A non-empty list of plain words (letters, digits, ``_``, ``-``), as label values to match."""
-    if not isinstance(value, list) or not value:
-        raise ValueError("expected a non-empty list of words")
-    out = tuple(string(v) for v in value)
-    bad = [w for w in out if not re.fullmatch(r"[A-Za-z0-9_-]+", w)]
-    if bad:
-        raise ValueError(f"not a plain word (letters, digits, _ and - only): {bad[0][:64]!r}")
-    return out
-
-
-def size(value: object) -> int:
-    """A byte size: a whole number, or with a unit (``32MiB``, ``500KiB``, ``1GB``); at least 1 KiB."""
-    if isinstance(value, bool):
-        raise TypeError("expected a size such as 32MiB")
-    if isinstance(value, int):
-        number = value
-    else:
-        match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value))
-        if match is None or match.group(2).lower() not in _SIZE_UNITS:
-            raise ValueError(f"expected a size such as 32MiB, got {value!r}")
-        number = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    if number < 1024:
-        raise ValueError("must be at least 1KiB")
-    return number
-
-
-def positive_float(value: object) -> float:
-    if isinstance(value, bool):
-        raise TypeError(f"expected a number, got {value!r}")
-    number = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"must be a positive number, got {value!r}")
-    return number
-
-
-def fraction(value: object) -> float:
-    """``10%`` or ``0.1``, between 0 and 1."""
-    if isinstance(value, bool):
-        raise TypeError(f"expected a percentage such as 10%, got {value!r}")
-    text = str(value).strip()
-    number = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
-    if not 0.0 <= number <= 1.0:
-        raise ValueError(f"must be between 0% and 100%, got {value!r}")
-    return number
-
-
-def url(value: object) -> str:
-    text = string(value).rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", text):
-        raise ValueError(f"{text!r} is not an http(s) URL")
-    return text
-
-
-def optional_url(value: object) -> str | None:
-    return url(value) if string(value) else None
-
-
-def proxy_url(value: object) -> str:
-    """An http:// (or https://) proxy URL; user:password in it is allowed and never echoed in an error."""
-    text = string(value).strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        shown = f"{parts.scheme}://{parts.hostname or ''}..." if "@" in text else repr(text)
-        raise ValueError(f"{shown} is not a proxy URL such as http://proxy.example.com:3128")
-    try:
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-    except ValueError:
-        raise ValueError("the proxy URL's port is not a number") from None
-    return text
-
-
-def parse_listen(value: object) -> tuple[str, int]:
-    """``host:port``, ``[::1]:port`` or ``:port`` (every interface) -> (host, port)."""
-    text = string(value).strip()
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not host:port")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 -- ":9847" means every interface, as in Prometheus
-    return host, int(port)
-
-
-def webhook_path(value: object) -> str:
-    text = string(value)
-    if not re.match(r"^/[A-Za-z0-9/_.-]*$", text) or text.startswith("/metrics"):
-        raise ValueError(f"{text!r} is not a path such as /adobe-events")
-    return text
-
-
-def shard_problem(index: int, total: int) -> str | None:
-    """What is wrong with a shard index and count (from the file or the command line), or None."""
-    if total < 1:
-        return f"shard.total must be at least 1, got {total}"
-    if not 0 <= index < total:
-        return f"must be below shard.total ({total}) and not negative, got {index}"
-    return None
-
-
-# --- settings: a field with its default and its rule ----------------------------------------------------------
-
-Rule = Callable[[Any], Any]
-
-
-def setting(default: Any = MISSING, rule: Rule | None = None, *, factory: Callable[[], Any] | None = None) -> Any:
-    """A configurable field: its YAML key is the field's name, ``rule`` reads the YAML value, ``default`` (or
-    ``factory()``) applies when the key is absent or null."""
-    metadata = {"rule": rule} if rule is not None else {}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def rule_of(item: Any) -> Rule | None:
-    """The rule of a dataclass field (None: the field is not read by the generic reader)."""
-    rule: Rule | None = item.metadata.get("rule")
-    return rule
-
-
-def rule_for(cls: type, name: str) -> Rule:
-    """The rule of the field ``name`` of the dataclass ``cls``."""
-    rule = rule_of(next(f for f in fields(cls) if f.name == name))
-    assert rule is not None  # noqa: S101 -- asked only for fields that have one
-    return rule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,6 +147,7 @@ class MetricsConfig:
     duration_buckets: tuple[float, ...] = setting(LEAN_BUCKETS, durations)
     duration_histogram: bool = setting(True, boolean)  # false: no aep_flow_run_duration_seconds series at all
     audiences: bool = setting(False, boolean)  # per-audience counts of destination runs
+    exemplars: bool = setting(True, boolean)  # OpenMetrics: the newest run behind each run counter (exemplars.py)
     max_audiences_per_flow: int = setting(50, integer(1))
     max_error_codes_per_flow: int = setting(20, integer(1))
     max_activities_per_flow: int = setting(20, integer(1))
@@ -367,6 +172,11 @@ class ShardConfig:
     total: int = setting(1, integer(1))
 
 
+AEP_UI = "https://experience.adobe.com/#/@your-org"
+"""Experience Platform's UI address up to the sandbox part, as the dashboards' ``aep_ui`` variable (README,
+"Dashboards"): set it to your organization's."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     host: str = "0.0.0.0"  # noqa: S104 -- server.listen; every interface by default, like node_exporter
@@ -377,6 +187,7 @@ class ServerConfig:
     enable_lifecycle: bool = setting(False, boolean)  # POST /-/reload, as Prometheus's --web.enable-lifecycle
     read_header_timeout: float = setting(30.0, positive_duration)  # a whole request within this, no longer idle
     max_connections: int = setting(512, integer(1))  # over this, closed at once (the file limit must hold them)
+    aep_ui: str = setting(AEP_UI, url)  # Experience Platform's UI up to the sandbox part: flow pages link to it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -421,6 +232,30 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SloOverride:
+    """Other objectives or thresholds for the flows whose labels match every ``match`` pair (the first override
+    that matches wins; a key left out keeps the default's)."""
+
+    match: Mapping[str, str] = field(default_factory=dict)
+    run_success: float | None = setting(None, objective)
+    freshness: float | None = setting(None, objective)
+    freshness_max_age: float | None = setting(None, positive_float)
+    late_grace: float | None = setting(None, share)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SloConfig:
+    """What `aep-flow-exporter rules` writes the SLO rules and the lateness alert from; the daemon does not read it."""
+
+    window: float = setting(30 * 86400.0, positive_duration)  # the period an error budget covers
+    run_success: float = setting(0.99, objective)  # the share of completed runs that succeed (partially included)
+    freshness: float = setting(0.99, objective)  # the share of time a scheduled flow's data is fresh
+    freshness_max_age: float = setting(2.0, positive_float)  # fresh: younger than this many schedule intervals
+    late_grace: float = setting(0.25, share)  # late: no run started by the next expected time plus this share
+    overrides: tuple[SloOverride, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     adobe: AdobeConfig
     sandboxes: tuple[SandboxConfig, ...]
@@ -432,6 +267,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    slo: SloConfig = field(default_factory=SloConfig)
 
 
 def config_warnings(config: Config) -> list[str]:

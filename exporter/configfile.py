@@ -43,17 +43,13 @@ from exporter.config import (
     SandboxConfig,
     ServerConfig,
     ShardConfig,
+    SloConfig,
+    SloOverride,
     StateConfig,
     WebhookConfig,
-    fraction,
-    parse_listen,
-    positive_duration,
-    rule_for,
-    rule_of,
-    shard_problem,
-    string,
 )
 from exporter.errors import ConfigError
+from exporter.syntax import fraction, parse_listen, positive_duration, rule_for, rule_of, shard_problem, string
 from exporter.values import Secret
 from exporter.webconfig import WebConfig, load_web_config
 from exporter.yamlfile import read_yaml
@@ -64,7 +60,7 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECRET_FILE_MAX = 64 * 1024
 CONFIG_ENV = "AEP_FLOW_EXPORTER_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("config.yaml"), Path("/etc/aep-flow-exporter/config.yaml"))
-SECTIONS = ("adobe", "sandboxes", "poll", "state", "metrics", "shard", "server", "log", "events", "alerts")
+SECTIONS = ("adobe", "sandboxes", "poll", "state", "metrics", "shard", "server", "log", "events", "alerts", "slo")
 
 Overrides = Mapping[str, Mapping[str, object]]
 """Command-line flags as config values: section -> key -> value, applied over the file's (on reload too)."""
@@ -152,7 +148,7 @@ class _Reader:
 class _ConfigReader(_Reader):
     """The sections no single rule can read (see the module docstring)."""
 
-    def labels(self, raw: object, path: str) -> dict[str, str]:
+    def labels(self, raw: object, path: str, *, reserved_ok: bool = False) -> dict[str, str]:
         if raw is None:
             return {}
         if not isinstance(raw, dict):
@@ -163,7 +159,7 @@ class _ConfigReader(_Reader):
             name = str(key)
             if not LABEL_NAME.match(name) or name.startswith("__"):
                 self.problem(f"{path}.{name}", "not a valid Prometheus label name")
-            elif name in RESERVED_LABELS:
+            elif name in RESERVED_LABELS and not reserved_ok:
                 self.problem(f"{path}.{name}", "reserved: the exporter sets this label itself")
             elif isinstance(value, (dict, list)):
                 self.problem(f"{path}.{name}", "label values must be strings")
@@ -327,6 +323,23 @@ class _ConfigReader(_Reader):
         profile = self.get(sec, "profile", "metrics", rule_for(MetricsConfig, "profile"), "lean")
         return MetricsConfig(**self.settings(MetricsConfig, sec, "metrics", PROFILES[profile]))
 
+    def slo(self, raw: object) -> SloConfig:
+        """``slo:``: the defaults, then ``overrides``, each a ``match`` of label values and the keys it changes."""
+        sec = self.section(raw, "slo", keys_of(SloConfig, add=("overrides",)))
+        overrides = []
+        items = sec.get("overrides") or []
+        if not isinstance(items, list):
+            self.problem("slo.overrides", "expected a list of {match: {label: value}, ...}")
+            items = []
+        for i, item in enumerate(items):
+            path = f"slo.overrides[{i}]"
+            entry = self.section(item, path, keys_of(SloOverride, add=("match",)))
+            match = self.labels(entry.get("match"), f"{path}.match", reserved_ok=True)  # sandbox, kind, tier...
+            if not match:
+                self.problem(f"{path}.match", "give at least one label and its value, e.g. {tier: production}")
+            overrides.append(SloOverride(match=match, **self.settings(SloOverride, entry, path)))
+        return SloConfig(overrides=tuple(overrides), **self.settings(SloConfig, sec, "slo"))
+
     def shard(self, raw: object) -> ShardConfig:
         sec = self.section(raw, "shard", keys_of(ShardConfig))
         shard = ShardConfig(**self.settings(ShardConfig, sec, "shard"))
@@ -413,6 +426,7 @@ def parse_config(raw: object, *, env: Mapping[str, str] | None = None, base_dir:
         log=reader.simple(LogConfig, top.get("log"), "log"),
         events=reader.events(top.get("events")),
         alerts=reader.simple(AlertsConfig, top.get("alerts"), "alerts"),
+        slo=reader.slo(top.get("slo")),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

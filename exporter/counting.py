@@ -19,22 +19,26 @@ vanished, raise the count floor and prune the counted ids below it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from exporter.config import MetricsConfig
 from exporter.model import Flow, LastRunDetails, Run
 from exporter.statuses import normalize_status
 from exporter.values import (
+    ALWAYS_PRESENT_RUN_STATUSES,
     COUNT_KEYS,
     EVERYTHING,
     NOTHING,
     OVERLAP_MS,
+    RECENT_RUNS,
     RETENTION_MS,
     CompletedRun,
+    Exemplar,
     FlowState,
     Histogram,
     LastRun,
+    RecentRun,
     Window,
 )
 
@@ -104,8 +108,11 @@ class _Fold:
         self.audiences = {audience: dict(counts) for audience, counts in state.audiences.items()}
         self.durations = state.durations
         self.last_success, self.last_failure = state.last_success_ms, state.last_failure_ms
+        self.data_as_of = state.data_as_of_ms
         self.last_completed = state.last_completed
         self.newest_created, self.newest_started = state.newest_created_ms, state.newest_started_ms
+        self.exemplars = dict(state.exemplars)
+        self.recent = {r.id: r for r in state.recent_runs}
         self.newly_counted: list[Run] = []
         self.unknown_statuses: list[str] = []
 
@@ -115,6 +122,7 @@ class _Fold:
         self.newest_started = _max(self.newest_started, run.started_at_ms)
         if run.status == "other" and run.raw_status:
             self.unknown_statuses.append(run.raw_status)
+        self.recent[run.id] = recent_run(run)
         if not run.is_terminal:
             self.in_progress[run.id] = (run.created_at_ms, run.started_at_ms)
             return
@@ -127,6 +135,7 @@ class _Fold:
         end = _end_of(run)
         if run.final_status in ("success", "partial_success"):
             self.last_success = _max(self.last_success, run.completed_at_ms)
+            self.data_as_of = _max(self.data_as_of, run.window_end_ms or run.completed_at_ms)
         elif run.final_status == "failed":
             self.last_failure = _max(self.last_failure, run.completed_at_ms)
         if end is not None and (self.last_completed is None or end >= self.last_completed.ended_ms):
@@ -147,16 +156,21 @@ class _Fold:
     def _count(self, run: Run, now_ms: int) -> None:
         self.counted[run.id] = keep_until_ms(run, now_ms)
         self.newly_counted.append(run)
+        ended = _end_of(run) or now_ms
         self.runs_total[run.final_status] = self.runs_total.get(run.final_status, 0) + 1
+        self._exemplar(f"runs:{run.final_status}", run, 1, ended)
         for key in COUNT_KEYS:
             value = key.of(run.counts)
             if value is not None:
                 self.totals[key.value] = self.totals.get(key.value, 0) + value
+                self._exemplar(f"count:{key.value}", run, value, ended)
         if run.duration_seconds is not None:
             self.durations = self.durations.observe(run.duration_seconds)
+            self._exemplar(bucket_key(self.durations.bounds, run.duration_seconds), run, run.duration_seconds, ended)
         for code in sorted(run.error_codes):
             label = _capped(code, self.codes, self.metrics.max_error_codes_per_flow)
             self.codes[label] = self.codes.get(label, 0) + 1
+            self._exemplar(f"errors:{label}", run, 1, ended)
         for outcome, code, count in run.record_codes:
             codes = self.record_codes.setdefault(outcome, {})
             label = _capped(code, codes, self.metrics.max_error_codes_per_flow)
@@ -167,6 +181,17 @@ class _Fold:
                     _capped(audience, self.audiences, self.metrics.max_audiences_per_flow), {}
                 )
                 counts[outcome] = counts.get(outcome, 0) + count
+
+    def _exemplar(self, key: str, run: Run, value: float, ended_ms: int) -> None:
+        """The newest run (by its end) that changed the series ``key`` becomes its exemplar."""
+        current = self.exemplars.get(key)
+        if current is None or ended_ms >= current.ended_ms:
+            self.exemplars[key] = Exemplar(run_id=run.id, value=float(value), ended_ms=ended_ms)
+
+    def newest_runs(self) -> tuple[RecentRun, ...]:
+        """The flow's ``RECENT_RUNS`` newest runs seen, newest first."""
+        ordered = sorted(self.recent.values(), key=_recent_order, reverse=True)
+        return tuple(ordered[:RECENT_RUNS])
 
     def drop_vanished(self, listed: Mapping[str, Run], window: Window) -> None:
         """Runs tracked in progress that the answer should hold but does not were deleted: stop tracking them."""
@@ -186,6 +211,30 @@ class _Fold:
         if window.field is not None:
             proven = min(proven, window.bound)
         return max(floor, proven)
+
+
+def bucket_key(bounds: tuple[float, ...], seconds: float) -> str:
+    """The exemplar key of the duration bucket (non-cumulative) a duration falls in: ``le:<bound>``."""
+    bound = next((b for b in bounds if seconds <= b), float("inf"))
+    return f"le:{bound}"
+
+
+def recent_run(run: Run) -> RecentRun:
+    """A run as the flow page keeps it."""
+    last = _as_last_run(run)
+    return RecentRun(
+        id=run.id,
+        status=last.status,
+        started_ms=run.started_at_ms,
+        ended_ms=last.ended_ms,
+        duration_seconds=run.duration_seconds if run.is_terminal else None,
+        counts=run.counts,
+        errors=run.errors,
+    )
+
+
+def _recent_order(run: RecentRun) -> tuple[int, str]:
+    return (run.started_ms or run.ended_ms or 0, run.id)
 
 
 def _capped(code: str, seen: Mapping[str, object], limit: int) -> str:
@@ -244,6 +293,10 @@ def apply_runs(
         record_codes=fold.record_codes,
         audiences=fold.audiences,
         undated_runs=state.undated_runs or any(run.created_at_ms is None for run in ordered),
+        data_as_of_ms=_data_as_of(fold.data_as_of, flow, unique, state),
+        schedule_since_ms=schedule_since(state, flow, now_ms),
+        recent_runs=fold.newest_runs(),
+        exemplars=fold.exemplars,
     )
     return Update(
         state=new_state,
@@ -251,6 +304,16 @@ def apply_runs(
         unknown_statuses=tuple(dict.fromkeys(fold.unknown_statuses)),
         activities_dropped=fold.activities_dropped,
     )
+
+
+def _data_as_of(folded: int | None, flow: Flow, answer: Mapping[str, Run], state: FlowState) -> int | None:
+    """The newest data window a success ingested; a newest success that lastRunDetails names but that neither this
+    answer nor an earlier one held (its data window unknown) shows data at least as new as its end."""
+    details = flow.last_run
+    known = state.last_completed.id if state.last_completed is not None else None
+    if details is None or details.id in answer or details.id == known:
+        return folded
+    return _max(folded, _last_details_end(flow, ("success", "partial_success")))
 
 
 def _last_details_end(flow: Flow, statuses: tuple[str, ...]) -> int | None:
@@ -290,6 +353,42 @@ def _details_as_last_run(details: LastRunDetails) -> LastRun:
     )
 
 
+def zero_counts(state: FlowState) -> FlowState:
+    """The state with nothing counted: where a backfill's replay starts (the counting start)."""
+    return dataclasses.replace(
+        state,
+        runs_total=dict.fromkeys(ALWAYS_PRESENT_RUN_STATUSES, 0),
+        totals={},
+        durations=Histogram.empty(state.durations.bounds),
+        error_codes={},
+        record_codes={},
+        audiences={},
+        exemplars={},
+    )
+
+
+def replay(state: FlowState, runs: Iterable[Run], metrics: MetricsConfig) -> Iterator[tuple[int, FlowState]]:
+    """Count ``runs`` one at a time in the order they ended, from ``state`` with nothing counted: (the run's end,
+    the flow's counts after it), the history a backfill writes. The last state is the one to continue from."""
+    fold = _Fold(zero_counts(state), metrics)
+    for run in sorted(runs, key=lambda r: (_end_of(r) or state.counting_start_ms, r.id)):
+        ended = _end_of(run) or state.counting_start_ms
+        fold._count(run, ended)  # noqa: SLF001 -- the counting step itself, on the fold this module owns
+        yield (
+            ended,
+            dataclasses.replace(
+                state,
+                runs_total=dict(fold.runs_total),
+                totals=dict(fold.totals),
+                durations=fold.durations,
+                error_codes=dict(fold.codes),
+                record_codes={outcome: dict(codes) for outcome, codes in fold.record_codes.items()},
+                audiences={audience: dict(counts) for audience, counts in fold.audiences.items()},
+                exemplars=dict(fold.exemplars),
+            ),
+        )
+
+
 def still_countable(state: FlowState, run_id: str, ended_ms: int | None) -> bool:
     """Whether a run the flow's state has not seen counted may still be counted: it is not counted, not the newest
     completed run, and did not end before the count floor (such a run was counted before, or ended before
@@ -300,9 +399,19 @@ def still_countable(state: FlowState, run_id: str, ended_ms: int | None) -> bool
     return ended_ms is None or ended_ms >= state.count_floor_ms
 
 
-def refresh_flow(state: FlowState, flow: Flow) -> FlowState:
+def refresh_flow(state: FlowState, flow: Flow, now_ms: int) -> FlowState:
     """A poll that read the flow but needed no runs: keep the counts, take the new description."""
-    return dataclasses.replace(state, flow=flow, up=True)
+    return dataclasses.replace(state, flow=flow, up=True, schedule_since_ms=schedule_since(state, flow, now_ms))
+
+
+def schedule_since(state: FlowState, flow: Flow, now_ms: int) -> int | None:
+    """When the flow's current schedule took effect: Adobe's ``scheduleParams.startTime``, and when the exporter
+    sees the expected interval change, that moment (so a flow moved from daily to hourly is not late at once)."""
+    known = state.schedule_since_ms
+    if state.flow is not None and state.flow.expected_interval_seconds != flow.expected_interval_seconds:
+        known = now_ms
+    starts = [t for t in (known, flow.schedule_start_ms) if t is not None]
+    return max(starts) if starts else None
 
 
 def mark_down(state: FlowState) -> FlowState:

@@ -24,8 +24,6 @@ from exporter.config import (
     SandboxConfig,
     ServerConfig,
     StateConfig,
-    parse_duration,
-    parse_listen,
 )
 from exporter.errors import ConfigError
 from exporter.listeners import ListenerLimits, serve_until_signal, start_listener
@@ -39,6 +37,7 @@ from exporter.simulator.server import (
     MISSING_CREATED_AT_PLACES,
     RUNS_FILTER_MODES,
 )
+from exporter.syntax import parse_duration, parse_listen
 from exporter.values import Secret
 
 log = structlog.get_logger("exporter")

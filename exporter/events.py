@@ -42,9 +42,9 @@ from typing import Any
 
 import structlog
 
+from exporter.checks import adobe_ms, clean_text
 from exporter.counting import still_countable
 from exporter.logs import OnceLog
-from exporter.model import adobe_ms, clean_text
 from exporter.poller import SandboxPoller
 from exporter.selfmetrics import SelfMetrics
 from exporter.statuses import normalize_status

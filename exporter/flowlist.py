@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from exporter.checks import clean_text
 from exporter.client import FlowServiceClient
 from exporter.config import MetricsConfig, SandboxConfig, ShardConfig
 from exporter.errors import ApiError, AuthError, ExporterError, TransportError
 from exporter.hints import hint_for
 from exporter.logs import OnceLog
-from exporter.model import Flow, clean_text, parse_flow
+from exporter.model import Flow, parse_flow
 from exporter.selfmetrics import SelfMetrics
 
 log = structlog.get_logger(__name__)

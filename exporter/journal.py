@@ -38,10 +38,10 @@ import structlog
 
 from exporter.backoff import full_jitter, retry_after_seconds
 from exporter.bodies import decode
+from exporter.checks import clean_text
 from exporter.client import FlowServiceClient
 from exporter.errors import PayloadError, TooLargeError
 from exporter.events import EventRouter
-from exporter.model import clean_text
 from exporter.selfmetrics import SelfMetrics
 from exporter.tracker import Tracker
 

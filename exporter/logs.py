@@ -11,8 +11,8 @@ from collections import OrderedDict
 
 import structlog
 
+from exporter.checks import clean_text
 from exporter.errors import ExporterError
-from exporter.model import clean_text
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

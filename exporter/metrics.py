@@ -20,12 +20,14 @@ from typing import NamedTuple
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from exporter.config import MetricsConfig
+from exporter.exemplars import exemplar_of
 from exporter.model import Counts
 from exporter.statuses import STATUSES, TERMINAL_STATUSES
-from exporter.values import COUNT_KEYS, CompletedRun, CountKey, FlowState, Histogram, Snapshot
+from exporter.values import COUNT_KEYS, CompletedRun, CountKey, FlowState, Snapshot
 
 
 class Family(NamedTuple):
@@ -85,6 +87,24 @@ FAMILIES: tuple[Family, ...] = (
         "aep_flow_schedule_end_timestamp_seconds",
         "gauge",
         "When a segment export's last audience schedule ends (when every scheduled audience has an end).",
+    ),
+    Family.of(
+        "aep_flow_schedule_since_timestamp_seconds",
+        "gauge",
+        "When the flow's current schedule took effect: scheduleParams.startTime, or when the exporter saw its "
+        "interval change.",
+    ),
+    Family.of(
+        "aep_flow_next_run_expected_timestamp_seconds",
+        "gauge",
+        "When the next run should start: the newest run's start (or the schedule's, if later) plus the interval; "
+        "an hour for a streaming flow. Absent when no run is expected.",
+    ),
+    Family.of(
+        "aep_flow_data_as_of_timestamp_seconds",
+        "gauge",
+        "End of the newest data a successful run ingested: its copy activity's windowEnd where Adobe reports one, "
+        "else the run's end (a destination's newest successful export).",
     ),
     Family.of("aep_flow_last_run_status", "gauge", "Status of the newest run (one-hot).", ("status",)),
     Family.of("aep_flow_last_run_start_timestamp_seconds", "gauge", "Start of the newest run.", lean=False),
@@ -280,12 +300,22 @@ def _seconds(ms: int | None) -> float | None:
 class _Families:
     def __init__(self, options: MetricsConfig) -> None:
         self.by_name = {f.name: Metric(f.name, f.help, f.type) for f in FAMILIES if f.lean or not options.lean}
+        self.exemplars = options.exemplars
 
-    def add(self, family: str, labels: Mapping[str, str], value: float | int | None, sample: str = "") -> None:
+    def add(
+        self,
+        family: str,
+        labels: Mapping[str, str],
+        value: float | int | None,
+        sample: str = "",
+        exemplar: Exemplar | None = None,
+    ) -> None:
         metric = self.by_name.get(family)
         if value is None or metric is None:  # no value, or a family this profile leaves out
             return
-        metric.add_sample(sample or metric.name, dict(labels), float(value))
+        metric.add_sample(
+            sample or metric.name, dict(labels), float(value), exemplar=exemplar if self.exemplars else None
+        )
 
     def one_hot(
         self,
@@ -324,6 +354,21 @@ def flow_families(state: FlowState, options: MetricsConfig) -> list[Metric]:
     return [m for m in fam.by_name.values() if m.samples]
 
 
+def counter_families(state: FlowState, options: MetricsConfig) -> list[Metric]:
+    """The flow's counters and its duration histogram alone, named and labelled as on /metrics (what a backfill
+    writes the history of)."""
+    fam = _Families(options)
+    if state.flow is None:
+        return []
+    base = {"sandbox": state.sandbox, "flow_id": state.flow_id, **state.labels}
+    _all_completed(fam, base, state)
+    if options.duration_histogram:
+        _histogram(fam, base, state)
+    if options.audiences:
+        _audiences(fam, base, state)
+    return [m for m in fam.by_name.values() if m.samples]
+
+
 def _flow(fam: _Families, state: FlowState, options: MetricsConfig) -> None:
     fam.add("aep_exporter_flow_up", {"sandbox": state.sandbox, "flow_id": state.flow_id}, 1 if state.up else 0)
     flow = state.flow
@@ -346,12 +391,15 @@ def _flow(fam: _Families, state: FlowState, options: MetricsConfig) -> None:
     fam.add("aep_flow_enabled", base, 1 if flow.state == "enabled" else 0)
     fam.add("aep_flow_schedule_interval_seconds", base, flow.schedule_interval_seconds)
     fam.add("aep_flow_schedule_end_timestamp_seconds", base, _seconds(flow.schedule_end_ms))
+    fam.add("aep_flow_schedule_since_timestamp_seconds", base, _seconds(state.schedule_since_ms))
+    fam.add("aep_flow_next_run_expected_timestamp_seconds", base, _seconds(state.next_run_expected_ms))
+    fam.add("aep_flow_data_as_of_timestamp_seconds", base, _seconds(state.data_as_of_ms))
     _newest_run(fam, base, state, options)
     if state.last_completed is not None:
         _newest_completed(fam, base, state.last_completed, options)
     _all_completed(fam, base, state)
     if options.duration_histogram:
-        _histogram(fam, base, state.durations)
+        _histogram(fam, base, state)
     if options.audiences:
         _audiences(fam, base, state)
 
@@ -383,7 +431,8 @@ def _newest_completed(fam: _Families, base: Mapping[str, str], completed: Comple
         fam.counts("aep_flow_last_run_activity_", labels, act.counts, ACTIVITY_KEYS)
 
 
-def _histogram(fam: _Families, base: Mapping[str, str], hist: Histogram) -> None:
+def _histogram(fam: _Families, base: Mapping[str, str], state: FlowState) -> None:
+    hist = state.durations
     cumulative = 0
     for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
         cumulative += count
@@ -392,6 +441,7 @@ def _histogram(fam: _Families, base: Mapping[str, str], hist: Histogram) -> None
             {**base, "le": _le(bound)},
             cumulative,
             "aep_flow_run_duration_seconds_bucket",
+            exemplar_of(state, f"le:{bound}"),
         )
     fam.add("aep_flow_run_duration_seconds", base, hist.count, "aep_flow_run_duration_seconds_count")
     fam.add("aep_flow_run_duration_seconds", base, hist.sum, "aep_flow_run_duration_seconds_sum")
@@ -400,13 +450,16 @@ def _histogram(fam: _Families, base: Mapping[str, str], hist: Histogram) -> None
 def _all_completed(fam: _Families, base: Mapping[str, str], state: FlowState) -> None:
     for status in TERMINAL_STATUSES:
         if status in state.runs_total:
-            fam.add("aep_flow_runs", {**base, "status": status}, state.runs_total[status], "aep_flow_runs_total")
+            count = state.runs_total[status]
+            example = exemplar_of(state, f"runs:{status}")
+            fam.add("aep_flow_runs", {**base, "status": status}, count, "aep_flow_runs_total", example)
     for key in COUNT_KEYS:
         if key in state.totals:
             name = f"aep_flow_{key.field}_{key.group}"
-            fam.add(name, base, state.totals[key], f"{name}_total")
+            fam.add(name, base, state.totals[key], f"{name}_total", exemplar_of(state, f"count:{key.value}"))
     for code in sorted(state.error_codes):
-        fam.add("aep_flow_run_errors", {**base, "code": code}, state.error_codes[code], "aep_flow_run_errors_total")
+        labels, count = {**base, "code": code}, state.error_codes[code]
+        fam.add("aep_flow_run_errors", labels, count, "aep_flow_run_errors_total", exemplar_of(state, f"errors:{code}"))
     for outcome in sorted(state.record_codes):
         for code, count in sorted(state.record_codes[outcome].items()):
             fam.add(

@@ -1,31 +1,21 @@
-"""Flow Service JSON -> frozen ``Flow`` and ``Run`` values. Pure: no I/O; imports only errors, schedules and statuses.
+"""Flow Service JSON -> frozen ``Flow`` and ``Run`` values: where Adobe's values enter. Pure: no I/O.
 
-Parsing is defensive: Adobe's payloads vary between connectors and over time. Anything that is not a
-JSON object with a clean ``id`` raises :class:`PayloadError`; every other field is optional. Every value is
-validated here, so nothing downstream (counting, state file, exposition, landing page) can meet a bad one:
-
-- strings are valid Unicode without control characters (lone surrogates and controls become U+FFFD) and of
-  bounded length;
-- counts are integers in 0..2^53; anything else (``-1``, Adobe's "unknown", NaN, Infinity, 1e400, fractions,
-  booleans, strings, objects) is ``None``, never 0;
-- timestamps are epoch milliseconds from 2015 to one day ahead of ``now_ms``; anything else is ``None`` (a run
-  "completed" in the year 33658 cannot pin a flow's last success);
-- schedule intervals are finite, positive and at most a year, end dates real dates (schedules.py).
-
-Names of fields found invalid are kept in ``Run.unknown_fields`` / ``Flow.invalid_fields`` so the caller can log
-them once with the flow id.
+Parsing is defensive: Adobe's payloads vary between connectors and over time. Anything that is not a JSON object
+with a clean ``id`` raises :class:`PayloadError`; every other field is optional. Every value is validated here,
+by checks.py's rules (schedules by schedules.py's), so nothing downstream (counting, state file, exposition,
+landing page) can meet a bad one. Names of fields found invalid are kept in ``Run.unknown_fields`` /
+``Flow.invalid_fields`` so the caller can log them once with the flow id.
 """
 
 from __future__ import annotations
 
-import math
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.checks import MAX_COUNT, Checker, clean_text, mapping
 from exporter.errors import PayloadError
-from exporter.schedules import flow_schedule
+from exporter.schedules import STREAMING_WINDOW_S, flow_schedule
 from exporter.statuses import FINAL_STATUSES, TERMINAL_STATUSES, normalize_status
 
 RECORD_FIELDS = {
@@ -47,61 +37,6 @@ FILE_FIELDS = {
 }
 RECORD_CODE_LISTS = {"skipped": "skippedInfo", "failed": "failedInfo", "warning": "warningInfo"}
 """``recordSummary`` lists of ``{code, count}`` in destination runs, by outcome."""
-
-
-MAX_COUNT = 2**53
-"""Largest count taken: beyond it a float (what Prometheus stores) is no longer exact."""
-EARLIEST_MS = 1_420_070_400_000
-"""2015-01-01: no Experience Platform run is older."""
-MAX_AHEAD_MS = 86_400_000
-"""A timestamp more than a day ahead of now is not a time, it is a bug."""
-MAX_TEXT = 256
-_UNCLEAN = re.compile(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
-"""Lone surrogates (not encodable), non-characters, and control characters but tab, newline and carriage return
-(which every output escapes)."""
-
-
-def clean_text(value: str, limit: int = MAX_TEXT) -> str:
-    """``value`` made safe for a label, a log line or a page: lone surrogates and control characters (but tab,
-    newline, carriage return) replaced with U+FFFD, cut to ``limit`` characters."""
-    return _UNCLEAN.sub("\ufffd", value[:limit])
-
-
-def valid_count(value: object) -> int | None:
-    """An integer count in 0..2^53, or None (unknown)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        return None
-    return value
-
-
-def valid_seconds(value: object) -> float | None:
-    """A duration in seconds: a finite number in 0..2^53, or None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    seconds = float(value)
-    return seconds if math.isfinite(seconds) and 0 <= seconds <= MAX_COUNT else None
-
-
-def plausible_ms(value: object, now_ms: int) -> int | None:
-    """Epoch milliseconds between 2015 and a day ahead of ``now_ms``, or None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if not math.isfinite(value) or not EARLIEST_MS <= value <= now_ms + MAX_AHEAD_MS:
-        return None
-    return int(value)
-
-
-def adobe_ms(value: object, now_ms: int) -> int | None:
-    """A timestamp as Adobe writes it, in epoch milliseconds or in epoch seconds (Adobe's "Flow run notifications"
-    success example has ``durationSummary`` in seconds beside ``createdAt`` in milliseconds): epoch milliseconds
-    between 2015 and a day ahead of ``now_ms``, or None. The two ranges cannot be confused: 2015 in seconds is
-    January 1970 in milliseconds."""
-    checked = plausible_ms(value, now_ms)
-    if checked is not None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return checked
-    if not math.isfinite(value) or not EARLIEST_MS / 1000 <= value <= (now_ms + MAX_AHEAD_MS) / 1000:
-        return None
-    return int(value * 1000)
 
 
 def snake_case(name: str) -> str:
@@ -147,6 +82,8 @@ class Run:
     audience_counts: tuple[tuple[str, str, int], ...] = ()  # (audience_id, outcome, count) from entitySummaries
     activities: tuple[Activity, ...]
     unknown_fields: tuple[str, ...]
+    window_end_ms: int | None = None  # the newest durationSummary.extensions.windowEnd of its activities
+    errors: tuple[tuple[str, str], ...] = ()  # (code, its first message, cleaned) run level and activity level
 
     @property
     def is_terminal(self) -> bool:
@@ -217,6 +154,15 @@ class Flow:
     last_run: LastRunDetails | None
     invalid_fields: tuple[str, ...] = ()
     schedule_end_ms: int | None = None  # segment exports: when the last audience's schedule ends
+    schedule_start_ms: int | None = None  # scheduleParams.startTime: when the schedule took effect
+    streaming: bool = False  # no schedule of any kind: runs are hourly windows (schedules.py)
+
+    @property
+    def expected_interval_seconds(self) -> float | None:
+        """How often a run is expected: the schedule's interval, an hour for a streaming flow, else None."""
+        if self.schedule_interval_seconds is not None:
+            return self.schedule_interval_seconds
+        return STREAMING_WINDOW_S if self.streaming else None
 
     @property
     def change_key(self) -> tuple[str, str | None] | None:
@@ -226,49 +172,8 @@ class Flow:
         return (self.last_run.id, self.last_run.state)
 
 
-def _obj(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-class _Checker:
-    """Validates one payload's values against ``now_ms``, noting the name of each field found invalid."""
-
-    def __init__(self, now_ms: int | None) -> None:
-        self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        self.invalid: list[str] = []
-
-    def text(self, value: object, name: str, default: str = "", limit: int = MAX_TEXT) -> str:
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.invalid.append(name)
-            return default
-        clean = clean_text(value, limit)
-        if clean != value:
-            self.invalid.append(name)
-        return clean
-
-    def ms(self, value: object, name: str) -> int | None:
-        """A timestamp (milliseconds or seconds); a missing one is simply absent, a present but implausible one is
-        noted."""
-        if value is None:
-            return None
-        checked = adobe_ms(value, self.now_ms)
-        if checked is None and value != -1:
-            self.invalid.append(name)
-        return checked
-
-    def count(self, summary: dict[str, Any], key: str, prefix: str) -> int | None:
-        if key not in summary:
-            return None
-        checked = valid_count(summary[key])
-        if checked is None:
-            self.invalid.append(f"{prefix}{key}")
-        return checked
-
-
-def _counts(section: dict[str, Any], check: _Checker, prefix: str = "") -> Counts:
-    rec, size, files = (_obj(section.get(k)) for k in ("recordSummary", "sizeSummary", "fileSummary"))
+def _counts(section: dict[str, Any], check: Checker, prefix: str = "") -> Counts:
+    rec, size, files = (mapping(section.get(k)) for k in ("recordSummary", "sizeSummary", "fileSummary"))
     return Counts(
         records={k: check.count(rec, f, prefix) for k, f in RECORD_FIELDS.items()},
         bytes={k: check.count(size, f, prefix) for k, f in BYTE_FIELDS.items()},
@@ -282,21 +187,30 @@ def _span_seconds(start: int | None, end: int | None) -> float | None:
     return (end - start) / 1000.0
 
 
-def _error_codes(status_summary: dict[str, Any]) -> set[str]:
-    codes: set[str] = set()
-    lists = (status_summary.get("errors"), _obj(status_summary.get("extensions")).get("errors"))
+MAX_ERROR_MESSAGE = 500
+"""An error message is kept (for the flow page) up to this many characters, cleaned like every text from Adobe."""
+
+
+def _error_codes(status_summary: dict[str, Any]) -> dict[str, str]:
+    """The error codes of a status summary (run or activity level), each with its first message ("" if none)."""
+    codes: dict[str, str] = {}
+    lists = (status_summary.get("errors"), mapping(status_summary.get("extensions")).get("errors"))
     for errors in lists:
         if isinstance(errors, list):
             for err in errors:
-                code = _obj(err).get("code")
+                code = mapping(err).get("code")
                 if isinstance(code, int) and not isinstance(code, bool) and 0 <= code < 10**12:
                     code = str(code)
                 if isinstance(code, str) and code.strip():
-                    codes.add(clean_text(code.strip(), 64))
+                    message = mapping(err).get("message")
+                    text = clean_text(message.strip(), MAX_ERROR_MESSAGE) if isinstance(message, str) else ""
+                    key = clean_text(code.strip(), 64)
+                    if not codes.get(key):
+                        codes[key] = text
     return codes
 
 
-def _record_codes(summary: dict[str, Any], check: _Checker) -> tuple[tuple[str, str, int], ...]:
+def _record_codes(summary: dict[str, Any], check: Checker) -> tuple[tuple[str, str, int], ...]:
     """``skippedInfo``/``failedInfo``/``warningInfo`` as (outcome, code, count), counts summed per code; an
     entry without a clean code or a valid count is noted and left out."""
     totals: dict[tuple[str, str], int] = {}
@@ -308,7 +222,7 @@ def _record_codes(summary: dict[str, Any], check: _Checker) -> tuple[tuple[str, 
             check.invalid.append(f"recordSummary.{key}")
             continue
         for entry in entries:
-            raw_code = _obj(entry).get("code")
+            raw_code = mapping(entry).get("code")
             if isinstance(raw_code, int) and not isinstance(raw_code, bool) and 0 <= raw_code < 10**12:
                 raw_code = str(raw_code)
             if not isinstance(raw_code, str) or not raw_code.strip():
@@ -317,8 +231,8 @@ def _record_codes(summary: dict[str, Any], check: _Checker) -> tuple[tuple[str, 
             # A code without a count (Adobe's "Standard alert rules" failure example: code and message only) is
             # still worth showing: its series exists and adds no invented records. A count that is there but not
             # valid (-1, a string) is noted as unknown, the code still shown.
-            given = _obj(entry).get("count") is not None
-            count = check.count(_obj(entry), "count", f"recordSummary.{key}.") if given else 0
+            given = mapping(entry).get("count") is not None
+            count = check.count(mapping(entry), "count", f"recordSummary.{key}.") if given else 0
             code = clean_text(raw_code.strip(), 64)
             totals[(outcome, code)] = min(totals.get((outcome, code), 0) + (count or 0), MAX_COUNT)
     return tuple((outcome, code, count) for (outcome, code), count in sorted(totals.items()))
@@ -328,7 +242,7 @@ AUDIENCE_SUMMARY_LISTS = ("targetSummaries", "sourceSummaries")
 """``recordSummary`` lists whose items carry ``entitySummaries[]`` (``id`` = ``segment:<uuid>``), target side first."""
 
 
-def _audience_counts(summary: dict[str, Any], check: _Checker) -> tuple[tuple[str, str, int], ...]:
+def _audience_counts(summary: dict[str, Any], check: Checker) -> tuple[tuple[str, str, int], ...]:
     """Per-audience record counts as (audience_id, outcome, count), ``outcome`` being a ``RECORD_FIELDS`` key.
 
     ``targetSummaries`` (what reached the destination) are summed over their items; ``sourceSummaries`` only fill
@@ -340,15 +254,15 @@ def _audience_counts(summary: dict[str, Any], check: _Checker) -> tuple[tuple[st
     for key in AUDIENCE_SUMMARY_LISTS:
         totals: dict[tuple[str, str], int] = {}
         for item in _list_of(summary, key, check):
-            for entity in _list_of(_obj(item), "entitySummaries", check, f"recordSummary.{key}"):
-                _audience_entity(_obj(entity), totals, check, key)
+            for entity in _list_of(mapping(item), "entitySummaries", check, f"recordSummary.{key}"):
+                _audience_entity(mapping(entity), totals, check, key)
         sides.append(totals)
     target, source = sides
     merged = {**{k: v for k, v in source.items() if k not in target}, **target}
     return tuple((audience, outcome, count) for (audience, outcome), count in sorted(merged.items()))
 
 
-def _list_of(section: dict[str, Any], key: str, check: _Checker, where: str = "recordSummary") -> list[Any]:
+def _list_of(section: dict[str, Any], key: str, check: Checker, where: str = "recordSummary") -> list[Any]:
     value = section.get(key)
     if value is None:
         return []
@@ -358,7 +272,7 @@ def _list_of(section: dict[str, Any], key: str, check: _Checker, where: str = "r
     return value
 
 
-def _audience_entity(entity: dict[str, Any], totals: dict[tuple[str, str], int], check: _Checker, key: str) -> None:
+def _audience_entity(entity: dict[str, Any], totals: dict[tuple[str, str], int], check: Checker, key: str) -> None:
     raw_id = entity.get("id")
     if not isinstance(raw_id, str) or not raw_id.strip():
         check.invalid.append(f"recordSummary.{key}.entitySummaries.id")
@@ -381,40 +295,54 @@ def _require_id(payload: object, what: str) -> tuple[dict[str, Any], str]:
     return payload, ident
 
 
+def _activities(raw_activities: object, check: Checker) -> tuple[list[Activity], list[int], list[int], dict[str, str]]:
+    """A run's activities, their ends, the data windows copy activities report (``durationSummary.extensions.
+    windowEnd``, "Monitor dataflows using the Flow Service API") and their error codes."""
+    activities: list[Activity] = []
+    activity_ends: list[int] = []
+    window_ends: list[int] = []
+    codes: dict[str, str] = {}
+    for raw in raw_activities if isinstance(raw_activities, list) else []:
+        act = mapping(raw)
+        act_name = check.text(act.get("name"), "activities.name") or check.text(act.get("id"), "activities.id")
+        if not act_name:
+            continue
+        act_status = mapping(act.get("statusSummary"))
+        for code, message in _error_codes(act_status).items():
+            codes[code] = codes.get(code) or message
+        act_duration = mapping(act.get("durationSummary"))
+        start = check.ms(act_duration.get("startedAtUTC"), "activities.startedAtUTC")
+        end = check.ms(act_duration.get("completedAtUTC"), "activities.completedAtUTC")
+        if end is not None:
+            activity_ends.append(end)
+        window_end = check.ms(mapping(act_duration.get("extensions")).get("windowEnd"), "activities.windowEnd")
+        if window_end is not None:
+            window_ends.append(window_end)
+        activities.append(
+            Activity(
+                name=snake_case(act_name),
+                status=normalize_status(act_status.get("status")),
+                duration_seconds=_span_seconds(start, end),
+                counts=_counts(act, Checker(check.now_ms), ""),
+            )
+        )
+    return activities, activity_ends, window_ends, codes
+
+
 def parse_run(payload: object, now_ms: int | None = None) -> Run:
     """Parse one item of ``GET /runs``; raises PayloadError only when it has no usable id.
 
     ``now_ms`` bounds plausible timestamps (default: the wall clock).
     """
     data, run_id = _require_id(payload, "run")
-    check = _Checker(now_ms)
-    metrics = _obj(data.get("metrics"))
-    duration = _obj(metrics.get("durationSummary"))
-    status_summary = _obj(metrics.get("statusSummary"))
+    check = Checker(now_ms)
+    metrics = mapping(data.get("metrics"))
+    duration = mapping(metrics.get("durationSummary"))
+    status_summary = mapping(metrics.get("statusSummary"))
     codes = _error_codes(status_summary)
-    activities: list[Activity] = []
-    activity_ends: list[int] = []
-    raw_activities = data.get("activities")
-    for raw in raw_activities if isinstance(raw_activities, list) else []:
-        act = _obj(raw)
-        act_name = check.text(act.get("name"), "activities.name") or check.text(act.get("id"), "activities.id")
-        if not act_name:
-            continue
-        act_status = _obj(act.get("statusSummary"))
-        codes |= _error_codes(act_status)
-        act_duration = _obj(act.get("durationSummary"))
-        start = check.ms(act_duration.get("startedAtUTC"), "activities.startedAtUTC")
-        end = check.ms(act_duration.get("completedAtUTC"), "activities.completedAtUTC")
-        if end is not None:
-            activity_ends.append(end)
-        activities.append(
-            Activity(
-                name=snake_case(act_name),
-                status=normalize_status(act_status.get("status")),
-                duration_seconds=_span_seconds(start, end),
-                counts=_counts(act, _Checker(check.now_ms), ""),
-            )
-        )
+    activities, activity_ends, window_ends, activity_codes = _activities(data.get("activities"), check)
+    for code, message in activity_codes.items():
+        codes[code] = codes.get(code) or message
     raw_status = status_summary.get("status")
     status = normalize_status(raw_status)
     counts = _counts(metrics, check)
@@ -434,10 +362,12 @@ def parse_run(payload: object, now_ms: int | None = None) -> Run:
         raw_status=clean_text(raw_status, 64) if isinstance(raw_status, str) else None,
         counts=counts,
         error_codes=frozenset(codes),
-        record_codes=_record_codes(_obj(metrics.get("recordSummary")), check),
-        audience_counts=_audience_counts(_obj(metrics.get("recordSummary")), check),
+        errors=tuple(sorted(codes.items())),
+        record_codes=_record_codes(mapping(metrics.get("recordSummary")), check),
+        audience_counts=_audience_counts(mapping(metrics.get("recordSummary")), check),
         activities=tuple(sorted(_dedupe_activities(activities), key=lambda a: a.name)),
         unknown_fields=tuple(dict.fromkeys(check.invalid)),
+        window_end_ms=max(window_ends, default=None),
     )
 
 
@@ -448,26 +378,28 @@ def _dedupe_activities(activities: list[Activity]) -> list[Activity]:
     return list(seen.values())
 
 
-def _connection_spec(attrs: dict[str, Any], key: str, check: _Checker) -> str:
+def _connection_spec(attrs: dict[str, Any], key: str, check: Checker) -> str:
     conns = attrs.get(key)
     if isinstance(conns, list) and conns:
-        return check.text(_obj(_obj(conns[0]).get("connectionSpec")).get("id"), f"{key}.connectionSpec.id", limit=128)
+        return check.text(
+            mapping(mapping(conns[0]).get("connectionSpec")).get("id"), f"{key}.connectionSpec.id", limit=128
+        )
     return ""
 
 
 def parse_flow(payload: object, now_ms: int | None = None) -> Flow:
     """Parse one item of ``GET /flows``; raises PayloadError only when it has no usable id."""
     data, flow_id = _require_id(payload, "flow")
-    check = _Checker(now_ms)
-    attrs = _obj(data.get("inheritedAttributes"))
-    props = _obj(attrs.get("properties"))
+    check = Checker(now_ms)
+    attrs = mapping(data.get("inheritedAttributes"))
+    props = mapping(attrs.get("properties"))
     if props.get("isSourceFlow") is True:
         kind = "source"
     elif props.get("isDestinationFlow") is True:
         kind = "destination"
     else:
         kind = "unknown"
-    last = _obj(data.get("lastRunDetails"))
+    last = mapping(data.get("lastRunDetails"))
     last_id = last.get("id")
     last_run = None
     if isinstance(last_id, str) and last_id and clean_text(last_id, 128) == last_id:
@@ -485,13 +417,15 @@ def parse_flow(payload: object, now_ms: int | None = None) -> Flow:
     return Flow(
         id=flow_id,
         name=check.text(data.get("name"), "name"),
-        flow_spec_id=check.text(_obj(data.get("flowSpec")).get("id"), "flowSpec.id", limit=128),
+        flow_spec_id=check.text(mapping(data.get("flowSpec")).get("id"), "flowSpec.id", limit=128),
         source_connection_spec_id=_connection_spec(attrs, "sourceConnections", check),
         target_connection_spec_id=_connection_spec(attrs, "targetConnections", check),
         kind=kind,
         state=check.text(data.get("state"), "state", "unknown", limit=64) or "unknown",
         schedule_interval_seconds=schedule.interval_seconds,
         schedule_end_ms=schedule.end_ms,
+        schedule_start_ms=schedule.start_ms,
+        streaming=schedule.streaming,
         last_run=last_run,
         invalid_fields=tuple(dict.fromkeys(check.invalid)),
     )

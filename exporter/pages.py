@@ -15,6 +15,7 @@ import functools
 import html
 import importlib.resources
 import time
+import urllib.parse
 
 import markdown
 
@@ -55,6 +56,11 @@ def age(seconds: float | None, now: float) -> str:
     return f"in {amount}" if ahead else f"{amount} ago"
 
 
+def flow_path(sandbox: str, flow_id: str) -> str:
+    """The flow page's address on the exporter."""
+    return f"/flows/{urllib.parse.quote(sandbox, safe='')}/{urllib.parse.quote(flow_id, safe='')}"
+
+
 def _when(seconds: float | None, now: float) -> str:
     if seconds is None:
         return "never"
@@ -83,7 +89,8 @@ def _flow_row(state: FlowState, now: float) -> str:
     success = _when(state.last_success_ms / 1000.0, now) if state.last_success_ms is not None else "never"
     up = "yes" if state.up else "<span class='down'>no: cannot be read (see the log)</span>"
     return (
-        f"<tr><td>{esc(state.sandbox)}</td><td>{esc(flow.name if flow else '?')}</td>"
+        f"<tr><td>{esc(state.sandbox)}</td><td><a href='{esc(flow_path(state.sandbox, state.flow_id), quote=True)}'>"
+        f"{esc((flow.name if flow else '') or '?')}</a></td>"
         f"<td><code>{esc(state.flow_id)}</code></td><td>{esc(flow.kind if flow else '?')}</td>"
         f"<td>{esc(flow.state if flow else '?')}</td><td>{shown}</td><td>{ended}</td><td>{success}</td>"
         f"<td>{up}</td></tr>"

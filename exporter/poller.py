@@ -75,6 +75,8 @@ class SandboxPoller:
         for counter in (self_metrics.polls, self_metrics.poll_failures):
             counter.labels(sandbox.name)  # present at 0 from the start, so rate() and alerts see the first failure
         self_metrics.poll_interval.labels(sandbox.name).set(sandbox.interval)
+        self.on_update: Callable[[Update], Update] | None = None  # backfill.py sees (and amends) each update
+        self.flows_at_once: int | None = None  # backfill.py: a few flows' whole history in memory, not all
         self._flow_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._wake = asyncio.Event()
         self.runs = RunsReader(
@@ -152,8 +154,14 @@ class SandboxPoller:
         await self._tracker.remove([k for k in self._tracker.keys(name) if k[1] not in wanted])
         for flow_id in missing:
             self._flow_down(flow_id, None, NOT_LISTED)
+        at_once = asyncio.Semaphore(self.flows_at_once or max(1, len(selected)))
+
+        async def update(flow: Flow, labels: dict[str, str]) -> None:
+            async with at_once:
+                await self._update_flow(flow, labels)
+
         try:
-            await asyncio.gather(*(self._update_flow(flow, labels) for flow, labels in selected.items()))
+            await asyncio.gather(*(update(flow, labels) for flow, labels in selected.items()))
         except StateError as exc:
             self._fail(exc, started)
             return False
@@ -235,9 +243,9 @@ class SandboxPoller:
             state = dataclasses.replace(state, labels=labels)
         if stored is not None and not force and not state.needs_runs(flow):
             if stored.flow != flow:
-                await self._tracker.save(refresh_flow(state, flow))
+                await self._tracker.save(refresh_flow(state, flow, int(self._clock() * 1000)))
             else:
-                self._tracker.put(refresh_flow(state, flow))
+                self._tracker.put(refresh_flow(state, flow, int(self._clock() * 1000)))
             return None
         try:
             answer = await self.runs.read(flow, state)
@@ -261,6 +269,8 @@ class SandboxPoller:
             window=answer.window,
         )
         self._log_once(flow.id, update)
+        if self.on_update is not None:
+            update = self.on_update(update)
         await self._tracker.save(update.state)
         if update.counted:
             log.debug("runs_counted", sandbox=self.name, flow_id=flow.id, runs=len(update.counted))

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
-from exporter.model import clean_text
+from exporter.checks import clean_text
 
 REDACTED = "<redacted>"
 _MIN_SECRET = 4

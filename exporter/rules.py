@@ -5,9 +5,10 @@ the default config (a test keeps them equal).
 Who gets woken: paging is for production. A flow alert's ``severity`` is ``critical`` (the example Alertmanager
 routes it to the pager) only when it may page and the flow's ``tier`` label (a static label, set per sandbox or
 flow in ``sandboxes[].labels``) is one of ``alerts.paging_tiers``; else ``warning`` (a ticket). What may page: a
-flow failing again and again (``AEPFlowFailing``), a flow without a success for twice its schedule
-(``AEPFlowStale``), a sandbox the exporter cannot poll, the exporter down. A single failed run of a flow that
-runs again on schedule is a ticket (``AEPFlowRunFailed``).
+flow failing again and again (``AEPFlowFailing``), a late flow (``AEPFlowLate``), an SLO's fast burn
+(slorules.py), a flow without a schedule and without a success for a day (``AEPFlowStale``), a sandbox the
+exporter cannot poll, the exporter down. A single failed run of a flow that runs again on schedule is a ticket
+(``AEPFlowRunFailed``).
 
 Every alert says where to look: ``runbook_url`` is ``alerts.runbook_url`` (default: the runbook the exporter
 serves at ``/runbook``) with the alert's anchor, and its description ends with a link to the Grafana dashboard
@@ -22,9 +23,11 @@ from typing import Any
 
 import yaml
 
-from exporter.config import AlertsConfig
+from exporter.config import AlertsConfig, SloConfig
+from exporter.slorules import FAST, SLOW, budget_rules, burn, sli_rules, target_rules
 
 FLOW_KEY = "job, instance, sandbox, flow_id"
+SANDBOX_KEY = "job, instance, sandbox"
 NAMED = f"* on ({FLOW_KEY}) group_left (flow_name, tier) aep_flow_info"
 """Appended to a flow alert's expression: the flow's name and tier from aep_flow_info (a recording rule's
 aggregation drops the tier the flow's own series carry)."""
@@ -74,12 +77,11 @@ FLOW_ = FLOW.replace("dataflow", "Dataflow", 1)  # at the start of a sentence
 TITLE = "AEP dataflow {{ $labels.flow_name }} ({{ $labels.sandbox }})"
 
 RECORDING: tuple[tuple[str, str], ...] = (
-    # Stale threshold per flow: twice its schedule interval; 1 day for flows without a schedule (one-time and
-    # streaming flows).
+    # Stale threshold of a flow without a known schedule (one-time flows): 1 day. A flow with one is watched by
+    # AEPFlowLate and its freshness SLO instead (slorules.py).
     (
         "aep:flow_stale_threshold_seconds",
-        f"max by ({FLOW_KEY}) (2 * aep_flow_schedule_interval_seconds)\nor\n"
-        f"max by ({FLOW_KEY}) (aep_flow_info * 0 + 86400)\n",
+        f"max by ({FLOW_KEY}) (aep_flow_info * 0 + 86400)\nunless on ({FLOW_KEY}) aep:flow_expected_interval_seconds\n",
     ),
     (
         "aep:flow_last_success_age_seconds",
@@ -144,8 +146,8 @@ FLOW_ALERTS = (
             ")"
         ),
         f"{TITLE}: no successful run for {{{{ $value | humanizeDuration }}}}",
-        f"{FLOW_} is enabled but its last successful run ended {{{{ $value | humanizeDuration }}}} ago, more "
-        "than twice its schedule interval.",
+        f"{FLOW_} is enabled, has no schedule the exporter knows, and its last successful run ended "
+        "{{ $value | humanizeDuration }} ago, more than a day.",
         TIERED,
         "5m",
         error_code=True,
@@ -280,11 +282,69 @@ EXPORTER_ALERTS = (
     ),
 )
 
-ALERTS = FLOW_ALERTS + EXPORTER_ALERTS
+SLO_ALERTS = (
+    Alert(
+        "AEPFlowLate",
+        _flow(
+            "(\n"
+            "  time() - (\n"
+            "    aep_flow_next_run_expected_timestamp_seconds\n"
+            f"    + on ({FLOW_KEY}) (\n"
+            f"      aep:flow_expected_interval_seconds * on ({FLOW_KEY}) aep:flow_slo:late_grace\n"
+            f"      + on ({SANDBOX_KEY}) group_left () max by ({SANDBOX_KEY}) (aep_exporter_poll_interval_seconds)\n"
+            f"      or on ({FLOW_KEY}) aep:flow_expected_interval_seconds * on ({FLOW_KEY}) aep:flow_slo:late_grace\n"
+            "    )\n"
+            "  ) > 0\n"
+            ")"
+        ),
+        f"{TITLE}: no run started {{{{ $value | humanizeDuration }}}} past its grace",
+        f"{FLOW_} was due to start a run by its schedule (aep_flow_next_run_expected_timestamp_seconds) and none "
+        "has started within its grace (slo.late_grace of its interval, and one poll interval: the exporter sees a "
+        "run start at its next poll); it is {{ $value | humanizeDuration }} past that.",
+        TIERED,
+    ),
+    Alert(
+        "AEPFlowRunSuccessBudgetFastBurn",
+        _flow(burn("aep:flow_run_errors:ratio_rate", "run_success", FAST, guard=True)),
+        f"{TITLE}: its run-success error budget is burning fast",
+        f"{FLOW_} fails {{{{ $value | humanizePercentage }}}} of its runs, at least 6 times the rate its "
+        "run-success objective (slo.run_success) allows, over 1h and 5m or 6h and 30m, with at least three failed "
+        "runs: at this rate its budget is gone within days.",
+        TIERED,
+        error_code=True,
+    ),
+    Alert(
+        "AEPFlowRunSuccessBudgetSlowBurn",
+        _flow(burn("aep:flow_run_errors:ratio_rate", "run_success", SLOW)),
+        f"{TITLE}: its run-success error budget is burning",
+        f"{FLOW_} fails {{{{ $value | humanizePercentage }}}} of its runs, more than its run-success objective "
+        "(slo.run_success) allows over 1d and 2h, or 3d and 6h: at this rate its budget will not last the period.",
+        error_code=True,
+    ),
+    Alert(
+        "AEPFlowFreshnessBudgetFastBurn",
+        _flow(burn("aep:flow_stale:ratio_", "freshness", FAST)),
+        f"{TITLE}: its data is stale, burning its freshness budget fast",
+        f"The data of {FLOW} has been older than slo.freshness_max_age schedule intervals for "
+        "{{ $value | humanizePercentage }} of the time, at least 6 times what its freshness objective "
+        "(slo.freshness) allows, over 1h and 5m or 6h and 30m.",
+        TIERED,
+        error_code=True,
+    ),
+    Alert(
+        "AEPFlowFreshnessBudgetSlowBurn",
+        _flow(burn("aep:flow_stale:ratio_", "freshness", SLOW)),
+        f"{TITLE}: its data is often stale, burning its freshness budget",
+        f"The data of {FLOW} has been stale for {{{{ $value | humanizePercentage }}}} of the time, more than its "
+        "freshness objective (slo.freshness) allows over 1d and 2h, or 3d and 6h.",
+    ),
+)
+
+ALERTS = FLOW_ALERTS + SLO_ALERTS + EXPORTER_ALERTS
 
 HEADER = """\
 # Alerting and recording rules for aep-flow-exporter, written by `aep-flow-exporter rules` from the config's
-# alerts: section (this file: the defaults). Change the config and run the command again rather than editing.
+# alerts: and slo: sections (this file: the defaults). Change the config and run the command again rather than editing.
 # Flow alerts carry sandbox, flow_id, flow_name and the flows' static labels (tier among them), plus job and
 # instance. severity is critical (page) only for alerts that may page, in a tier of alerts.paging_tiers.
 # One group on purpose: rules of a group run in order, so each alert reads recording rules evaluated in the
@@ -333,12 +393,20 @@ def _rule(alert: Alert, alerts: AlertsConfig) -> list[dict[str, Any]]:
     return [{**rule, "labels": {"severity": _severity(alert, alerts)}, "annotations": annotations}]
 
 
-def rule_groups(alerts: AlertsConfig) -> dict[str, Any]:
-    """The rules file's content: one group, recording rules first."""
-    rules: list[dict[str, Any]] = [{"record": name, "expr": expr} for name, expr in RECORDING]
+def rule_groups(alerts: AlertsConfig, slo: SloConfig) -> dict[str, Any]:
+    """The rules file's content: one group, recording rules first (the SLO targets and SLIs before the rest, which
+    read them), and the error budgets over ``slo.window`` in a group of their own, every 5 minutes (nothing alerts
+    on them; a month of samples per evaluation is better read less often)."""
+    rules: list[dict[str, Any]] = [*target_rules(slo), *sli_rules()]
+    rules += [{"record": name, "expr": expr} for name, expr in RECORDING]
     for alert in ALERTS:
         rules.extend(_rule(alert, alerts))
-    return {"groups": [{"name": "aep-flows", "rules": rules}]}
+    return {
+        "groups": [
+            {"name": "aep-flows", "rules": rules},
+            {"name": "aep-flows-slo-budget", "interval": "5m", "rules": budget_rules(slo)},
+        ]
+    }
 
 
 class _Dumper(yaml.SafeDumper):
@@ -352,6 +420,7 @@ def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _text)
 
 
-def render(alerts: AlertsConfig) -> str:
+def render(alerts: AlertsConfig, slo: SloConfig) -> str:
     """The rules file as text."""
-    return HEADER + yaml.dump(rule_groups(alerts), Dumper=_Dumper, sort_keys=False, width=100_000, allow_unicode=True)
+    groups = rule_groups(alerts, slo)
+    return HEADER + yaml.dump(groups, Dumper=_Dumper, sort_keys=False, width=100_000, allow_unicode=True)

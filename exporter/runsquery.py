@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from exporter.checks import clean_text
 from exporter.client import MAX_PAGES, FlowServiceClient
 from exporter.errors import ApiError, ExporterError
-from exporter.model import Flow, Run, clean_text, parse_run
+from exporter.model import Flow, Run, parse_run
 from exporter.values import EVERYTHING, NOTHING, OVERLAP_MS, FlowState, Strategy, Window
 
 log = structlog.get_logger(__name__)

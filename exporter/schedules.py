@@ -6,8 +6,11 @@ selector schedule (``transformations[].params.segmentSelectors.selectors[].value
 ``frequency`` and an optional ``endDate``. A flow's interval is the shortest fixed one still in effect, its end
 the latest ``endDate`` when every scheduled audience has one. Streaming flows and ``once`` have no interval.
 
+``scheduleParams.startTime`` (epoch seconds) says when the schedule took effect. A flow with no schedule of any
+kind is streaming: its runs, when it has any, are hourly windows (``STREAMING_WINDOW_S``).
+
 Every value is checked here, as model.py checks the rest of a flow: an interval is finite, positive and at
-most a year; an end date is a calendar date from 2015 to 2200. The names of values found invalid are returned
+most a year; an end date or a start time is from 2015 to 2200. The names of values found invalid are returned
 so model.py can put them in ``Flow.invalid_fields``.
 """
 
@@ -35,11 +38,17 @@ LAST_END_MS = 7_258_118_400_000
 """2200-01-01: an audience's endDate may be years ahead, but not centuries."""
 
 
+STREAMING_WINDOW_S = 3600.0
+"""A streaming flow's runs are hourly windows of what it ingested: when it runs, it runs each hour."""
+
+
 @dataclass(frozen=True)
 class Schedule:
     interval_seconds: float | None
     end_ms: int | None
     invalid: tuple[str, ...]
+    start_ms: int | None = None  # scheduleParams.startTime: when the schedule took effect (or will)
+    streaming: bool = False  # no schedule of any kind: a streaming flow, in hourly windows
 
 
 def valid_interval(value: object) -> float | None:
@@ -62,9 +71,25 @@ def flow_schedule(flow: Mapping[str, Any], now_ms: int) -> Schedule:
     invalid: list[str] = []
     params = flow.get("scheduleParams")
     if params is not None:
-        return Schedule(_params_interval(params, invalid), None, tuple(invalid))
+        start = _start_ms(_mapping(params).get("startTime"), invalid)
+        return Schedule(_params_interval(params, invalid), None, tuple(invalid), start_ms=start)
     interval, end = _selector_schedule(flow.get("transformations"), now_ms, invalid)
-    return Schedule(interval, end, tuple(invalid))
+    streaming = not any(True for _ in _selector_schedules(flow.get("transformations")))
+    return Schedule(interval, end, tuple(invalid), streaming=streaming)
+
+
+def _start_ms(value: object, invalid: list[str]) -> int | None:
+    """``scheduleParams.startTime``, in epoch seconds (flow-service-api.md; milliseconds are taken too)."""
+    if value is None:
+        return None
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is not None and math.isfinite(number):
+        ms = int(number * 1000) if number < 10**11 else int(number)
+        checked = valid_end(ms)
+        if checked is not None:
+            return checked
+    invalid.append("scheduleParams.startTime")
+    return None
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

@@ -141,6 +141,32 @@ class CompletedRun:
     activities: tuple[Activity, ...]
 
 
+RECENT_RUNS = 20
+"""How many of a flow's newest runs its state keeps (and the state file holds) for the flow page."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecentRun:
+    """One of a flow's newest runs, as the flow page shows it."""
+
+    id: str
+    status: str
+    started_ms: int | None
+    ended_ms: int | None
+    duration_seconds: float | None
+    counts: Counts
+    errors: tuple[tuple[str, str], ...] = ()  # (code, message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Exemplar:
+    """The newest run that changed a counter (or a duration bucket): what OpenMetrics shows beside its value."""
+
+    run_id: str
+    value: float
+    ended_ms: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class Histogram:
     """Non-cumulative bucket counts (the last one is +Inf), sum and count of run durations."""
@@ -201,10 +227,32 @@ class FlowState:
     record_codes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # outcome -> code -> count
     audiences: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # audience_id -> outcome -> count
     undated_runs: bool = False  # a run without createdAt was seen: no createdAt window can prove a run absent
+    data_as_of_ms: int | None = None  # the end of the newest data a successful run ingested (its windowEnd, or end)
+    schedule_since_ms: int | None = None  # when the current schedule took effect (startTime, or a change seen)
+    recent_runs: tuple[RecentRun, ...] = ()  # newest first, at most RECENT_RUNS
+    exemplars: Mapping[str, Exemplar] = field(default_factory=dict)  # series key (see counting.py) -> newest run
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.sandbox, self.flow_id)
+
+    @property
+    def next_run_expected_ms(self) -> int | None:
+        """When the flow's next run should start: its newest run's start, or when its schedule took effect if
+        later, plus its interval (an hour for a streaming flow). None when no run is expected: not enabled, no
+        schedule, nothing to count from, or past the schedule's end."""
+        flow = self.flow
+        interval = flow.expected_interval_seconds if flow is not None else None
+        if flow is None or interval is None or flow.state != "enabled":
+            return None
+        started = self.last_run.started_ms if self.last_run is not None else None
+        bases = [t for t in (started, self.schedule_since_ms) if t is not None]
+        if not bases:
+            return None
+        expected = max(bases) + int(interval * 1000)
+        if flow.schedule_end_ms is not None and expected > flow.schedule_end_ms:
+            return None
+        return expected
 
     def needs_runs(self, flow: Flow) -> bool:
         """Whether ``/runs`` must be read: something changed, or runs are still going."""

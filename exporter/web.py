@@ -12,9 +12,11 @@ import base64
 import binascii
 import functools
 import hashlib
+import json
 import os
 import ssl
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +28,11 @@ import structlog
 from aiohttp import web
 from prometheus_client import exposition as text_format
 
+from exporter.config import AEP_UI
 from exporter.errors import ConfigError
 from exporter.exposition import Format, MetricsRenderer
-from exporter.pages import landing_page, runbook_page
+from exporter.flowpage import flow_json, flow_page
+from exporter.pages import flow_path, landing_page, runbook_page
 from exporter.values import Snapshot
 from exporter.webconfig import WebConfig, load_web_config
 
@@ -73,6 +77,44 @@ def _metrics_endpoint(renderer: MetricsRenderer) -> Handler:
     return metrics
 
 
+def _wants_json(request: web.Request) -> bool:
+    """``?format=json``, or an Accept header that prefers JSON to HTML."""
+    if request.query.get("format") == "json":
+        return True
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _add_flow_pages(
+    app: web.Application, snapshot: Callable[[], Snapshot], clock: Callable[[], float], aep_ui: str
+) -> None:
+    """``/flows/<sandbox>/<flow id>`` (HTML, or JSON when asked) and ``/runs/<run id>`` (to the run's row)."""
+
+    async def flow(request: web.Request) -> web.Response:
+        key = (request.match_info["sandbox"], request.match_info["flow_id"])
+        state = next((s for s in snapshot().flows if s.key == key), None)
+        if state is None:
+            return web.Response(status=404, text="no such flow here: see the landing page (/) for the flows tracked\n")
+        if _wants_json(request):
+            body = json.dumps(flow_json(state, aep_ui=aep_ui), ensure_ascii=True, indent=1)
+            return web.Response(text=body + "\n", content_type="application/json")
+        page = flow_page(state, now=clock(), aep_ui=aep_ui).encode("utf-8", "replace")
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
+
+    async def run(request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        for state in snapshot().flows:
+            if any(r.id == run_id for r in state.recent_runs):
+                anchor = urllib.parse.quote(f"run-{run_id}", safe="")
+                raise web.HTTPFound(f"{flow_path(state.sandbox, state.flow_id)}#{anchor}")
+        return web.Response(
+            status=404, text="no such run among the flows' newest runs: see the landing page (/) for the flows\n"
+        )
+
+    app.router.add_get("/flows/{sandbox}/{flow_id}", flow)
+    app.router.add_get("/runs/{run_id}", run)
+
+
 def create_web_app(
     *,
     renderer: MetricsRenderer,
@@ -81,6 +123,7 @@ def create_web_app(
     reload: Callable[[], Awaitable[bool]] | None = None,
     clock: Callable[[], float] = time.time,
     clock_note: str = "",
+    aep_ui: str = AEP_UI,
 ) -> web.Application:
     """The aiohttp application: the endpoints (the landing page on ``clock``, and ``/runbook``), the web config
     file's basic auth and headers when ``security`` is given, and ``POST /-/reload`` when ``reload`` is given
@@ -124,6 +167,7 @@ def create_web_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     app.router.add_get("/runbook", runbook)
+    _add_flow_pages(app, snapshot, clock, aep_ui)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

@@ -5,8 +5,10 @@ every file named exists):
 
     app            test_lifecycle, test_reload, test_crash, test_config_and_state_safety
     auth           test_client, test_secrets, test_adobe_calls
+    backfill       test_backfill
     backoff        test_client, test_faults
     bodies         test_adobe_calls, test_web
+    checks         test_boundary, test_hostile, test_store
     cli            test_cli, test_onboarding, test_healthcheck, test_front_door
     client         test_client, test_adobe_calls, conformance/test_flow_service
     config         test_config, test_hostile
@@ -16,22 +18,28 @@ every file named exists):
     errors         test_structure
     events         test_events, test_event_shapes, conformance/test_notifications
     eventsources   test_events, test_journal, test_webhook_limits
+    exemplars      test_exemplars
     exposition     test_exposition, test_web
     flowlist       test_poller, test_onboarding
+    flowpage       test_flow_page
     hints          test_onboarding, test_adobe_calls
+    history        test_backfill
     journal        test_journal, conformance/test_journaling_api
     listeners      test_webhook_limits, test_onboarding
     logs           test_logs
-    metrics        test_model, test_structure, test_dashboards
+    metrics        test_model, test_structure, test_dashboards, test_exemplars
     model          test_model, test_boundary, test_hostile, conformance/test_flow_service
     pages          test_web, test_alerting
     poller         test_poller, test_adobe_calls, test_faults
     redaction      test_secrets
     rules          test_alerting, rules/aep-flows.test.yml
     runsquery      test_query_modes, test_count_floor
+    slorules       test_slo, rules/aep-slo.test.yml, rules/aep-flows-day.test.yml
     schedules      test_schedules
     selfmetrics    test_client, test_poller, test_web
     statuses       test_model
+    syntax         test_config, test_hostile
+    statecodec     test_store, test_count_floor, test_flow_page
     store          test_store, test_crash, test_config_and_state_safety
     tracker        test_store, test_lifecycle
     transport      test_network

@@ -62,12 +62,27 @@ async def process(cmd: list[str], ready_url: str, log: Path) -> AsyncIterator[No
 
 
 @asynccontextmanager
-async def prometheus(tmp: Path, exporter_url: str, *, alertmanager: str | None = None) -> AsyncIterator[str]:
-    """Prometheus scraping the exporter every second, with the shipped rules evaluated every second."""
+async def prometheus(
+    tmp: Path,
+    exporter_url: str,
+    *,
+    alertmanager: str | None = None,
+    every_group_each_second: bool = False,
+    flags: tuple[str, ...] = (),
+) -> AsyncIterator[str]:
+    """Prometheus scraping the exporter every second, with the shipped rules evaluated every second (groups with an
+    interval of their own keep it, unless ``every_group_each_second``)."""
     port = free_port()
+    rules = RULES
+    if every_group_each_second:
+        loaded = yaml.safe_load(RULES.read_text())
+        for group in loaded["groups"]:
+            group.pop("interval", None)
+        rules = tmp / "rules-each-second.yml"
+        rules.write_text(yaml.safe_dump(loaded, width=1_000_000))
     config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
+        "rule_files": [str(rules)],
         "scrape_configs": [
             {
                 "job_name": "aep-flow-exporter",
@@ -86,6 +101,7 @@ async def prometheus(tmp: Path, exporter_url: str, *, alertmanager: str | None =
         f"--storage.tsdb.path={tmp / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--rules.alert.resend-delay=1s",
+        *flags,
     ]
     async with process(cmd, f"http://127.0.0.1:{port}/-/ready", tmp / "prometheus.log"):
         yield f"http://127.0.0.1:{port}"

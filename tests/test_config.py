@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from exporter.cli import main
-from exporter.config import FULL_BUCKETS, EventsConfig, MetricsConfig, PollConfig, parse_duration
+from exporter.config import FULL_BUCKETS, AlertsConfig, EventsConfig, MetricsConfig, PollConfig, SloConfig
 from exporter.configfile import load_config, parse_config
 from exporter.errors import ConfigError
+from exporter.syntax import parse_duration
 
 ROOT = Path(__file__).parent.parent
 
@@ -161,13 +162,16 @@ def test_check_config_exits_0_on_the_shipped_example(
     assert "config OK" in capsys.readouterr().out
 
 
-def test_the_shipped_example_shows_the_defaults_of_the_metrics_and_poll_sections() -> None:
-    """config.example.yaml's metrics: and poll: values are the code's defaults, so the docs cannot drift."""
+def test_the_shipped_example_shows_the_defaults_of_its_sections() -> None:
+    """config.example.yaml's metrics:, poll:, events:, alerts: and slo: values are the code's defaults, so the docs
+    cannot drift."""
     raw = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     config = parse_config(raw, env={**ENV, "AEP_ORG_ID": "ABC@AdobeOrg"}, base_dir=ROOT)
     assert config.metrics == MetricsConfig()
     assert config.poll == PollConfig()
     assert config.events == EventsConfig()
+    assert config.alerts == AlertsConfig()
+    assert config.slo == SloConfig()
 
 
 def test_a_metrics_profile_sets_the_defaults_and_a_key_given_wins() -> None:
@@ -303,3 +307,36 @@ def test_an_unknown_key_suggests_the_nearest_known_one() -> None:
     found = problems_of(VALID.replace("jitter: 10%", "jiter: 10%").replace("path: null", "path: null\ncolour: x"))
     assert "poll.jiter: unknown key (did you mean jitter?)" in found
     assert "colour: unknown key" in found
+
+
+def test_the_slo_section_reads_objectives_and_overrides_and_reports_each_problem_with_its_path() -> None:
+    """slo: objectives as percentages or fractions, shares above 100 % allowed for the grace, overrides matched on
+    any label (sandbox included); a 100 % objective, an unknown key and an override without match are refused."""
+    raw = yaml.safe_load(VALID)
+    raw["slo"] = {
+        "window": "7d",
+        "run_success": "99.5%",
+        "freshness": 0.98,
+        "late_grace": "300%",
+        "overrides": [{"match": {"sandbox": "prod", "tier": "gold"}, "run_success": "90%"}],
+    }
+    slo = parse_config(raw, env=ENV).slo
+    assert (slo.window, slo.run_success, slo.freshness, slo.late_grace) == (7 * 86400, 0.995, 0.98, 3.0)
+    (override,) = slo.overrides
+    assert (dict(override.match), override.run_success, override.freshness) == (
+        {"sandbox": "prod", "tier": "gold"},
+        0.9,
+        None,
+    )
+    raw["slo"] = {"run_success": "100%", "overrides": [{"colour": "x"}, "gold"]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env=ENV)
+    assert sorted(info.value.problems) == sorted(
+        [
+            "slo.run_success: must be above 0% and below 100%, got '100%'",
+            "slo.overrides[0].colour: unknown key",
+            "slo.overrides[0].match: give at least one label and its value, e.g. {tier: production}",
+            "slo.overrides[1]: expected a mapping, got str",
+            "slo.overrides[1].match: give at least one label and its value, e.g. {tier: production}",
+        ]
+    )

@@ -9,7 +9,7 @@ from typing import Any
 from exporter.config import MetricsConfig
 from exporter.counting import apply_runs, new_flow_state
 from exporter.model import parse_flow, parse_run
-from exporter.store import state_from_json, state_to_json
+from exporter.statecodec import state_from_json, state_to_json
 from exporter.values import EVERYTHING, OVERLAP_MS, RETENTION_MS, Window
 
 FLOW = "f0000000-0000-4000-8000-000000000001"

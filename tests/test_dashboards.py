@@ -35,9 +35,14 @@ def targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[st
             yield panel, target
 
 
-def test_three_dashboards_are_shipped_and_provisioned() -> None:
-    """Fleet overview, flow drill-down and exporter health exist, and the provisioning points at them."""
-    assert {p.stem for p in DASHBOARDS} == {"aep-fleet-overview", "aep-flow-drilldown", "aep-exporter-health"}
+def test_four_dashboards_are_shipped_and_provisioned() -> None:
+    """Fleet overview, flow drill-down, SLOs and exporter health exist, and the provisioning points at them."""
+    assert {p.stem for p in DASHBOARDS} == {
+        "aep-fleet-overview",
+        "aep-flow-drilldown",
+        "aep-slo",
+        "aep-exporter-health",
+    }
     provider = yaml.safe_load(
         (DASHBOARDS[0].parent.parent / "provisioning" / "dashboards" / "aep-flow-exporter.yml").read_text()
     )
@@ -240,10 +245,10 @@ async def test_every_panel_query_returns_data_from_real_prometheus(tmp_path: Pat
     exp_server = TestServer(exporter.web_app(poll=True), host="127.0.0.1")
     await exp_server.start_server()
     try:
-        async with prometheus(tmp_path, str(exp_server.make_url("")).rstrip("/")) as prom:
+        async with prometheus(tmp_path, str(exp_server.make_url("")).rstrip("/"), every_group_each_second=True) as prom:
             for _ in range(100):  # bounded: until rates over the dashboards' windows have two samples
                 ready = await query(prom, "count(count_over_time(aep_flow_info[1m]) >= 4)")
-                recorded = await query(prom, "count(aep:sandbox_runs:increase1h)")
+                recorded = await query(prom, "count(aep:sandbox_runs:increase1h) and count(aep:flow_stale:ratio_1h)")
                 if ready["data"]["result"] and recorded["data"]["result"]:
                     break
                 await asyncio.sleep(0.5)
@@ -323,3 +328,23 @@ def test_trouble_shows_in_red_and_success_in_green(path: Path) -> None:
         assert colours, f"{panel['title']}: a stat without thresholds"
         if re.search(r"fail|cannot|since|expires|up\b|can read|tracked", panel["title"], re.IGNORECASE):
             assert "red" in colours, f"{panel['title']}: can be bad, never red"
+
+
+def test_run_panels_show_exemplars_and_an_exemplar_opens_its_run_on_the_exporter() -> None:
+    """The drill-down's runs, durations and records panels ask for exemplars; the provisioned data source turns
+    an exemplar's run_id into a link to the exporter's /runs/<run id> (which leads to the run on its flow page)."""
+    drill = load(next(p for p in DASHBOARDS if p.stem == "aep-flow-drilldown"))
+    with_exemplars = {panel["title"] for panel, target in targets(drill) if target.get("exemplar")}
+    assert {"Completed runs by status (per hour)", "Run duration quantiles (6h window)", "Records over time"} <= (
+        with_exemplars
+    )
+    for panel, target in targets(drill):
+        if target.get("exemplar"):
+            assert any(name in target["expr"] for name in ("_total", "_bucket")), panel["title"]
+    source = yaml.safe_load(
+        (DASHBOARDS[0].parent.parent / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    links = source["datasources"][0]["jsonData"]["exemplarTraceIdDestinations"]
+    assert links == [
+        {"name": "run_id", "url": "http://localhost:9847/runs/${__value.raw}", "urlDisplayLabel": "Open the run"}
+    ]

@@ -86,10 +86,12 @@ def test_an_interval_that_cannot_be_served_is_unknown_and_named(params: dict[str
 
 
 def test_once_streaming_and_unknown_units_have_no_interval_and_no_complaint() -> None:
-    """'once', a flow without any schedule (streaming) and a unit we do not know are not errors: no interval."""
+    """'once', a flow without any schedule (streaming) and a unit we do not know are not errors: no interval; only
+    the flow without any schedule is streaming (its runs are hourly windows)."""
     for flow in ({"scheduleParams": {"frequency": "once"}}, {}, {"scheduleParams": {"frequency": "fortnight"}}):
-        assert flow_schedule(flow, NOW) == flow_schedule({}, NOW)
-        assert flow_schedule(flow, NOW).interval_seconds is None
+        schedule = flow_schedule(flow, NOW)
+        assert (schedule.interval_seconds, schedule.end_ms, schedule.invalid) == (None, None, ())
+        assert schedule.streaming is (flow == {})
 
 
 def test_invalid_schedule_fields_reach_the_flows_invalid_fields() -> None:

@@ -114,7 +114,13 @@ class SimRun:
             "record_codes": [list(c) for c in self.record_codes] if done else [],
             "audiences": [list(c) for c in self.audience_truth] if done else [],
             "duration_seconds": (self.end_ms - self.started_ms) / 1000.0 if done else None,
+            # the end of the data it ingested: the copy activity's windowEnd (sources), the run's end (destinations)
+            "data_as_of_ms": (self.end_ms if self.destination else self.created_ms) if done else None,
         }
+
+    @property
+    def window_start_ms(self) -> int:
+        return self.created_ms - 3_600_000
 
     @property
     def audience_truth(self) -> list[tuple[str, str, int]]:
@@ -203,6 +209,12 @@ class SimRun:
                 "durationSummary": {"startedAtUTC": a_start, **({"completedAtUTC": a_end} if a_done else {})},
                 "statusSummary": {"status": RUN_STATUS_JSON[status][1 if self.destination else 0]},
             }
+            if legacy_id == "copyActivity" and a_done:
+                # The data window the copy read, as "Monitor dataflows using the Flow Service API" shows it.
+                act["durationSummary"]["extensions"] = {
+                    "windowStart": self.window_start_ms,
+                    "windowEnd": self.created_ms,
+                }
             if self.activity_style == "legacy":
                 act["id"] = legacy_id
             else:
@@ -359,6 +371,8 @@ class SimFlow:
     forced_status: str | None = None
     stopped_ms: int | None = None  # disabled or deleted at this time: no run starts after it
     extra_runs: int = 0  # runs added by trigger_run, numbered after the scheduled ones
+    skipped: int = 0  # scheduled runs that never started (hold)
+    held: tuple[int, int] | None = None  # [from, to) ms: scheduled runs starting then do not start
     _pending: tuple[int, int] | None = None  # (k, createdAt) of the next scheduled run, so polls need no reseeding
     _json: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
@@ -367,7 +381,7 @@ class SimFlow:
 
     def materialize(self, now_ms: int, duration_cap_s: float) -> None:
         while True:
-            k = len(self.runs) - self.extra_runs
+            k = len(self.runs) - self.extra_runs + self.skipped
             if k > 0 and self.schedule_s is None:
                 return
             if self._pending is not None and self._pending[0] == k and self._pending[1] > now_ms:
@@ -380,6 +394,9 @@ class SimFlow:
             if created > now_ms:
                 self._pending = (k, created)
                 return
+            if self.held is not None and self.held[0] <= start < self.held[1]:
+                self.skipped += 1  # it never started: no run, and the schedule goes on
+                continue
             self.runs.append(self._make_run(k, start, created, rng, duration_cap_s))
             self.runs.sort(key=lambda r: r.created_ms)
 
@@ -635,6 +652,15 @@ class World:
             if flow_id in flows:
                 return flows[flow_id]
         raise KeyError(flow_id)
+
+    def hold(self, flow_id: str, seconds: float) -> None:
+        """The flow's scheduled runs due in the next ``seconds`` do not start, as when Adobe does not start a run on
+        time (what the "flow run start delay" alert of Adobe's "Standard alert rules" page is about); the flow stays
+        enabled and its schedule goes on after."""
+        flow = self.flow(flow_id)
+        now = self.now_ms()
+        flow.materialize(now, self.max_duration_s)
+        flow.held = (now, now + int(seconds * 1000))
 
     def force_status(self, flow_id: str, status: str | None) -> None:
         """From now on, every new run of the flow ends with ``status`` (None: back to random)."""

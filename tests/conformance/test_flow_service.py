@@ -57,6 +57,10 @@ async def test_the_monitoring_tutorials_flow_and_run_give_their_values(sim: Sim)
     assert abs(value(samples, "aep_flow_run_duration_seconds_sum", **flow) - 55.108) < 1e-6
     assert value(samples, "aep_flow_schedule_interval_seconds", **flow) is None
     assert value(samples, "aep_flow_last_run_status", status="success", **flow) == 1
+    copy = next(a for a in run["activities"] if a["id"] == "copyActivity")
+    window_end = copy["durationSummary"]["extensions"]["windowEnd"]
+    assert value(samples, "aep_flow_data_as_of_timestamp_seconds", **flow) == window_end / 1000  # its data window
+    assert value(samples, "aep_flow_next_run_expected_timestamp_seconds", **flow) is None  # a once flow: no next
 
 
 async def test_a_destination_run_without_created_at_is_counted_and_demotes_the_created_at_query(sim: Sim) -> None:
