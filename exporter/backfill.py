@@ -98,7 +98,7 @@ class _Writer:
             step_s=self.step_s,
             target=self.target,
         )
-        self.out.add(history.families)
+        self.out.add(history)
         self.done.flows += 1
         self.done.runs += len(update.counted)
         self.done.samples += history.samples
