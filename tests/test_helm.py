@@ -245,3 +245,38 @@ def test_the_chart_and_the_kustomize_recipe_render_the_same_core_objects(overlay
     recipe = kustomize(DEPLOY / "kubernetes" / overlay)
     kustomized = sorted((_comparable(d) for d in recipe if d["kind"] in core), key=lambda d: (d["kind"], str(d)))
     assert chart == kustomized
+
+
+def test_every_value_is_documented_and_the_notes_say_how_to_reach_the_exporter() -> None:
+    """Each key of values.yaml has a comment above or beside it (in config:, documented by config.example.yaml,
+    and in Kubernetes' own resources and security contexts, the block's comment does); NOTES.txt gives the
+    port-forward to the landing page and the credential check."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    for i, line in enumerate(lines):
+        key = re.match(r"^( *)([A-Za-z][\w]*):", line)
+        if not key or (line.startswith("  ") and _inside(lines, i, ("config", *KUBERNETES_BLOCKS))):
+            continue
+        if "#" not in line and not lines[i - 1].lstrip().startswith("#"):
+            undocumented.append(line.strip())
+    assert undocumented == []
+    chart = helm.Chart.load(CHART)
+    try:
+        notes = chart.render(COMBINATIONS["defaults"], name="aep", namespace="monitoring")[
+            "aep-flow-exporter/templates/NOTES.txt"
+        ]
+    finally:
+        chart.close()
+    assert "kubectl -n monitoring port-forward pod/aep-aep-flow-exporter-0 9847" in notes
+    assert "check-config --online --config /etc/aep-flow-exporter/config.yaml" in notes
+
+
+KUBERNETES_BLOCKS = ("resources", "podSecurityContext", "securityContext")
+
+
+def _inside(lines: list[str], index: int, tops: tuple[str, ...]) -> bool:
+    """Whether line ``index`` is nested under one of the top-level keys ``tops``."""
+    for line in reversed(lines[:index]):
+        if line and not line.startswith((" ", "#")):
+            return line.startswith(tuple(f"{top}:" for top in tops))
+    return False
