@@ -164,7 +164,7 @@ class SimEvents:
     def payload(self, run: SimRun, *, shape: str | None = None) -> Any:
         """The run's outcome as Adobe's "Flow run notifications" page shows it (see SHAPES)."""
         chosen = shape or self.faults.shape
-        value = run.to_json(run.end_ms)  # the run object as /runs shows it once ended
+        value = copy.deepcopy(run.to_json(run.end_ms))  # the run object as /runs shows it once ended (a copy)
         value.update(sandboxId=f"sandbox-{run.sandbox}", imsOrgId=self.org_id)
         success = run.status in ("success", "partial_success")
         if chosen == "adobe" and not success:  # the failure example: a message batch, no event id, and no

@@ -473,6 +473,7 @@ class Simulator:
             item = _hostile_run(item)
         share = self.faults.omit_created_at
         if share and _share(run.id, "created") < share:
+            item = dict(item)  # the run's own payload is shared (world.SimRun.to_json)
             del item["createdAt"]
             if _share(run.id, "updated") < 0.5:
                 del item["updatedAt"]

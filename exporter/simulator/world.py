@@ -88,6 +88,9 @@ class SimRun:
     # once, from the target side).
     source_entities: tuple[tuple[str, str, int], ...] = ()  # (audience_id, outcome, count)
     target_entities: tuple[tuple[str, str, int], ...] = ()
+    # A completed run's payload no longer changes: rendered once ("Monitor dataflows" pages of thousands of runs
+    # would otherwise render every run of the flow for each page asked).
+    _done_json: tuple[tuple[Any, ...], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     def completed(self, now_ms: int) -> bool:
         return now_ms >= self.end_ms
@@ -139,7 +142,17 @@ class SimRun:
         return out
 
     def to_json(self, now_ms: int) -> dict[str, Any]:
+        """The run as ``GET /runs`` shows it at ``now_ms``; callers that change it change a copy."""
         done = self.completed(now_ms)
+        key = (self.status, self.end_ms, self.started_ms, self.created_ms)
+        if done and self._done_json is not None and self._done_json[0] == key:
+            return self._done_json[1]
+        item = self._render_json(now_ms, done)
+        if done:
+            self._done_json = (key, item)
+        return item
+
+    def _render_json(self, now_ms: int, done: bool) -> dict[str, Any]:
         status = RUN_STATUS_JSON[self.status if done else "in_progress"][1 if self.destination else 0]
         metrics: dict[str, Any] = {}
         if now_ms - self.created_ms >= YOUNG_MS or done:
