@@ -192,10 +192,12 @@ async def _report(done: Progress, stream: TextIO | None, every_s: float) -> None
 def summary(result: Result, output: Path) -> str:
     """What was written, and what to do next."""
     lines = [
-        f"wrote {output} ({result.output_bytes / 1e6:,.1f} MB): {plural(result.flows, 'flow')}, "
-        f"{result.runs:,} runs, {result.samples:,} samples, {result.api_calls:,} API calls, {result.seconds:.0f} s",
-        f"next: promtool tsdb create-blocks-from openmetrics {output} <dir>, move <dir>/* into Prometheus's data "
-        'directory (its retention at least as long as --since), then start the exporter (README, "Backfill")',
+        f"wrote {plural(len(result.files), 'day file')} to {output} ({result.output_bytes / 1e6:,.1f} MB): "
+        f"{plural(result.flows, 'flow')}, {result.runs:,} runs, {result.samples:,} samples, "
+        f"{result.api_calls:,} API calls, {result.seconds:.0f} s",
+        f'next: for f in {output}/*.om; do promtool tsdb create-blocks-from openmetrics "$f" blocks; done, then move '
+        "blocks/* into Prometheus's data directory (its retention at least --since) and start the exporter "
+        '(README, "Backfill")',
     ]
     if result.unreadable or result.sandboxes_failed:
         failed = (

@@ -12,15 +12,25 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from exporter.backfill import backfill
+from exporter.cli import main
 from exporter.config import MetricsConfig
 from exporter.counting import apply_runs, new_flow_state
 from exporter.history import OpenMetricsDir, flow_history
 from exporter.model import parse_flow, parse_run
 from tests import servers
-from tests.helpers import assert_matches_truth, counter_samples, expected_counters, free_port, parse_samples, scrape
+from tests.helpers import (
+    assert_matches_truth,
+    counter_samples,
+    expected_counters,
+    free_port,
+    parse_samples,
+    scrape,
+    sim_config_yaml,
+)
 from tests.simulation import make_config, make_exporter, make_world, start_sim
 
 DAY_S = 86_400
@@ -198,3 +208,26 @@ def test_the_day_files_are_openmetrics_holding_every_point_of_every_series(tmp_p
     assert inputs[-1] == (now, float(sum(10 + i for i in range(50))))
     first_end = now - 60 * HOUR_S * 1000 + 90_000
     assert (first_end, 10.0) in inputs
+
+
+def test_the_command_refuses_what_cannot_give_a_correct_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], simulator_process: str
+) -> None:
+    """backfill exits 2 listing every bad option (--since over Adobe's 90 days, --step, no state file), and 1 when
+    the state file already holds flows (it would count twice or leave a reset at the seam); the first backfill
+    into a new state file works and says what to do next."""
+    listed = "  - name: prod\n    discover: {enabled: true}"
+    memory = tmp_path / "memory.yaml"
+    memory.write_text(sim_config_yaml(simulator_process, sandboxes=listed, rest="state:\n  path: null\n"))
+    assert main(["backfill", "--config", str(memory), "--since", "120d", "--step", "5s"]) == 2
+    err = capsys.readouterr().err
+    assert "--since: between 1s and 90d" in err and "--step: between 1m and 1d" in err and "state.path" in err
+    config = tmp_path / "config.yaml"
+    config.write_text(sim_config_yaml(simulator_process, sandboxes=listed, rest="state:\n  path: state.db\n"))
+    output = tmp_path / "out"
+    assert main(["backfill", "--config", str(config), "--since", "1d", "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert f"to {output}" in out and "promtool tsdb create-blocks-from openmetrics" in out
+    assert list(output.glob("*.om"))
+    assert main(["backfill", "--config", str(config), "--since", "1d", "--output", str(output)]) == 1
+    assert "already holds" in capsys.readouterr().err
