@@ -4,6 +4,7 @@ loaded by a real Prometheus, continued by the live exporter with no reset at the
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp.test_utils import TestServer
 
 from exporter.backfill import backfill
@@ -216,6 +218,15 @@ def test_the_command_refuses_what_cannot_give_a_correct_history(
     """backfill exits 2 listing every bad option (--since over Adobe's 90 days, --step, no state file), and 1 when
     the state file already holds flows (it would count twice or leave a reset at the seam); the first backfill
     into a new state file works and says what to do next."""
+    saved, handlers = structlog.get_config(), logging.getLogger().handlers[:]
+    try:
+        _refusals(tmp_path, capsys, simulator_process)
+    finally:  # the command set logging up on pytest's captured stderr, which closes after this test
+        structlog.configure(**saved)
+        logging.getLogger().handlers = handlers
+
+
+def _refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], simulator_process: str) -> None:
     listed = "  - name: prod\n    discover: {enabled: true}"
     memory = tmp_path / "memory.yaml"
     memory.write_text(sim_config_yaml(simulator_process, sandboxes=listed, rest="state:\n  path: null\n"))
