@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,34 @@ class FlowHistory:
         return sum(len(points) for points in self.series.values())
 
 
+class _Points:
+    """Each series' points as they are written: a later change at the same millisecond replaces the earlier."""
+
+    def __init__(self, keys: Iterable[SeriesKey]) -> None:
+        self.current = dict.fromkeys(keys, 0.0)
+        self.series: dict[SeriesKey, list[tuple[int, float]]] = {key: [] for key in self.current}
+
+    def emit(self, key: SeriesKey, at_ms: int, value: float) -> None:
+        points = self.series.setdefault(key, [])
+        if points and points[-1][0] >= at_ms:
+            points[-1] = (points[-1][0], value)
+        else:
+            points.append((at_ms, value))
+
+    def emit_all(self, at_ms: int) -> None:
+        for key, value in self.current.items():
+            self.emit(key, at_ms, value)
+
+    def change(self, values: Mapping[SeriesKey, float], at_ms: int) -> None:
+        """The run just counted: each group with a changed series gets a point (a histogram's buckets, count and
+        sum move together, one OpenMetrics point)."""
+        changed = {_group(key) for key, value in values.items() if self.current.get(key) != value}
+        for key, value in values.items():
+            if _group(key) in changed:
+                self.current[key] = value
+                self.emit(key, at_ms, value)
+
+
 def flow_history(
     final: FlowState,
     runs: Sequence[Run],
@@ -67,41 +95,21 @@ def flow_history(
     ``target`` is the labels Prometheus attaches to the live series (``job``, ``instance``), on every sample."""
     start = final.counting_start_ms
     steps = list(replay(final, runs, metrics))
-    last = steps[-1][1] if steps else zero_counts(final)
-    current = dict.fromkeys(_values(last, metrics), 0.0)
-    points: dict[SeriesKey, list[tuple[int, float]]] = {key: [] for key in current}
-
-    def emit(key: SeriesKey, at_ms: int, value: float) -> None:
-        series = points.setdefault(key, [])
-        if series and series[-1][0] >= at_ms:
-            series[-1] = (series[-1][0], value)  # two changes at one millisecond: the later value
-        else:
-            series.append((at_ms, value))
-
-    for key in current:
-        emit(key, start, 0.0)
+    points = _Points(_values(steps[-1][1] if steps else zero_counts(final), metrics))
+    points.emit_all(start)
     step_ms = int(step_s * 1000)
     grid = (start // step_ms + 1) * step_ms
     for ended, state in steps:
         at = min(max(ended, start), end_ms)
-        while grid < at and grid < end_ms:
-            for key, value in current.items():
-                emit(key, grid, value)
+        while grid < min(at, end_ms):
+            points.emit_all(grid)
             grid += step_ms
-        values = _values(state, metrics)
-        changed = {_group(key) for key, value in values.items() if current.get(key) != value}
-        for key, value in values.items():
-            if _group(key) in changed:  # a histogram's buckets, count and sum move together (one OpenMetrics point)
-                current[key] = value
-                emit(key, at, value)
+        points.change(_values(state, metrics), at)
     while grid < end_ms:
-        for key, value in current.items():
-            emit(key, grid, value)
+        points.emit_all(grid)
         grid += step_ms
-    for key, value in current.items():
-        emit(key, end_ms, value)
-    continued = steps[-1][1] if steps else final
-    return FlowHistory(state=continued, series=points, target=target)
+    points.emit_all(end_ms)
+    return FlowHistory(state=steps[-1][1] if steps else final, series=points.series, target=target)
 
 
 def _group(key: SeriesKey) -> tuple[object, ...]:
