@@ -95,10 +95,14 @@ def _add_flow_pages(
         state = next((s for s in snapshot().flows if s.key == key), None)
         if state is None:
             return web.Response(status=404, text="no such flow here: see the landing page (/) for the flows tracked\n")
-        if _wants_json(request):
-            body = json.dumps(flow_json(state, aep_ui=aep_ui), ensure_ascii=True, indent=1)
-            return web.Response(text=body + "\n", content_type="application/json")
-        page = flow_page(state, now=clock(), aep_ui=aep_ui).encode("utf-8", "replace")
+        try:
+            if _wants_json(request):
+                body = json.dumps(flow_json(state, aep_ui=aep_ui), ensure_ascii=True, indent=1)
+                return web.Response(text=body + "\n", content_type="application/json")
+            page = flow_page(state, now=clock(), aep_ui=aep_ui).encode("utf-8", "replace")
+        except Exception as exc:  # noqa: BLE001 -- model.py validated the data; whatever slips through is no 500
+            log.error("flow_page_failed", sandbox=state.sandbox, flow_id=state.flow_id, error=type(exc).__name__)  # noqa: TRY400 -- a traceback could quote the value
+            return web.Response(text="this flow's runs could not be shown (see the log); /metrics has its series\n")
         return web.Response(body=page, content_type="text/html", charset="utf-8")
 
     async def run(request: web.Request) -> web.Response:

@@ -219,3 +219,27 @@ async def test_the_page_links_the_configured_experience_platform_address(sim: Si
         assert f"https://experience.adobe.com/#/@acme/sname:{state.sandbox}/platform/source/dataflows/" in page
     finally:
         await server.close()
+
+
+async def test_a_flow_whose_runs_cannot_be_shown_gets_a_plain_answer_never_a_500(sim: Sim) -> None:
+    """Defence in depth: a state that bypassed validation (built by hand here) gets a plain 200 saying so, in HTML
+    and JSON alike; the landing page and the other flows' pages are unaffected."""
+    import dataclasses
+
+    from exporter.values import RecentRun
+
+    exporter = make_exporter(make_config(sim.url), world=sim.world)
+    server = await serve(exporter)
+    try:
+        assert await exporter.poll_once()
+        broken, other = exporter.snapshot().flows[:2]
+        bad = RecentRun(id="r", status="failed", started_ms=0, ended_ms=0, duration_seconds=1.0, counts=None)  # type: ignore[arg-type]
+        exporter.tracker.put(dataclasses.replace(broken, recent_runs=(bad,)))
+        exporter.tracker.publish()
+        for headers in ({}, {"Accept": "application/json"}):
+            status, text, _h = await scrape(server, f"/flows/{broken.sandbox}/{broken.flow_id}", **headers)
+            assert status == 200 and "could not be shown" in text
+        assert (await scrape(server, f"/flows/{other.sandbox}/{other.flow_id}"))[0] == 200
+        assert (await scrape(server, "/"))[0] == 200
+    finally:
+        await server.close()
