@@ -324,16 +324,20 @@ def _last_details_end(flow: Flow, statuses: tuple[str, ...]) -> int | None:
 
 
 def _newest_run(previous: LastRun | None, flow: Flow, ordered: list[Run]) -> LastRun | None:
-    """The newest run: the one ``lastRunDetails`` names, from the runs answer when it is there."""
+    """The newest run: the one ``lastRunDetails`` names, from the runs answer when it is there; or a run the answer
+    holds that started after it (an event's refresh reads runs newer than the flow as last listed)."""
     details = flow.last_run
     by_id = {run.id: run for run in ordered}
     if details is not None and details.id in by_id:
-        return _as_last_run(by_id[details.id])
-    if details is not None:
-        return _details_as_last_run(details)
-    if ordered:
-        return _as_last_run(ordered[-1])
-    return previous
+        named = _as_last_run(by_id[details.id])
+    elif details is not None:
+        named = _details_as_last_run(details)
+    else:
+        return _as_last_run(ordered[-1]) if ordered else previous
+    if named.started_ms is None:
+        return named
+    newer = [r for r in ordered if r.started_at_ms is not None and r.started_at_ms > named.started_ms]
+    return _as_last_run(max(newer, key=_order_key)) if newer else named
 
 
 def _as_last_run(run: Run) -> LastRun:

@@ -115,6 +115,33 @@ async def test_journal_events_alone_bring_counters_to_ground_truth(sim: Sim) -> 
     assert value(samples, "aep_exporter_journal_last_read_success_timestamp_seconds") is not None
 
 
+async def test_an_event_moves_the_newest_run_status_before_the_next_poll(sim: Sim) -> None:
+    """A run announced by the journal becomes the flow's newest run at once (its status one-hot and end), though
+    the flow as last listed names an older run in lastRunDetails: the page for a failed run needs no poll."""
+    exporter = with_events(sim)
+    try:
+        await exporter.start()
+        assert await exporter.poll_once()
+        await exporter.start_events()
+        await until(lambda: sim.simulator.requests["journal"] >= 1)
+        flow = next(f for sb in sim.world.flows.values() for f in sb.values() if f.kind == "source" and f.schedule_s)
+        sim.world.force_status(flow.id, "failed")
+        run = flow.trigger_run(sim.world.now_ms(), 1.0)
+        polls = sim.simulator.requests["flows"]
+
+        async def newest_failed() -> bool:
+            samples = await render(exporter)
+            ids = {"sandbox": flow.sandbox, "flow_id": flow.id}
+            return value(samples, "aep_flow_last_run_status", status="failed", **ids) == 1 and value(
+                samples, "aep_flow_last_run_start_timestamp_seconds", **ids
+            ) in (None, run.started_ms / 1000)
+
+        await until(newest_failed)
+    finally:
+        await exporter.close()
+    assert sim.simulator.requests["flows"] == polls  # no listing of the flows: the event did it
+
+
 async def test_counters_stay_exact_when_events_are_lost_duplicated_reordered_or_early(sim: Sim) -> None:
     """With a fifth of the events lost, a third duplicated, batches reordered and events published a minute
     before their run ends in /runs, events and polls together still count every run exactly once."""
