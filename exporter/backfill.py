@@ -88,8 +88,12 @@ class _Writer:
     ) -> None:
         self.out, self.config, self.step_s, self.target, self.clock = out, config, step_s, target, clock
         self.done = Progress()
+        self.written: set[tuple[str, str]] = set()
 
     def __call__(self, update: Update) -> Update:
+        if update.state.key in self.written:
+            return update  # a sandbox read again after a failure mid-way: each flow's history is written once
+        self.written.add(update.state.key)
         history = flow_history(
             update.state,
             update.counted,
@@ -133,7 +137,7 @@ async def backfill(
             poller.flows_at_once = config.poll.max_concurrency  # as many flows as requests in flight
         reporter = asyncio.get_running_loop().create_task(_report(writer.done, progress, every_s))
         try:
-            await exporter.poll_once()
+            await _read_every_sandbox(exporter)
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -145,6 +149,30 @@ async def backfill(
         if out is not None:
             out.discard()
         await exporter.close()
+
+
+SANDBOX_ATTEMPTS = 4
+"""A sandbox whose flows could not be listed is tried again, this many times in all: a backfill is run once, and
+a second one would be refused (its state file holds the flows already read)."""
+
+
+RETRY_PAUSE_S = 5.0
+"""Seconds before the second attempt at a sandbox, twice that before the third, and so on."""
+
+
+async def _read_every_sandbox(exporter: Exporter) -> None:
+    """One cycle of every sandbox; the ones that could not be listed again, after a pause (their flows were not
+    read, so nothing is read twice)."""
+    pending = exporter.pollers
+    for attempt in range(SANDBOX_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(RETRY_PAUSE_S * attempt)
+        results = await asyncio.gather(*(poller.cycle() for poller in pending))
+        snapshot = exporter.snapshot()
+        failed = {s.name for s in snapshot.sandboxes if s.last_ok is False}
+        pending = [p for p, ok in zip(pending, results, strict=True) if not ok and p.name in failed]
+        if not pending:
+            return
 
 
 def _refuse_counted(exporter: Exporter) -> None:

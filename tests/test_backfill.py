@@ -17,6 +17,7 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestServer
 
+from exporter import backfill as backfill_module
 from exporter.backfill import backfill
 from exporter.cli import main
 from exporter.config import MetricsConfig
@@ -242,3 +243,21 @@ def _refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], simulator_proc
     assert list(output.glob("*.om"))
     assert main(["backfill", "--config", str(config), "--since", "1d", "--output", str(output)]) == 1
     assert "already holds" in capsys.readouterr().err
+
+
+async def test_a_sandbox_that_cannot_be_listed_at_first_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flows listing fails more often than the client retries (the sandbox's first cycle fails): the backfill
+    tries the sandbox again after a pause and writes every flow's history once."""
+    monkeypatch.setattr(backfill_module, "RETRY_PAUSE_S", 0.1)
+    world = make_world(sandboxes=("prod",), flows_per_sandbox=3, history_s=DAY_S)
+    sim, sim_server = await start_sim(world)
+    sim.simulator.fail_next("flows", 500, times=6)
+    config = make_config(sim.url, sandboxes=("prod",), state_path=str(tmp_path / "state.db"))
+    try:
+        result = await backfill(config, since_s=DAY_S, output=tmp_path / "out", clock=lambda: world.now_ms() / 1000)
+    finally:
+        await sim_server.close()
+    assert (result.flows, result.sandboxes_failed, result.unreadable) == (3, (), 0)
+    assert sim.simulator.requests["flows"] >= 2
