@@ -33,6 +33,15 @@ SANDBOXES = ("prod", "dev")
 PROMETHEUS_FIGURES = ("prometheus_tsdb_head_series", "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes")
 
 
+VARIANTS = {
+    "lean": "{profile: lean}",
+    "lean, no exemplars": "{profile: lean, exemplars: false}",
+    "full": "{profile: full}",
+}
+"""The exporters side by side: the default, the default without exemplars (Prometheus asks for OpenMetrics, so
+exemplars are in every scrape it makes), and every series."""
+
+
 def exporter_config(path: Path, sim_url: str, *, port: int, profile: str) -> None:
     sandboxes = "\n".join(f"  - {{name: {sb}, discover: {{enabled: true}}}}" for sb in SANDBOXES)
     path.write_text(f"""
@@ -46,7 +55,7 @@ sandboxes:
 {sandboxes}
 poll: {{interval: 10m, jitter: 0%, timeout: 60s, requests_per_second: 500, max_concurrency: 16}}
 state: {{path: null}}
-metrics: {{profile: {profile}}}
+metrics: {VARIANTS[profile]}
 server: {{listen: "127.0.0.1:{port}"}}
 log: {{level: warning, format: json}}
 """)
@@ -137,10 +146,11 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
             )
         )
         exporters: dict[str, str] = {}
-        for profile in ("lean", "full"):
+        for profile in VARIANTS:
             port = free_port()
-            exporter_config(work / f"{profile}.yaml", sim_url, port=port, profile=profile)
-            procs.append(start([*PY, "run", "--config", str(work / f"{profile}.yaml")], work / f"{profile}.log"))
+            file = profile.replace(", ", "-").replace(" ", "-")
+            exporter_config(work / f"{file}.yaml", sim_url, port=port, profile=profile)
+            procs.append(start([*PY, "run", "--config", str(work / f"{file}.yaml")], work / f"{file}.log"))
             exporters[profile] = f"127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 600
@@ -150,17 +160,18 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
             proms: dict[str, str] = {}
             for name, target in (("baseline", None), *exporters.items()):
                 port = free_port()
-                prometheus_config(work / f"prometheus-{name}.yml", target, args.scrape_interval)
+                file = name.replace(", ", "-").replace(" ", "-")
+                prometheus_config(work / f"prometheus-{file}.yml", target, args.scrape_interval)
                 procs.append(
                     start(
                         [
                             "prometheus",
-                            f"--config.file={work / f'prometheus-{name}.yml'}",
-                            f"--storage.tsdb.path={work / f'tsdb-{name}'}",
+                            f"--config.file={work / f'prometheus-{file}.yml'}",
+                            f"--storage.tsdb.path={work / f'tsdb-{file}'}",
                             f"--web.listen-address=127.0.0.1:{port}",
                             "--log.level=warn",
                         ],
-                        work / f"prometheus-{name}.log",
+                        work / f"prometheus-{file}.log",
                     )
                 )
                 proms[name] = f"http://127.0.0.1:{port}/metrics"
@@ -199,7 +210,7 @@ def report(
         "Prometheus RSS KiB per flow | Go heap in use KiB per flow |"
     )
     print("|---|---:|---:|---:|---:|")
-    for name in ("lean", "full"):
+    for name in VARIANTS:
         tracked, series = per_flow[name]
         m = median[name]
         head = (m["prometheus_tsdb_head_series"] - base["prometheus_tsdb_head_series"]) / flows
