@@ -70,7 +70,7 @@ def history(flows: int, days: int, seed: int) -> tuple[list[Flow], dict[str, str
         missing = rng.random() < 0.01
         m_start = rng.randrange(end // 4, end - 7 * HOUR) if missing else -1
         for t in range(offset, end, interval):
-            if m_start <= t < m_start + 3 * interval:
+            if missing and m_start <= t < m_start + 3 * interval:
                 continue  # runs that never started
             failed = o_start <= t < o_end or rng.random() < rate
             minutes = max(1, min(interval // 3, rng.randrange(2, 30)))
