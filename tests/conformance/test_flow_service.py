@@ -8,7 +8,8 @@ import re
 from typing import Any
 from urllib.parse import unquote_plus
 
-from exporter.config import DiscoverConfig
+from exporter.config import AEP_UI, DiscoverConfig
+from exporter.flowpage import flow_json
 from tests.conformance.examples import load, replay
 from tests.helpers import parse_samples, pick, poll_and_scrape, value
 from tests.simulation import Sim, make_config, make_exporter
@@ -157,3 +158,21 @@ async def test_the_api_references_flow_and_run_examples_are_read_as_shown(sim: S
     assert [value(samples, f"aep_flow_{k}_bytes_total", **labels) for k in ("input", "output")] == [124, 1884]
     info = pick(samples, "aep_flow_info", **labels)
     assert [dict(k)["kind"] for k in info] == ["unknown"]
+
+
+async def test_the_monitoring_tutorials_error_messages_reach_the_flow_page(sim: Sim) -> None:
+    """ "Monitor dataflows using the Flow Service API": its run's errors (run level and the activities') reach the
+    flow page with Adobe's own messages, each code once, the first message it came with."""
+    run = replay(load("monitor_runs"), sim.world.now_ms())["items"][0]
+    serve_flow(sim, tutorial_flow(sim, TUTORIAL_FLOW, run), [run])
+    exporter = make_exporter(make_config(sim.url, sandboxes=("prod",)), world=sim.world)
+    await poll_and_scrape(exporter)
+    state = next(s for s in exporter.snapshot().flows if s.flow_id == TUTORIAL_FLOW)
+    shown = flow_json(state, aep_ui=AEP_UI)["runs"][0]["errors"]
+    summaries = [run["metrics"]["statusSummary"], *(a.get("statusSummary", {}) for a in run["activities"])]
+    sent: dict[str, str] = {}
+    for summary in summaries:
+        for error in [*summary.get("errors", []), *summary.get("extensions", {}).get("errors", [])]:
+            sent.setdefault(error["code"], error.get("message", ""))
+    assert shown == [{"code": code, "message": sent[code]} for code in sorted(sent)]
+    assert [e["code"] for e in shown] == ["CONNECTOR-2001-500", "INGEST-1212-400", "MAPPER-3700-400"]
