@@ -21,29 +21,27 @@ import asyncio
 import collections
 import contextlib
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.helpers import free_port
+from tests.servers import process
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = Path("deploy/prometheus/rules/aep-flows.rules.yml")
 ROUTES = Path("deploy/alertmanager/alertmanager.yml")
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+READY_WITHIN = 60.0
+"""Seconds a process has to answer its readiness check (the demo starts slowly on a busy machine)."""
 
 
 class Receiver:
@@ -71,34 +69,6 @@ class Receiver:
         await self._runner.cleanup()
 
 
-async def wait_ready(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.5)
-    raise SystemExit(f"{url} not ready within {timeout:.0f} s")
-
-
-@contextlib.asynccontextmanager
-async def started(cmd: list[str], ready: str, log: Path) -> AsyncIterator[None]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            await wait_ready(ready)
-            yield
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
 def files_at(rev: str | None, into: Path) -> tuple[Path, Path]:
     """The rules file and the Alertmanager config of ``rev`` (None: the working tree)."""
     if rev is None:
@@ -114,10 +84,13 @@ def files_at(rev: str | None, into: Path) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
-async def setup(name: str, rules: Path, routes: Path, receiver: Receiver, tmp: Path) -> AsyncIterator[None]:
-    tmp.mkdir(parents=True, exist_ok=True)
-    sim_port, exp_port, prom_port, am_port = free_port(), free_port(), free_port(), free_port()
-    demo = [sys.executable, "-m", "exporter", "demo", "--port", str(sim_port), "--listen", f"127.0.0.1:{exp_port}"]
+@contextlib.asynccontextmanager
+async def alerting(
+    name: str, rules: Path, routes: Path, receiver: Receiver, *, exporter_port: int, tmp: Path
+) -> AsyncIterator[None]:
+    """Alertmanager with ``routes`` (its timings kept, each receiver delivering to ``receiver`` under ``name``) and
+    Prometheus with ``rules`` and the shipped global intervals, scraping the exporter on ``exporter_port``."""
+    am_port, prom_port = free_port(), free_port()
     am_config = yaml.safe_load(routes.read_text())
     am_config["receivers"] = [  # each receiver as shipped, but delivering to the local webhook receiver
         {"name": r["name"], "webhook_configs": [{"url": f"http://127.0.0.1:{receiver.port}/{name}/{r['name']}"}]}
@@ -131,7 +104,7 @@ async def setup(name: str, rules: Path, routes: Path, receiver: Receiver, tmp: P
         "rule_files": [str(rules)],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
         "scrape_configs": [
-            {"job_name": "aep-flow-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exp_port}"]}]}
+            {"job_name": "aep-flow-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
         ],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
@@ -149,9 +122,19 @@ async def setup(name: str, rules: Path, routes: Path, receiver: Receiver, tmp: P
         f"--web.listen-address=127.0.0.1:{prom_port}",
     ]
     async with (
-        started(demo, f"http://127.0.0.1:{exp_port}/healthz", tmp / "demo.log"),
-        started(am, f"http://127.0.0.1:{am_port}/-/ready", tmp / "alertmanager.log"),
-        started(prom, f"http://127.0.0.1:{prom_port}/-/ready", tmp / "prometheus.log"),
+        process(am, f"http://127.0.0.1:{am_port}/-/ready", tmp / "alertmanager.log", READY_WITHIN),
+        process(prom, f"http://127.0.0.1:{prom_port}/-/ready", tmp / "prometheus.log", READY_WITHIN),
+    ):
+        yield
+
+
+async def setup(name: str, rules: Path, routes: Path, receiver: Receiver, tmp: Path) -> AsyncIterator[None]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    sim_port, exp_port = free_port(), free_port()
+    demo = [sys.executable, "-m", "exporter", "demo", "--port", str(sim_port), "--listen", f"127.0.0.1:{exp_port}"]
+    async with (
+        process(demo, f"http://127.0.0.1:{exp_port}/healthz", tmp / "demo.log", READY_WITHIN),
+        alerting(name, rules, routes, receiver, exporter_port=exp_port, tmp=tmp),
     ):
         yield
 

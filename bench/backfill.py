@@ -26,8 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.alert_pages import free_port
-from tests.helpers import sim_config_yaml, wait_http
+from tests.helpers import free_port, sim_config_yaml, wait_http
 
 
 def _size(path: Path) -> int:

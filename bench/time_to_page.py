@@ -33,11 +33,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.alert_pages import PROMETHEUS, ROUTES, Receiver, free_port, started
+from bench.alert_pages import ROUTES, Receiver, alerting
 from exporter.app import Exporter
 from exporter.config import EventsConfig
 from exporter.demo import demo_config
@@ -45,6 +43,7 @@ from exporter.listeners import ListenerLimits, start_listener
 from exporter.logs import configure_logging
 from exporter.simulator import SimClock, Simulator, World
 from exporter.simulator.events import JOURNAL_PATH
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "aep-flows.rules.yml"
@@ -76,7 +75,7 @@ async def setup(name: str, events: bool, sandboxes: list[str], receiver: Receive
                   min_interval_s=INTERVAL_S, max_duration_s=20, history_s=3600)  # fmt: skip
     sim = Simulator(world, seed=7)
     sim.events.faults.retry_after = "1"
-    sim_port, exp_port, prom_port, am_port = free_port(), free_port(), free_port(), free_port()
+    sim_port, exp_port = free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     config = demo_config(sim_url=sim_url, sandboxes=sandboxes, listen=("127.0.0.1", exp_port), interval=POLL_S)
     config = dataclasses.replace(
@@ -85,36 +84,12 @@ async def setup(name: str, events: bool, sandboxes: list[str], receiver: Receive
         events=EventsConfig(journal_url=f"{sim_url}{JOURNAL_PATH}") if events else EventsConfig(),
     )
     exporter = Exporter(config)
-    am_config = yaml.safe_load(ROUTES.read_text())
-    am_config["templates"] = [str(ROUTES.parent / t) for t in am_config.get("templates", [])]
-    am_config["receivers"] = [
-        {"name": r["name"], "webhook_configs": [{"url": f"http://127.0.0.1:{receiver.port}/{name}/{r['name']}"}]}
-        for r in am_config["receivers"]
-    ]
-    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(am_config))
-    shipped = yaml.safe_load(PROMETHEUS.read_text())
-    prom_config = {
-        "global": shipped["global"],
-        "rule_files": [str(RULES)],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
-        "scrape_configs": [
-            {"job_name": "aep-flow-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exp_port}"]}]}
-        ],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
-    am = ["prometheus-alertmanager", f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am'}",
-          f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="]  # fmt: skip
-    prom = ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}"]  # fmt: skip
     sim_runner, _s = await start_listener(sim.app(), name="sim", limits=LIMITS, host="127.0.0.1", port=sim_port)
     exp_runner, _e = await start_listener(
         exporter.web_app(), name="exporter", limits=LIMITS, host="127.0.0.1", port=exp_port
     )
     try:
-        async with (
-            started(am, f"http://127.0.0.1:{am_port}/-/ready", tmp / "alertmanager.log"),
-            started(prom, f"http://127.0.0.1:{prom_port}/-/ready", tmp / "prometheus.log"),
-        ):
+        async with alerting(name, RULES, ROOT / ROUTES, receiver, exporter_port=exp_port, tmp=tmp):
             yield world
     finally:
         await exp_runner.cleanup()

@@ -46,11 +46,12 @@ async def wait_ready(url: str, timeout: float = 30.0) -> None:
 
 
 @asynccontextmanager
-async def process(cmd: list[str], ready_url: str, log: Path) -> AsyncIterator[None]:
+async def process(cmd: list[str], ready_url: str, log: Path, ready_within: float = 30.0) -> AsyncIterator[None]:
+    """``cmd`` running (its output in ``log``) once ``ready_url`` answers 200; stopped on the way out."""
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
-            await wait_ready(ready_url)
+            await wait_ready(ready_url, ready_within)
             yield
         finally:
             proc.terminate()
