@@ -250,7 +250,9 @@ class SloConfig:
     window: float = setting(30 * 86400.0, positive_duration)  # the period an error budget covers
     run_success: float = setting(0.99, objective)  # the share of completed runs that succeed (partially included)
     freshness: float = setting(0.99, objective)  # the share of time a scheduled flow's data is fresh
-    freshness_max_age: float = setting(2.0, positive_float)  # fresh: younger than this many schedule intervals
+    freshness_max_age: float = setting(
+        3.0, positive_float
+    )  # fresh: younger than this many intervals (one failed run is fresh)
     late_grace: float = setting(0.25, share)  # late: no run started by the next expected time plus this share
     overrides: tuple[SloOverride, ...] = ()
 

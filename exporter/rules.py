@@ -309,7 +309,7 @@ SLO_ALERTS = (
         f"{TITLE}: its run-success error budget is burning fast",
         f"{FLOW_} fails {{{{ $value | humanizePercentage }}}} of its runs, at least 6 times the rate its "
         "run-success objective (slo.run_success) allows, over 1h and 5m or 6h and 30m, with at least three failed "
-        "runs: at this rate its budget is gone within days.",
+        "runs in the hour or four in the 6 hours: at this rate its budget is gone within days.",
         TIERED,
         error_code=True,
     ),
