@@ -74,13 +74,14 @@ def history(flows: int, days: int, seed: int) -> tuple[list[Flow], dict[str, str
         m_start = rng.randrange(end // 4, end - 7 * HOUR) if missing else -1
         for t in range(offset, end, interval):
             if missing and m_start <= t < m_start + 3 * interval:
+                incidents.add(flow.flow_id)
                 continue  # runs that never started
+            if o_start <= t < o_end:
+                incidents.add(flow.flow_id)  # an outage between two runs of a daily flow is no incident
             failed = o_start <= t < o_end or rng.random() < rate
             minutes = max(1, min(interval // 3, rng.randrange(2, 30)))
             flow.runs.append(Run(t, minutes, "failed" if failed else "success"))
         out.append(flow)
-        if outage or missing:
-            incidents.add(flow.flow_id)
     classes = {f.flow_id: "incident" if f.flow_id in incidents else _class(f, end) for f in out}
     return out, classes
 
@@ -190,13 +191,17 @@ def main() -> None:
         evaluated = time.monotonic() - started
     months = args.days / 30
     print(f"promtool evaluated the rules every {STEP_MIN} minutes over {args.days} days in {evaluated:.0f} s\n")
-    print(f"  {'flows':18} {'count':>6} {'pages':>6} {'pages per flow-month':>21}")
+    print(f"  {'flows':18} {'count':>6} {'pages':>6} {'pages per flow-month':>21} {'flows paged':>12}")
     evaluated_ids = {f.flow_id for f in flows}
     for name, shown in (("meets", "meets objectives"), ("incident", "had an incident"), ("misses", "misses them")):
         members = [f for f, c in classes.items() if c == name and f in evaluated_ids]
         total = sum(pages[f] for f in members)
         per = total / (len(members) * months) if members else 0.0
-        print(f"  {shown:18} {len(members):>6} {total:>6} {per:>21.3f}")
+        paged = sum(1 for f in members if pages[f])
+        print(f"  {shown:18} {len(members):>6} {total:>6} {per:>21.3f} {paged:>12}")
+    quiet = sorted(f for f, c in classes.items() if c == "incident" and f in evaluated_ids and not pages[f])
+    if quiet:
+        print("  flows with an incident and no page: " + ", ".join(quiet))
     print("  pages by alert: " + (", ".join(f"{a} {n}" for a, n in sorted(by_alert.items())) or "none"))
 
 
