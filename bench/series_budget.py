@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 from collections import Counter
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter, Tuning
-from exporter.config import PROFILES, MetricsConfig
+from exporter.config import PROFILES, Config, MetricsConfig
 from exporter.demo import demo_config
 from exporter.logs import configure_logging
 from exporter.simulator import SimClock, Simulator, World
@@ -38,22 +40,29 @@ SETTINGS: dict[str, MetricsConfig] = {
 }
 
 
-async def series_by_family(world: World, sim_url: str, metrics: MetricsConfig) -> tuple[int, Counter[str]]:
-    config = demo_config(sim_url=sim_url, sandboxes=list(world.flows), listen=("127.0.0.1", 0), interval=60.0)
-    config = dataclasses.replace(
-        config, metrics=metrics, poll=dataclasses.replace(config.poll, requests_per_second=10_000.0)
-    )
+@contextlib.asynccontextmanager
+async def polled(config: Config, world: World, cycles: int = 3) -> AsyncIterator[Exporter]:
+    """An exporter of ``config`` on the world's clock, after ``cycles`` poll cycles; closed on the way out."""
     exporter = Exporter(
         config, registry=CollectorRegistry(), tuning=Tuning(seed=1), clock=lambda: world.now_ms() / 1000.0
     )
     try:
         await exporter.start()
-        for _ in range(3):
+        for _ in range(cycles):
             if not await exporter.poll_once():
                 raise RuntimeError("a poll cycle failed")
-        body = (await exporter.renderer.render(openmetrics=False, gzip=False)).decode()
+        yield exporter
     finally:
         await exporter.close()
+
+
+async def series_by_family(world: World, sim_url: str, metrics: MetricsConfig) -> tuple[int, Counter[str]]:
+    config = demo_config(sim_url=sim_url, sandboxes=list(world.flows), listen=("127.0.0.1", 0), interval=60.0)
+    config = dataclasses.replace(
+        config, metrics=metrics, poll=dataclasses.replace(config.poll, requests_per_second=10_000.0)
+    )
+    async with polled(config, world) as exporter:
+        body = (await exporter.renderer.render(openmetrics=False, gzip=False)).decode()
     families: Counter[str] = Counter()
     for family in text_string_to_metric_families(body):
         if family.name.startswith("aep_flow_") or family.name == "aep_exporter_flow_up":
