@@ -6,11 +6,12 @@ shapes of Adobe's "Flow run notifications" examples."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -52,6 +53,20 @@ async def until(check: Callable[[], bool | Awaitable[bool]], seconds: float = 15
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+@contextlib.asynccontextmanager
+async def reading_journal(sim: Sim) -> AsyncIterator[Exporter]:
+    """An exporter polled once that has read the simulator's journal once; closed on the way out."""
+    exporter = with_events(sim)
+    try:
+        await exporter.start()
+        assert await exporter.poll_once()
+        await exporter.start_events()
+        await until(lambda: sim.simulator.requests["journal"] >= 1)
+        yield exporter
+    finally:
+        await exporter.close()
 
 
 async def render(exporter: Exporter) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -97,18 +112,11 @@ def outcomes(samples: dict[Any, float], source: str) -> dict[str, float]:
 async def test_journal_events_alone_bring_counters_to_ground_truth(sim: Sim) -> None:
     """After a first poll, runs end for two simulated hours and no poll runs (the interval is 10 minutes and
     none is called): the journal's events refresh each flow, and every counter equals ground truth."""
-    exporter = with_events(sim)
-    try:
-        await exporter.start()
-        assert await exporter.poll_once()
-        await exporter.start_events()
-        await until(lambda: sim.simulator.requests["journal"] >= 1)
+    async with reading_journal(sim) as exporter:
         before = sim.simulator.requests["runs"]
         sim.world.clock.advance(2 * 3600)
         await until(exact(exporter, sim))
         samples = await render(exporter)
-    finally:
-        await exporter.close()
     assert sim.simulator.requests["runs"] > before  # the events, not a poll, read the runs
     assert value(samples, "aep_exporter_events_total", source="journal", outcome="applied") >= 1
     assert value(samples, "aep_exporter_event_lag_seconds_count", source="journal") >= 1
@@ -118,12 +126,7 @@ async def test_journal_events_alone_bring_counters_to_ground_truth(sim: Sim) -> 
 async def test_an_event_moves_the_newest_run_status_before_the_next_poll(sim: Sim) -> None:
     """A run announced by the journal becomes the flow's newest run at once (its status one-hot and end), though
     the flow as last listed names an older run in lastRunDetails: the page for a failed run needs no poll."""
-    exporter = with_events(sim)
-    try:
-        await exporter.start()
-        assert await exporter.poll_once()
-        await exporter.start_events()
-        await until(lambda: sim.simulator.requests["journal"] >= 1)
+    async with reading_journal(sim) as exporter:
         flow = next(f for sb in sim.world.flows.values() for f in sb.values() if f.kind == "source" and f.schedule_s)
         sim.world.force_status(flow.id, "failed")
         run = flow.trigger_run(sim.world.now_ms(), 1.0)
@@ -137,8 +140,6 @@ async def test_an_event_moves_the_newest_run_status_before_the_next_poll(sim: Si
             ) in (None, run.started_ms / 1000)
 
         await until(newest_failed)
-    finally:
-        await exporter.close()
     assert sim.simulator.requests["flows"] == polls  # no listing of the flows: the event did it
 
 

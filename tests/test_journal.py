@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from exporter.journal import MAX_WAIT, POSITION_KEY, link_targets
 from tests.journals import Answer, reader_for, scripted_journal
 from tests.simulation import Sim
-from tests.test_events import exact, outcomes, render, until, with_events
+from tests.test_events import exact, outcomes, reading_journal, render, until, with_events
 
 NEXT = '</journal?since={}>; rel="next"'
 VALIDATE = '</journal/validate?since={}>; rel="validate"'
@@ -70,17 +70,10 @@ async def test_every_documented_shape_reaches_ground_truth_through_the_journal(
     faults = sim.simulator.events.faults
     faults.links, faults.absolute_links, faults.journal_event, faults.shape = links, absolute, entry, shape
     faults.early_s, faults.ingestion_share = 30.0, 0.3
-    exporter = with_events(sim)
-    try:
-        await exporter.start()
-        assert await exporter.poll_once()
-        await exporter.start_events()
-        await until(lambda: sim.simulator.requests["journal"] >= 1)
+    async with reading_journal(sim) as exporter:
         sim.world.clock.advance(2 * 3600)
         await until(exact(exporter, sim), 20)
         samples = await render(exporter)
-    finally:
-        await exporter.close()
     seen = outcomes(samples, "journal")
     assert seen["applied"] >= 1 and seen["not_a_flow"] >= 1 and seen["invalid"] == 0
 
